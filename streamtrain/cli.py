@@ -1,0 +1,72 @@
+"""The ``streamtrain`` command line: global config options plus one module per subcommand.
+
+Each module in :mod:`streamtrain.commands` exposes ``register(subparsers)``; it adds its parser
+and sets ``handler(args, config) -> int``. Heavy imports (torch, kafka) happen inside handlers so
+``streamtrain --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from streamtrain import __version__
+from streamtrain.config import load_config
+from streamtrain.errors import ConfigError, StreamtrainError
+
+__all__ = ["main", "build_parser"]
+
+COMMAND_MODULES = (
+    "streamtrain.commands.config_cmd",
+)
+
+EXIT_CONFIG_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamtrain",
+        description="Streaming online training of two-tower retrievers from Kafka (XIR sampled softmax).",
+    )
+    parser.add_argument("--version", action="version", version=f"streamtrain {__version__}")
+    parser.add_argument("-c", "--config", help="TOML or YAML config file (default: $STREAMTRAIN_CONFIG)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key; repeatable; wins over the file and STREAMTRAIN_* env vars",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, overrides=args.overrides)
+    except ConfigError as exc:
+        print(f"streamtrain: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    logging.basicConfig(
+        level=config.run.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args, config) or 0)
+    except ConfigError as exc:
+        print(f"streamtrain: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except StreamtrainError as exc:
+        print(f"streamtrain: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

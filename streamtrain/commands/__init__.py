@@ -1,0 +1,1 @@
+"""One module per ``streamtrain`` subcommand; see :mod:`streamtrain.cli`."""

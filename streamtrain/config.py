@@ -1,0 +1,311 @@
+"""One typed, validated configuration tree: file → ``STREAMTRAIN_*`` environment → flags.
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so a typo'd key fails at start
+with a :class:`~streamtrain.errors.ConfigError` that names the key and suggests the fix.
+Secrets are ``SecretStr`` and print as ``**********``.
+
+Sources, later ones win:
+
+1. a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file,
+2. environment variables ``STREAMTRAIN_<SECTION>__<KEY>`` (``__`` separates levels; values are
+   parsed as JSON when they parse, e.g. ``STREAMTRAIN_TRAINER__BATCH_SIZE=512``),
+3. ``--set section.key=value`` flags (same value parsing).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from streamtrain.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "RunConfig",
+    "KafkaConfig",
+    "RedisConfig",
+    "ModelConfig",
+    "SamplerConfig",
+    "FrequencyConfig",
+    "TrainerConfig",
+    "CheckpointConfig",
+    "MetricsConfig",
+    "load_config",
+    "dump_config",
+    "ENV_PREFIX",
+]
+
+ENV_PREFIX = "STREAMTRAIN_"
+_MASK = "**********"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="namespaces Redis keys and checkpoints")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: list[str] = ["127.0.0.1:9092"]
+    topic: str = "interactions"
+    group_id: str = "streamtrain"
+    dead_letter_topic: str = "interactions.dead-letter"
+    client_id: str = "streamtrain"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    max_poll_records: int = Field(5000, ge=1)
+    max_message_bytes: int = Field(64 * 1024, ge=64, description="larger messages are dead-lettered as oversized")
+    queue_batches: int = Field(4, ge=1, description="decoded micro-batches buffered ahead of the trainer")
+
+
+class RedisConfig(_Section):
+    url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
+    password: SecretStr | None = None
+    key_prefix: str = "streamtrain"
+    socket_timeout_s: float = Field(5.0, gt=0)
+
+
+class ModelConfig(_Section):
+    embedding_dim: int = Field(64, ge=1, le=4096)
+    hidden_dims: list[int] = Field(default_factory=list, description="MLP head widths; empty = id embeddings only")
+    temperature: float = Field(0.05, gt=0, le=10)
+    normalize: bool = True
+    user_capacity: int = Field(1_000_000, ge=2)
+    item_capacity: int = Field(1_000_000, ge=2)
+    admission_threshold: int = Field(1, ge=1, description="sightings before an id gets its own row")
+    eviction_after_s: float | None = Field(None, gt=0, description="free rows of ids unseen this long; None = never")
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
+    learning_rate: float = Field(0.01, gt=0)
+    init_std: float = Field(0.1, gt=0)
+
+
+class UniformParams(_Section):
+    num_negatives: int = Field(1024, ge=1)
+
+
+class MnsParams(_Section):
+    num_uniform: int = Field(1024, ge=1, description="B' uniform items mixed with the batch")
+
+
+class CbnsParams(_Section):
+    bank_size: int = Field(4096, ge=1)
+    warmup_steps: int = Field(100, ge=0)
+
+
+class BirParams(_Section):
+    num_samples: int | None = Field(None, ge=1, description="R draws per query; None = batch size")
+
+
+class XirParams(_Section):
+    cache_size: int | None = Field(None, ge=1, description="C cached ids; None = batch size")
+    cache_draws: int | None = Field(None, ge=1, description="K_u per query; None = C/2")
+    batch_draws: int | None = Field(None, ge=1, description="R_u per query; None = B/2")
+    mix_lambda: float = Field(0.5, ge=0, le=1, description="weight of the cache term")
+
+
+class SamplerConfig(_Section):
+    name: Literal["full", "uniform", "inbatch", "inbatch_logq", "mns", "cbns", "bir", "xir"] = "xir"
+    uniform: UniformParams = UniformParams()
+    mns: MnsParams = MnsParams()
+    cbns: CbnsParams = CbnsParams()
+    bir: BirParams = BirParams()
+    xir: XirParams = XirParams()
+
+
+class FrequencyConfig(_Section):
+    hash_size: int = Field(1 << 20, ge=1, description="H, slots per hash function")
+    num_hashes: int = Field(2, ge=1, le=16, description="m")
+    alpha: float = Field(0.01, gt=0, le=1, description="learning rate of the gap estimate")
+    initial_gap: float = Field(100.0, gt=0, description="B_0, the prior mean gap in steps")
+
+
+class TrainerConfig(_Section):
+    batch_size: int = Field(1024, ge=2)
+    max_batch_latency_s: float = Field(1.0, gt=0)
+    mixed_precision: Literal["auto", "off", "bf16"] = "auto"
+    progressive_eval_fraction: float = Field(0.1, ge=0, le=1)
+    eval_k: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
+    probe_batch_size: int = Field(256, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")
+    idle_exit_s: float | None = Field(None, gt=0, description="exit cleanly after this long without events")
+
+
+class CheckpointConfig(_Section):
+    dir: Path = Path("runs/checkpoints")
+    interval_events: int = Field(200_000, ge=1)
+    interval_s: float = Field(60.0, gt=0)
+    keep: int = Field(3, ge=1)
+    retry_backoff_s: float = Field(1.0, gt=0)
+    max_retry_backoff_s: float = Field(30.0, gt=0)
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class Config(_Section):
+    """The whole resolved configuration; build it with :func:`load_config`."""
+
+    run: RunConfig = RunConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    frequency: FrequencyConfig = FrequencyConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        if self.kafka.security_protocol.startswith("SASL") and not (
+            self.kafka.sasl_mechanism and self.kafka.sasl_username and self.kafka.sasl_password
+        ):
+            raise ValueError(
+                "kafka.security_protocol is SASL_* but kafka.sasl_mechanism, kafka.sasl_username and "
+                "kafka.sasl_password are not all set"
+            )
+        return self
+
+
+def _parse_scalar(text: str) -> Any:
+    """Read a flag or env value: JSON when it parses (numbers, bools, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _set_path(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"`{'.'.join(path)}`: `{part}` is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; fix the --config path or STREAMTRAIN_CONFIG")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections at the top level")
+    return data
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue  # STREAMTRAIN_CONFIG, STREAMTRAIN_STACK_* etc. are not config keys
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        _set_path(tree, path, _parse_scalar(value))
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """The field names valid at ``loc``'s parent, for did-you-mean hints."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "(top level)"
+        env = ENV_PREFIX + "__".join(p.upper() for p in loc)
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], _known_keys(Config, loc), n=1)
+            hint = f"did you mean `{'.'.join(loc[:-1] + close)}`?" if close else "remove it"
+            lines.append(f"  - `{key}`: unknown key; {hint}")
+        else:
+            shown = "<hidden>" if "password" in key else repr(err.get("input"))
+            lines.append(
+                f"  - `{key}`: {err['msg']} (got {shown}); fix it in the config file, {env}, or --set {key}=..."
+            )
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Resolve the configuration from a file, the environment and ``key=value`` overrides.
+
+    Called once at start by the CLI. Raises :class:`ConfigError` naming every bad key.
+    """
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(ENV_PREFIX + "CONFIG")
+    tree = _read_file(Path(path)) if path else {}
+    tree = _merge(tree, _env_overrides(environ))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        flag_tree: dict[str, Any] = {}
+        _set_path(flag_tree, key.strip().split("."), _parse_scalar(value))
+        tree = _merge(tree, flag_tree)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def dump_config(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, secrets replaced by a mask (safe to print or log)."""
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return _MASK
+        if isinstance(value, BaseModel):
+            return {name: mask(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        return value
+
+    return mask(config)

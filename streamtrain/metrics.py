@@ -1,0 +1,141 @@
+"""Every Prometheus metric streamtrain exports, declared in one place.
+
+Names follow Prometheus conventions: ``streamtrain_`` prefix, base units as suffixes
+(``_seconds``, ``_bytes``, ``_ratio``), ``_total`` on counters, and no label whose values are
+user or item ids (cardinality stays bounded). Metrics register on the registry passed in, never on
+the global default, so tests build a fresh ``CollectorRegistry`` and read exact values.
+
+The ``run`` a series belongs to is a *target* label set by the scrape config (compose, k8s,
+local stack), so the same binary needs no label plumbing.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+__all__ = ["Metrics"]
+
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The worker's metric families; one instance per worker, bound to one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        ns = "streamtrain"
+        # --- ingest ---------------------------------------------------------------
+        self.events_consumed = Counter(
+            "events_consumed", "Kafka messages read from the input topic", namespace=ns, registry=registry
+        )
+        self.events_trained = Counter(
+            "events_trained", "Events that went through a training step", namespace=ns, registry=registry
+        )
+        self.events_dead_lettered = Counter(
+            "events_dead_lettered",
+            "Messages sent to the dead-letter topic, by reject reason",
+            ["reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.consumer_lag_messages = Gauge(
+            "consumer_lag_messages",
+            "Messages between the end of a partition and the next offset to train",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.consumer_lag_seconds = Gauge(
+            "consumer_lag_seconds",
+            "Now minus the event time of the last trained event, per partition",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.trainer_wait_seconds = Counter(
+            "trainer_wait_seconds", "Time the trainer spent waiting for a ready batch", namespace=ns, registry=registry
+        )
+        # --- training -------------------------------------------------------------
+        self.train_steps = Counter("train_steps", "Training steps taken", namespace=ns, registry=registry)
+        self.step_duration = Histogram(
+            "step_duration_seconds",
+            "Wall time of one training step (forward, sampling, backward, update)",
+            buckets=_STEP_BUCKETS,
+            namespace=ns,
+            registry=registry,
+        )
+        self.train_loss = Gauge("train_loss", "Sampled-softmax loss of the last step", namespace=ns, registry=registry)
+        self.last_train_timestamp = Gauge(
+            "last_train_timestamp_seconds", "Unix time of the last training step", namespace=ns, registry=registry
+        )
+        self.logq_correction_mean = Gauge(
+            "logq_correction_mean", "Mean of -log p̂ over the last batch's items", namespace=ns, registry=registry
+        )
+        self.logq_correction_stddev = Gauge(
+            "logq_correction_stddev", "Standard deviation of -log p̂ over the last batch's items", namespace=ns,
+            registry=registry,
+        )
+        self.vocabulary_size = Gauge(
+            "vocabulary_size", "Ids holding their own embedding row", ["tower"], namespace=ns, registry=registry
+        )
+        # --- sampling-bias probe --------------------------------------------------
+        self.probe_full_loss = Gauge(
+            "probe_full_softmax_loss", "Exact full-softmax loss on the probe batch", namespace=ns, registry=registry
+        )
+        self.probe_sampled_loss = Gauge(
+            "probe_sampled_loss", "The sampler's loss on the probe batch", namespace=ns, registry=registry
+        )
+        self.probe_loss_bias = Gauge(
+            "probe_loss_bias", "Sampled loss minus full-softmax loss on the probe batch", namespace=ns,
+            registry=registry,
+        )
+        self.probe_gradient_alignment = Gauge(
+            "probe_gradient_alignment_ratio",
+            "Cosine between sampled and full-softmax gradients w.r.t. query embeddings (1 = unbiased)",
+            namespace=ns,
+            registry=registry,
+        )
+        self.probe_kl = Gauge(
+            "probe_kl_divergence", "KL(full softmax || sampler's negative distribution), nats", namespace=ns,
+            registry=registry,
+        )
+        self.probe_ess = Gauge(
+            "probe_effective_sample_size", "Effective sample size of BIR/XIR resampling weights", namespace=ns,
+            registry=registry,
+        )
+        self.cache_hit_ratio = Gauge(
+            "xir_cache_hit_ratio", "Share of XIR draws that came from the cache", namespace=ns, registry=registry
+        )
+        # --- progressive evaluation ----------------------------------------------
+        self.progressive_recall = Gauge(
+            "progressive_recall_ratio", "Rolling test-then-train Recall@K", ["k"], namespace=ns, registry=registry
+        )
+        self.progressive_ndcg = Gauge(
+            "progressive_ndcg_ratio", "Rolling test-then-train NDCG@K", ["k"], namespace=ns, registry=registry
+        )
+        # --- checkpoints and faults -----------------------------------------------
+        self.checkpoints = Counter(
+            "checkpoints", "Checkpoint attempts by outcome (ok, failed)", ["outcome"], namespace=ns, registry=registry
+        )
+        self.checkpoint_duration = Histogram(
+            "checkpoint_duration_seconds",
+            "Training pause per checkpoint (files, Redis transaction, offset commit)",
+            buckets=_CHECKPOINT_BUCKETS,
+            namespace=ns,
+            registry=registry,
+        )
+        self.last_checkpoint_timestamp = Gauge(
+            "last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint", namespace=ns,
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "redis_errors", "Failed Redis operations", ["operation"], namespace=ns, registry=registry
+        )
+        self.kafka_errors = Counter(
+            "kafka_errors", "Failed Kafka operations", ["operation"], namespace=ns, registry=registry
+        )
+        self.assigned_partitions = Gauge(
+            "assigned_partitions", "Input partitions assigned to this worker", namespace=ns, registry=registry
+        )
+        self.info = Info("build", "Version, sampler and device of this worker", namespace=ns, registry=registry)

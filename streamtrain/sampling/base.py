@@ -1,0 +1,93 @@
+"""The one small interface every negative sampler implements, and the registry that names them.
+
+A training step hands a sampler a :class:`SamplerInput` (query embeddings, the positives'
+embeddings, and callables to embed any other item and read its log p̂). The sampler draws its
+negatives, applies its correction and returns the sampled-softmax loss of ../shared/ALGORITHMS.md
+in a :class:`SamplerOutput`. No gradient flows through a sampling step; gradients do flow through
+the scores of the items drawn.
+
+Contract (checked for every registered sampler by tests/unit/test_sampler_contract.py):
+- ``loss`` returns a finite scalar; its gradient w.r.t. queries and item embeddings is finite;
+- accidental hits (a negative equal to the query's own positive) are masked;
+- the same seed and the same inputs give the same draws;
+- ``state_dict`` → ``load_state_dict`` on a fresh instance reproduces the next step exactly;
+- ``loss(..., update_state=False)`` leaves the sampler's state (cache, bank, RNG) untouched,
+  so the sampling-bias probe can call it between training steps.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+__all__ = ["SamplerInput", "SamplerOutput", "Sampler", "SAMPLERS", "register", "build_sampler"]
+
+
+@dataclass
+class SamplerInput:
+    """What one training step hands to a sampler. ``B`` batch size, ``D`` dim, ``N`` known items."""
+
+    queries: torch.Tensor  # (B, D) query-tower outputs (already L2-normalised if the model does so)
+    pos_items: torch.Tensor  # (B,) int64 item rows of the positives
+    pos_emb: torch.Tensor  # (B, D) item-tower outputs of the positives
+    embed_items: Callable[[torch.Tensor], torch.Tensor]  # (n,) rows -> (n, D), current item tower, grad flows
+    log_q: Callable[[torch.Tensor], torch.Tensor]  # (n,) rows -> (n,) log p̂ (streaming estimate), no grad
+    known_items: torch.Tensor  # (N,) int64 rows of every item that owns a row; candidates for full/uniform
+    temperature: float
+
+
+@dataclass
+class SamplerOutput:
+    """The loss of one step plus plain diagnostics (floats as 0-dim tensors, read lazily)."""
+
+    loss: torch.Tensor  # () mean over the batch
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. "ess", "cache_hit_ratio"
+
+
+class Sampler(ABC):
+    """A negative sampler plus the loss correction that goes with it."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
+        """Called once per training step (``update_state=True``) and by the bias probe (False)."""
+
+    @abstractmethod
+    def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:
+        """(B, N) log-probability each known item is drawn as a negative for each query (rows of
+        ``inp.known_items``); used by the bias probe for KL(full softmax || sampler). No state change."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restart needs (tensors, numpy arrays, ints); persisted in Redis."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned; called once at resume, before any step."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but was given keys {sorted(state)}")
+
+
+SAMPLERS: dict[str, type[Sampler]] = {}
+
+
+def register(cls: type[Sampler]) -> type[Sampler]:
+    """Class decorator adding a sampler to :data:`SAMPLERS` under ``cls.name``."""
+    if cls.name in SAMPLERS:
+        raise ValueError(f"sampler {cls.name!r} registered twice")
+    SAMPLERS[cls.name] = cls
+    return cls
+
+
+def build_sampler(config: Any, *, batch_size: int, seed: int, device: torch.device) -> Sampler:
+    """Build the sampler named by ``config`` (a :class:`streamtrain.config.SamplerConfig`)."""
+    import streamtrain.sampling  # noqa: F401  -- importing the package registers every sampler
+
+    try:
+        cls = SAMPLERS[config.name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {config.name!r}; known: {sorted(SAMPLERS)}") from None
+    return cls.from_config(config, batch_size=batch_size, seed=seed, device=device)  # type: ignore[attr-defined]
