@@ -70,6 +70,13 @@ class KafkaConfig(_Section):
     max_poll_records: int = Field(5000, ge=1)
     max_message_bytes: int = Field(64 * 1024, ge=64, description="larger messages are dead-lettered as oversized")
     queue_batches: int = Field(4, ge=1, description="decoded micro-batches buffered ahead of the trainer")
+    group_instance_id: str | None = Field(
+        None,
+        description="static group membership (KIP-345): a restarted worker with the same id gets its partitions "
+        "back at once instead of waiting for the dead member's session to time out",
+    )
+    session_timeout_s: float = Field(10.0, ge=6, le=300, description="consumer group session timeout")
+    lag_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the broker for end offsets")
 
 
 class RedisConfig(_Section):
@@ -138,10 +145,17 @@ class TrainerConfig(_Section):
     max_batch_latency_s: float = Field(1.0, gt=0)
     mixed_precision: Literal["auto", "off", "bf16"] = "auto"
     progressive_eval_fraction: float = Field(0.1, ge=0, le=1)
+    progressive_eval_window: int = Field(
+        50, ge=1, description="progressive Recall/NDCG are rolling averages over this many evaluated steps"
+    )
+    progressive_eval_max_queries: int = Field(
+        256, ge=1, description="events of a batch ranked by the progressive evaluation (bounds its cost)"
+    )
     eval_k: list[int] = Field(default_factory=lambda: [10, 20, 50])
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")
+    log_every_steps: int = Field(100, ge=1, description="log events/s, loss and lag every this many steps")
     idle_exit_s: float | None = Field(None, gt=0, description="exit cleanly after this long without events")
 
 
@@ -152,12 +166,20 @@ class CheckpointConfig(_Section):
     keep: int = Field(3, ge=1)
     retry_backoff_s: float = Field(1.0, gt=0)
     max_retry_backoff_s: float = Field(30.0, gt=0)
+    record_trained_ranges: bool = Field(
+        False,
+        description="debug/test: append each trained batch's offset range to Redis inside the checkpoint "
+        "transaction, so the committed history can be audited for exactly-once training",
+    )
 
 
 class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(9464, ge=0, le=65535)
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port; the actual one is logged")
+    ready_stale_s: float = Field(
+        60.0, gt=0, description="/readyz fails when data is pending and no step happened for this long"
+    )
 
 
 class Config(_Section):
@@ -185,8 +207,12 @@ class Config(_Section):
         return self
 
 
-def _parse_scalar(text: str) -> Any:
-    """Read a flag or env value: JSON when it parses (numbers, bools, lists), else the raw string."""
+def _parse_scalar(text: str, key: str = "") -> Any:
+    """Read a flag or env value: JSON when it parses (numbers, bools, lists), else the raw string.
+
+    Secrets stay raw strings: a password ``123456`` must not become the integer 123456."""
+    if "password" in key:
+        return text
     try:
         return json.loads(text)
     except ValueError:
@@ -224,7 +250,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue  # STREAMTRAIN_CONFIG, STREAMTRAIN_STACK_* etc. are not config keys
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
-        _set_path(tree, path, _parse_scalar(value))
+        _set_path(tree, path, _parse_scalar(value, path[-1]))
     return tree
 
 
@@ -286,7 +312,8 @@ def load_config(
         if not sep or not key.strip():
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         flag_tree: dict[str, Any] = {}
-        _set_path(flag_tree, key.strip().split("."), _parse_scalar(value))
+        parts = key.strip().split(".")
+        _set_path(flag_tree, parts, _parse_scalar(value, parts[-1]))
         tree = _merge(tree, flag_tree)
     try:
         return Config.model_validate(tree)
