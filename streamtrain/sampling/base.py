@@ -37,6 +37,9 @@ class SamplerInput:
     log_q: Callable[[torch.Tensor], torch.Tensor]  # (n,) rows -> (n,) log p̂ (streaming estimate), no grad
     known_items: torch.Tensor  # (N,) int64 rows of every item that owns a row; candidates for full/uniform
     temperature: float
+    # Rows the item table can hold (the vocabulary's capacity). Optional; lets XIR size its
+    # occurrence vector up front instead of reading the largest row back from the device.
+    num_item_rows: int | None = None
 
 
 @dataclass
@@ -59,7 +62,9 @@ class Sampler(ABC):
     @abstractmethod
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:
         """(B, N) log-probability each known item is drawn as a negative for each query (rows of
-        ``inp.known_items``); used by the bias probe for KL(full softmax || sampler). No state change."""
+        ``inp.known_items``); used by the bias probe for KL(full softmax || sampler). No state change.
+        Conditioned on this input's batch (and the sampler's cache or bank): items the sampler
+        cannot reach get −inf; the probe accounts for that (see streamtrain/probe.py)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a restart needs (tensors, numpy arrays, ints); persisted in Redis."""

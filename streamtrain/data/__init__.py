@@ -1,0 +1,1 @@
+"""Offline datasets for benchmarks and tests (read from local files only)."""

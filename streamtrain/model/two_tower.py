@@ -1,0 +1,127 @@
+"""The two-tower retrieval model: a user tower and an item tower over id-embedding tables.
+
+Each tower is an embedding table of ``capacity`` rows × D (row 0 is the vocabulary's fallback
+row), optionally followed by an MLP head (``hidden_dims``, ReLU, projected back to D), and
+L2-normalised when ``normalize`` is set; the score is ``<q_u, v_i> / temperature``.
+
+Sparse updates: tables are ``nn.Embedding(sparse=True)`` and are stepped by
+:class:`~streamtrain.model.sparse_optim.RowSparseOptimizer` (per-row Adam), MLP heads by a dense
+``torch.optim`` optimizer; so a step costs O(rows touched), not O(capacity). Tables start at zero
+(cheap even for 10M rows, and the pages stay untouched until used) and each row gets its random
+initialisation when the vocabulary assigns it (:meth:`TwoTowerModel.reinit_rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["Tower", "TwoTowerModel"]
+
+TowerName = Literal["user", "item"]
+
+
+class Tower(nn.Module):
+    """Embedding table (+ optional MLP head) → (n, D) outputs, L2-normalised if asked."""
+
+    def __init__(self, capacity: int, dim: int, hidden_dims: Sequence[int] = (), normalize: bool = True) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(capacity, dim, sparse=True)
+        nn.init.zeros_(self.embedding.weight)
+        self.normalize = normalize
+        layers: list[nn.Module] = []
+        width = dim
+        for hidden in hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        if hidden_dims:
+            layers.append(nn.Linear(width, dim))
+        self.head = nn.Sequential(*layers) if layers else None
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """(n,) int64 rows -> (n, D) embeddings; gradients flow to the touched rows only."""
+        x = self.embedding(rows)  # (n, D)
+        if self.head is not None:
+            x = self.head(x)  # (n, D)
+        if self.normalize:
+            # fp32 norm: under bf16 autocast a low-precision norm visibly perturbs cosine scores.
+            x = nn.functional.normalize(x.float(), dim=-1)  # (n, D)
+        return x
+
+
+class TwoTowerModel(nn.Module):
+    """User tower + item tower; the loop (Trainer) and samplers only call the towers."""
+
+    def __init__(
+        self,
+        *,
+        user_capacity: int,
+        item_capacity: int,
+        dim: int,
+        hidden_dims: Sequence[int] = (),
+        normalize: bool = True,
+        temperature: float = 0.05,
+        init_std: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.temperature = temperature
+        self.init_std = init_std
+        self.user = Tower(user_capacity, dim, hidden_dims, normalize)
+        self.item = Tower(item_capacity, dim, hidden_dims, normalize)
+
+    @classmethod
+    def from_config(cls, config: object) -> TwoTowerModel:
+        """Build from a :class:`streamtrain.config.ModelConfig`."""
+        return cls(
+            user_capacity=config.user_capacity,  # type: ignore[attr-defined]
+            item_capacity=config.item_capacity,  # type: ignore[attr-defined]
+            dim=config.embedding_dim,  # type: ignore[attr-defined]
+            hidden_dims=tuple(config.hidden_dims),  # type: ignore[attr-defined]
+            normalize=config.normalize,  # type: ignore[attr-defined]
+            temperature=config.temperature,  # type: ignore[attr-defined]
+            init_std=config.init_std,  # type: ignore[attr-defined]
+        )
+
+    def tower(self, name: TowerName) -> Tower:
+        """The ``"user"`` or ``"item"`` tower."""
+        if name == "user":
+            return self.user
+        if name == "item":
+            return self.item
+        raise ValueError(f"unknown tower {name!r}")
+
+    def user_tower(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B,) user rows -> (B, D) query embeddings."""
+        return self.user(rows)
+
+    def item_tower(self, rows: torch.Tensor) -> torch.Tensor:
+        """(n,) item rows -> (n, D) item embeddings (also handed to samplers as ``embed_items``)."""
+        return self.item(rows)
+
+    def score(self, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
+        """(B,) users × (N,) items -> (B, N) scores ``<q, v> / temperature``."""
+        return self.user_tower(user_rows) @ self.item_tower(item_rows).T / self.temperature  # (B, N)
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The two tables (sparse gradients; stepped by the row-sparse optimizer)."""
+        return [self.user.embedding.weight, self.item.embedding.weight]  # type: ignore[list-item]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """MLP head parameters (dense gradients; a standard torch optimizer)."""
+        sparse = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+    @torch.no_grad()
+    def reinit_rows(self, name: TowerName, rows: torch.Tensor, generator: torch.Generator) -> None:
+        """Give ``rows`` (n,) of one table fresh N(0, init_std²) values; called when the vocabulary
+        assigns them to a new id. Draws on the CPU ``generator`` so CPU and CUDA runs initialise alike.
+        Resetting the optimizer state of these rows is the optimizer's job (``reset_rows``)."""
+        if rows.numel() == 0:
+            return
+        weight = self.tower(name).embedding.weight
+        values = torch.randn(rows.numel(), self.dim, generator=generator) * self.init_std  # (n, D)
+        weight.index_copy_(0, rows.to(weight.device), values.to(weight.device, weight.dtype))

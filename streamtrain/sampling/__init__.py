@@ -1,0 +1,6 @@
+"""Negative samplers. Importing this package registers every sampler in :data:`SAMPLERS`."""
+
+from streamtrain.sampling import bir, cbns, full, inbatch, inbatch_logq, mns, uniform, xir  # noqa: F401
+from streamtrain.sampling.base import SAMPLERS, Sampler, SamplerInput, SamplerOutput, build_sampler, register
+
+__all__ = ["SAMPLERS", "Sampler", "SamplerInput", "SamplerOutput", "build_sampler", "register"]
