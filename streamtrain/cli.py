@@ -21,6 +21,8 @@ __all__ = ["main", "build_parser"]
 
 COMMAND_MODULES = (
     "streamtrain.commands.config_cmd",
+    "streamtrain.commands.consume",
+    "streamtrain.commands.replay",
 )
 
 EXIT_CONFIG_ERROR = 2

@@ -105,7 +105,7 @@ class Metrics:
             registry=registry,
         )
         self.cache_hit_ratio = Gauge(
-            "xir_cache_hit_ratio", "Share of XIR draws that came from the cache", namespace=ns, registry=registry
+            "xir_cache_hit_ratio", "Share of the batch's XIR candidate draws whose item was already in the hot-item cache", namespace=ns, registry=registry
         )
         # --- progressive evaluation ----------------------------------------------
         self.progressive_recall = Gauge(
@@ -120,7 +120,14 @@ class Metrics:
         )
         self.checkpoint_duration = Histogram(
             "checkpoint_duration_seconds",
-            "Training pause per checkpoint (files, Redis transaction, offset commit)",
+            "End-to-end checkpoint time: state snapshot, files, Redis transaction, offset commit",
+            buckets=_CHECKPOINT_BUCKETS,
+            namespace=ns,
+            registry=registry,
+        )
+        self.checkpoint_pause = Histogram(
+            "checkpoint_pause_seconds",
+            "Time training stood still per checkpoint (copying state off the trainer); the rest runs in the background",
             buckets=_CHECKPOINT_BUCKETS,
             namespace=ns,
             registry=registry,

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Checkpoint pause and resume time at production size (default 1M users × 1M items × 64 dims, Adam).
+
+Measures, on the real Trainer and the local stack's Redis:
+
+* ``pause``   the training thread's stop: :func:`take_snapshot` (copy of model, optimizer, vocabulary,
+              shared state); repeat 1 allocates the snapshot buffers, later ones copy into them.
+              The commit steps then run on a background thread while training goes on.
+* ``commit``  the background part: dead letters (none here), file write with fsync, Redis MULTI/EXEC.
+* ``resume``  what a restarted worker does before consuming: build the Trainer, read the file named by
+              Redis, load it and the shared state (the process start itself is reported by
+              ``streamtrain consume`` as "worker started in ... s").
+
+    python bench/bench_checkpoint.py --capacity 1000000 --dim 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from streamtrain.config import load_config
+from streamtrain.events import EventBatch
+from streamtrain.localstack import StackAddresses
+from streamtrain.metrics import Metrics
+from streamtrain.training.trainer import Trainer
+from streamtrain.worker.build import redis_client, state_store
+from streamtrain.worker.checkpoint import Checkpointer, take_snapshot
+from streamtrain.worker.checkpoint_files import CheckpointFiles
+from streamtrain.worker.resume import resume
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--capacity", type=int, default=1_000_000, help="user and item table rows")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="training steps before checkpointing")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    run = f"bench-ckpt-{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="streamtrain-bench-ckpt-") as tmp:
+        config = load_config(
+            overrides=[
+                f"run.name={run}", "run.device=cpu", f"redis.url={StackAddresses.from_env().redis_url}",
+                "redis.key_prefix=bench", f"checkpoint.dir={tmp}", f"model.embedding_dim={args.dim}",
+                f"model.user_capacity={args.capacity}", f"model.item_capacity={args.capacity}",
+                "trainer.batch_size=1024", "sampler.name=xir",
+            ],
+            environ={},
+        )
+        t0 = time.perf_counter()
+        trainer = Trainer(config)
+        build_s = time.perf_counter() - t0
+        rng = np.random.default_rng(0)
+        for _ in range(args.steps):
+            trainer.train_step(EventBatch.from_ids(rng.integers(0, 200_000, 1024), rng.integers(0, 500_000, 1024)))
+        client = redis_client(config)
+        store = state_store(config, client)
+        files = CheckpointFiles(Path(tmp), run, keep=2)
+        checkpointer = Checkpointer(
+            files=files, store=store, flush_dead_letters=lambda _t: True, commit_offsets=None,
+            metrics=Metrics(CollectorRegistry()), committed_id=None, committed_offsets={},
+        )
+        rows = []
+        snap = None
+        for i in range(1, args.repeats + 1):
+            # As in the worker: the previous snapshot's buffers are reused (the first pause allocates them).
+            snap = take_snapshot(trainer, i, {("bench", 0): i * 1024}, i * 1024, [], reuse=snap)
+            t1 = time.perf_counter()
+            checkpointer.commit(snap, kafka=False)
+            rows.append((snap.copy_seconds, time.perf_counter() - t1))
+        size_mb = files.path(args.repeats).stat().st_size / 1e6
+
+        t2 = time.perf_counter()
+        fresh = Trainer(config)
+        rebuild_s = time.perf_counter() - t2
+        point = resume(fresh, store, files, fresh=False)
+        resume_s = time.perf_counter() - t2
+        assert point.checkpoint_id == args.repeats
+        store.clear()
+        client.close()
+
+    print(f"\n{args.capacity:,} users × {args.capacity:,} items × {args.dim} dims, file {size_mb:,.0f} MB")
+    print(f"{'repeat':<8} {'pause s':>9} {'commit s':>9}")
+    for i, (pause, commit) in enumerate(rows, 1):
+        print(f"{i:<8} {pause:>9.3f} {commit:>9.3f}")
+    print(f"trainer build {build_s:.2f} s; resume (build {rebuild_s:.2f} s + load) {resume_s:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,208 @@
+"""Builds a :class:`Worker` and its Kafka, Redis and HTTP collaborators from the configuration.
+
+The only module that constructs clients; everything else receives them. Called by
+``streamtrain consume`` and by the integration tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.record import util as kafka_record_util
+from prometheus_client import CollectorRegistry
+
+from streamtrain import __version__
+from streamtrain.config import Config
+from streamtrain.metrics import Metrics
+from streamtrain.worker.backoff import Backoff
+from streamtrain.worker.batcher import Batcher
+from streamtrain.worker.checkpoint import Checkpointer
+from streamtrain.worker.checkpoint_files import CheckpointFiles
+from streamtrain.worker.checkpoint_runner import CheckpointRunner
+from streamtrain.worker.dead_letter import DeadLetterSink
+from streamtrain.worker.engine import TrainingEngine
+from streamtrain.worker.http import MetricsServer
+from streamtrain.worker.lag import LagTracker
+from streamtrain.worker.progress import Progress
+from streamtrain.worker.resume import resume
+from streamtrain.worker.source import KafkaSource
+from streamtrain.worker.state_store import RedisStateStore
+from streamtrain.worker.worker import Worker
+
+__all__ = ["WorkerParts", "build_worker", "kafka_client_options", "redis_client", "state_store"]
+
+log = logging.getLogger(__name__)
+
+
+def kafka_client_options(config: Config) -> dict[str, Any]:
+    """Connection options shared by the consumer and the dead-letter producer."""
+    k = config.kafka
+    options: dict[str, Any] = {
+        "bootstrap_servers": list(k.bootstrap_servers),
+        "client_id": k.client_id,
+        "security_protocol": k.security_protocol,
+    }
+    if k.sasl_mechanism:
+        options["sasl_mechanism"] = k.sasl_mechanism
+        options["sasl_plain_username"] = k.sasl_username
+        options["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
+    return options
+
+
+def redis_client(config: Config) -> redis.Redis:
+    """A Redis client with the configured timeouts (connects lazily)."""
+    r = config.redis
+    return redis.Redis.from_url(
+        r.url,
+        password=r.password.get_secret_value() if r.password else None,
+        socket_timeout=r.socket_timeout_s,
+        socket_connect_timeout=r.socket_timeout_s,
+    )
+
+
+def state_store(config: Config, client: redis.Redis) -> RedisStateStore:
+    """The run's Redis namespace: ``<redis.key_prefix>:<run.name>``."""
+    return RedisStateStore(client, f"{config.redis.key_prefix}:{config.run.name}")
+
+
+@dataclass
+class WorkerParts:
+    """A built worker plus what the caller must close after it stops."""
+
+    worker: Worker
+    http: MetricsServer | None
+    producer: Any
+    redis: redis.Redis
+    start_seconds: float
+
+    def close(self) -> None:
+        """Stop the HTTP server and close the clients; called after the worker stopped."""
+        if self.http is not None:
+            self.http.stop()
+        try:
+            self.producer.close(timeout=5)
+        except Exception as exc:
+            log.warning("closing the dead-letter producer failed: %s", exc)
+        self.redis.close()
+
+
+def build_worker(
+    config: Config,
+    *,
+    engine_factory: Callable[[Config], TrainingEngine],
+    fresh: bool = False,
+    max_steps: int | None = None,
+    idle_exit_s: float | None = None,
+    registry: CollectorRegistry | None = None,
+) -> WorkerParts:
+    """Resume the run's state into a new engine and wire a worker ready to ``start``.
+
+    Raises:
+        ResumeError: the stored state cannot be used (see :mod:`streamtrain.worker.resume`).
+        kafka.errors.KafkaError: no broker answered at bootstrap.
+    """
+    t0 = time.perf_counter()
+    if kafka_record_util.crc32c_c is None:
+        log.warning("the crc32c package is not installed: kafka-python checks CRCs in pure Python, "
+                    "which halves ingest throughput (pip install crc32c)")
+    metrics = Metrics(registry or CollectorRegistry())
+    engine = engine_factory(config)
+    client = redis_client(config)
+    store = state_store(config, client)
+    files = CheckpointFiles(config.checkpoint.dir, config.run.name, config.checkpoint.keep)
+    start = resume(engine, store, files, fresh=fresh)
+    progress = Progress(start.offsets, start.events, record_ranges=config.checkpoint.record_trained_ranges)
+
+    k = config.kafka
+    common = kafka_client_options(config)
+    consumer = KafkaConsumer(
+        **common,
+        group_id=k.group_id,
+        group_instance_id=k.group_instance_id,
+        enable_auto_commit=False,
+        # Positions always come from our own state; "none" makes a missing one an error, not a guess.
+        auto_offset_reset="none",
+        max_poll_records=k.max_poll_records,
+        session_timeout_ms=int(k.session_timeout_s * 1000),
+        heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 4)),
+    )
+    producer = KafkaProducer(**common, linger_ms=5, max_request_size=max(1 << 20, 2 * k.max_message_bytes))
+    dead_letters = DeadLetterSink(producer, k.dead_letter_topic, metrics)
+    worker_ref: list[Worker] = []
+
+    class Hooks:  # the worker does not exist yet when the source is built
+        def resolve_position(self, key: Any) -> int | None:
+            return worker_ref[0].resolve_position(key)
+
+        def on_revoked(self, keys: Any) -> None:
+            worker_ref[0].on_revoked(keys)
+
+        def trained_offsets(self) -> Any:
+            return progress.offsets()
+
+        def last_event_times(self) -> Any:
+            return progress.last_event_times()
+
+    source = KafkaSource(
+        consumer,
+        k.topic,
+        batcher=Batcher(config.trainer.batch_size, config.trainer.max_batch_latency_s),
+        dead_letters=dead_letters,
+        metrics=metrics,
+        lag=LagTracker(metrics, k.lag_interval_s),
+        hooks=Hooks(),
+        queue_batches=k.queue_batches,
+        max_message_bytes=k.max_message_bytes,
+        max_poll_records=k.max_poll_records,
+        assignment_timeout_s=max(30.0, 5 * k.session_timeout_s),
+    )
+    checkpointer = Checkpointer(
+        files=files,
+        store=store,
+        flush_dead_letters=dead_letters.flush,
+        commit_offsets=source.request_commit,
+        metrics=metrics,
+        committed_id=start.checkpoint_id,
+        committed_offsets=start.offsets,
+    )
+    c = config.checkpoint
+    runner = CheckpointRunner(
+        checkpointer,
+        Backoff(c.retry_backoff_s, max(c.retry_backoff_s, c.max_retry_backoff_s)),
+        interval_events=c.interval_events,
+        interval_s=c.interval_s,
+    )
+    runner.committed_events = start.events
+    worker = Worker(
+        config,
+        engine=engine,
+        source=source,
+        checkpointer=checkpointer,
+        runner=runner,
+        progress=progress,
+        start=start,
+        metrics=metrics,
+        max_steps=max_steps if max_steps is not None else config.trainer.max_steps,
+        idle_exit_s=idle_exit_s if idle_exit_s is not None else config.trainer.idle_exit_s,
+    )
+    worker_ref.append(worker)
+    metrics.info.info(
+        {
+            "version": __version__,
+            "sampler": config.sampler.name,
+            "device": str(getattr(engine, "device", config.run.device)),
+        }
+    )
+    http = None
+    if config.metrics.enabled:
+        http = MetricsServer(
+            metrics.registry, config.metrics.host, config.metrics.port, healthy=worker.healthy, ready=worker.ready
+        )
+        http.start()
+    return WorkerParts(worker, http, producer, client, time.perf_counter() - t0)

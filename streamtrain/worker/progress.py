@@ -1,0 +1,83 @@
+"""What the model has trained: next offset per partition, event count, and (test mode) trained ranges.
+
+Updated by the training thread after each micro-batch and read by the checkpoint, the rebalance
+callback (to seek) and the lag tracker. A plain lock guards it; every method is short.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+
+from streamtrain.worker.batcher import MicroBatch, PartitionKey
+from streamtrain.worker.state_store import EARLIEST, TrainedRange
+
+__all__ = ["Progress"]
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """Trained offsets of one worker; the in-memory counterpart of the committed Redis offsets."""
+
+    def __init__(self, offsets: Mapping[PartitionKey, int], events: int, *, record_ranges: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._offsets: dict[PartitionKey, int] = dict(offsets)
+        self._last_event_time: dict[PartitionKey, float] = {}
+        self.events = events
+        self._record = record_ranges
+        self._ranges: list[TrainedRange] = []
+
+    def offset(self, key: PartitionKey) -> int | None:
+        """Next offset to train for ``key`` (EARLIEST for a fresh partition), None when unknown."""
+        with self._lock:
+            return self._offsets.get(key)
+
+    def set_earliest(self, keys: Iterable[PartitionKey]) -> None:
+        """Mark partitions of a fresh run as starting at their beginning."""
+        with self._lock:
+            for key in keys:
+                self._offsets.setdefault(key, EARLIEST)
+
+    def offsets(self) -> dict[PartitionKey, int]:
+        with self._lock:
+            return dict(self._offsets)
+
+    def last_event_times(self) -> dict[PartitionKey, float]:
+        with self._lock:
+            return dict(self._last_event_time)
+
+    def accepts(self, batch: MicroBatch) -> bool:
+        """False when the batch overlaps what was already trained (a stale batch after a seek)."""
+        with self._lock:
+            for key, r in batch.ranges.items():
+                trained = self._offsets.get(key)
+                if trained is not None and trained >= 0 and r.first_offset < trained:
+                    return False
+        return True
+
+    def advance(self, batch: MicroBatch) -> None:
+        """Record a trained (or rejects-only) batch; called by the training thread after the step."""
+        with self._lock:
+            for key, r in batch.ranges.items():
+                trained = self._offsets.get(key)
+                if trained is not None and trained >= 0 and r.first_offset > trained:
+                    # Normal around transaction markers and compaction; worth a debug line only.
+                    log.debug("%s[%d]: gap %d..%d in the log", key[0], key[1], trained, r.first_offset)
+                self._offsets[key] = r.next_offset
+                if r.last_event_time is not None:
+                    self._last_event_time[key] = r.last_event_time
+                if self._record:
+                    self._ranges.append((key[0], key[1], r.first_offset, r.next_offset, r.events))
+            self.events += len(batch.events)
+
+    def pending_ranges(self) -> list[TrainedRange]:
+        """Ranges trained since the last successful checkpoint (test mode; empty otherwise)."""
+        with self._lock:
+            return list(self._ranges)
+
+    def drop_committed_ranges(self, count: int) -> None:
+        """Forget the first ``count`` ranges after a checkpoint that included them succeeded."""
+        with self._lock:
+            del self._ranges[:count]

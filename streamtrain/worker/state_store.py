@@ -1,0 +1,207 @@
+"""The run's committed state in Redis, written in one MULTI/EXEC transaction per checkpoint.
+
+Keys (``ns`` = ``<redis.key_prefix>:<run.name>``):
+
+=========================  ====  ==============================================================
+``ns:meta``                hash  checkpoint_id, file, events, step, timestamp, format
+``ns:offsets``             hash  ``<topic>:<partition>`` → next offset to train (-2: earliest)
+``ns:state``               hash  shared-state name → ``.npy`` bytes (dtype + shape + data)
+``ns:trained_ranges``      list  debug: ``topic,partition,first,next,events`` per trained batch
+=========================  ====  ==============================================================
+
+Arrays use the ``.npy`` format (read with ``allow_pickle=False``), so a value carries its dtype
+and shape and cannot execute code. The commit WATCHes ``ns:meta`` and checks that the stored
+checkpoint id is the one this worker last wrote: a second worker on the same run is fenced off
+instead of silently interleaving state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+
+from streamtrain.worker.batcher import PartitionKey
+from streamtrain.worker.errors import FencedError, StateStoreError
+
+__all__ = ["EARLIEST", "StoredState", "RedisStateStore", "encode_array", "decode_array", "TrainedRange"]
+
+EARLIEST = -2
+"""Stored next offset meaning "the beginning of the partition" (nothing consumed yet in a fresh run)."""
+
+log = logging.getLogger(__name__)
+
+_FORMAT = "1"
+
+TrainedRange = tuple[str, int, int, int, int]
+"""(topic, partition, first_offset, next_offset, events) of one trained micro-batch."""
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """An array as ``.npy`` bytes; object arrays are refused (they would need pickle)."""
+    array = np.asarray(array)
+    if array.dtype.hasobject:
+        raise ValueError(f"cannot store an object array ({array.dtype}) in Redis; convert it to a numeric or str dtype")
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_array(data: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_array`; raises ValueError on bytes that are not a plain ``.npy``."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """What the last successful checkpoint committed to Redis."""
+
+    checkpoint_id: int
+    file_name: str
+    events: int
+    step: int
+    timestamp: float
+    offsets: dict[PartitionKey, int]
+    shared: dict[str, np.ndarray]
+
+
+def _offset_field(key: PartitionKey) -> str:
+    return f"{key[0]}:{key[1]}"
+
+
+def _parse_offset_field(name: str) -> PartitionKey:
+    # Kafka topic names cannot contain ':', so the last one separates the partition.
+    topic, _, partition = name.rpartition(":")
+    return topic, int(partition)
+
+
+class RedisStateStore:
+    """Reads and commits one run's state; every Redis failure becomes a :class:`StateStoreError`."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self._client = client
+        self.namespace = namespace
+        self.meta_key = f"{namespace}:meta"
+        self.offsets_key = f"{namespace}:offsets"
+        self.state_key = f"{namespace}:state"
+        self.ranges_key = f"{namespace}:trained_ranges"
+
+    def load(self) -> StoredState | None:
+        """The committed state, or None when this run has none; called once at start."""
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.meta_key).hgetall(self.offsets_key).hgetall(self.state_key)
+                meta, offsets, state = pipe.execute()
+        except redis.RedisError as exc:
+            raise StateStoreError("load", str(exc)) from exc
+        if not meta:
+            return None
+        try:
+            m = {k.decode(): v.decode() for k, v in meta.items()}
+            return StoredState(
+                checkpoint_id=int(m["checkpoint_id"]),
+                file_name=m["file"],
+                events=int(m["events"]),
+                step=int(m["step"]),
+                timestamp=float(m["timestamp"]),
+                offsets={_parse_offset_field(k.decode()): int(v) for k, v in offsets.items()},
+                shared={k.decode(): decode_array(v) for k, v in state.items()},
+            )
+        except (KeyError, ValueError) as exc:
+            raise StateStoreError("load", f"state under {self.namespace} is malformed: {exc}") from exc
+
+    def checkpoint_id(self) -> int | None:
+        """The committed checkpoint id alone (cheap; used to resolve an ambiguous failed commit)."""
+        try:
+            raw = self._client.hget(self.meta_key, "checkpoint_id")
+        except redis.RedisError as exc:
+            raise StateStoreError("read", str(exc)) from exc
+        return None if raw is None else int(raw)
+
+    def commit(
+        self,
+        *,
+        checkpoint_id: int,
+        previous_ids: Iterable[int | None],
+        file_name: str,
+        offsets: Mapping[PartitionKey, int],
+        shared: Mapping[str, np.ndarray],
+        events: int,
+        step: int,
+        trained_ranges: Iterable[TrainedRange] = (),
+        timestamp: float | None = None,
+    ) -> None:
+        """Replace the committed state in one transaction; called by checkpoint step 3.
+
+        Args:
+            previous_ids: checkpoint ids this worker may find in Redis (the last one it committed, plus
+                ids whose commit outcome was unknown). Anything else means another writer: FencedError.
+                No id at all means Redis lost the keys; the commit then restores them.
+
+        Raises:
+            FencedError: another writer committed in between; nothing was written.
+            StateStoreError: Redis failed; the transaction was either fully applied or not at all.
+        """
+        allowed = set(previous_ids)
+        encoded = {name: encode_array(array) for name, array in shared.items()}
+        meta = {
+            "checkpoint_id": str(checkpoint_id),
+            "file": file_name,
+            "events": str(events),
+            "step": str(step),
+            "timestamp": repr(time.time() if timestamp is None else timestamp),
+            "format": _FORMAT,
+        }
+        ranges = [json.dumps(list(r)) for r in trained_ranges]
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.watch(self.meta_key)
+                raw = pipe.hget(self.meta_key, "checkpoint_id")
+                current = None if raw is None else int(raw)
+                if current is None and allowed - {None}:
+                    # Redis lost the run's keys (restarted without persistence, flushed): the worker's
+                    # memory holds the complete state, so writing it back is the recovery.
+                    log.warning("%s is gone from Redis; rewriting the run's state from memory", self.meta_key)
+                elif current not in allowed:
+                    raise FencedError(
+                        "commit",
+                        f"{self.meta_key} holds checkpoint {current}, expected one of {sorted(allowed, key=str)}: "
+                        "another worker is writing this run",
+                    )
+                pipe.multi()
+                pipe.delete(self.state_key, self.offsets_key)
+                if encoded:
+                    pipe.hset(self.state_key, mapping=encoded)
+                if offsets:
+                    pipe.hset(self.offsets_key, mapping={_offset_field(k): str(v) for k, v in offsets.items()})
+                pipe.hset(self.meta_key, mapping=meta)
+                if ranges:
+                    pipe.rpush(self.ranges_key, *ranges)
+                pipe.execute()
+        except redis.WatchError as exc:
+            raise FencedError("commit", f"{self.meta_key} changed during the transaction") from exc
+        except redis.RedisError as exc:
+            raise StateStoreError("commit", str(exc)) from exc
+
+    def clear(self) -> None:
+        """Delete the run's state (``--fresh``)."""
+        try:
+            self._client.delete(self.meta_key, self.offsets_key, self.state_key, self.ranges_key)
+        except redis.RedisError as exc:
+            raise StateStoreError("clear", str(exc)) from exc
+
+    def trained_ranges(self) -> list[TrainedRange]:
+        """The debug record of trained batches (tests audit exactly-once training with it)."""
+        try:
+            raw = self._client.lrange(self.ranges_key, 0, -1)
+        except redis.RedisError as exc:
+            raise StateStoreError("read", str(exc)) from exc
+        out: list[Any] = [tuple(json.loads(r)) for r in raw]
+        return out

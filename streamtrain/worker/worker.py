@@ -1,0 +1,351 @@
+"""The streaming worker: resume, then train every micro-batch the source delivers, checkpointing as it goes.
+
+Threads: the *source* (consumer, decoding, batching), the *loop* (training; this module), one
+*checkpoint* thread at a time (commit steps after the snapshot), the HTTP server, and kafka-python's
+own IO threads (which run the rebalance callbacks). The engine is touched by the loop and by the
+revoke callback only, serialised by ``_engine_lock``.
+
+Stopping: :meth:`Worker.request_stop` (SIGTERM/SIGINT) lets the current step finish, then the loop
+takes a final checkpoint (files, Redis, Kafka commit) and returns. ``max_steps`` (total engine
+steps) and ``idle_exit_s`` (no message for that long; the open batch is flushed and trained first)
+end the loop the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+
+from streamtrain.config import Config
+from streamtrain.events import RejectReason
+from streamtrain.metrics import Metrics
+from streamtrain.worker.batcher import MicroBatch, PartitionKey
+from streamtrain.worker.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
+from streamtrain.worker.checkpoint_runner import CheckpointRunner
+from streamtrain.worker.engine import StepResult, TrainingEngine
+from streamtrain.worker.errors import WorkerError
+from streamtrain.worker.progress import Progress
+from streamtrain.worker.resume import ResumePoint
+from streamtrain.worker.source import KafkaSource
+from streamtrain.worker.state_store import EARLIEST
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+_FINAL_CHECKPOINT_S = 20.0
+
+_PROBE_GAUGES = {
+    "full_loss": "probe_full_loss",
+    "sampled_loss": "probe_sampled_loss",
+    "loss_bias": "probe_loss_bias",
+    "gradient_alignment": "probe_gradient_alignment",
+    "kl": "probe_kl",
+    "ess": "probe_ess",
+    "cache_hit_ratio": "cache_hit_ratio",
+}
+
+
+class Worker:
+    """Wires the loop to its collaborators; build one with :func:`streamtrain.worker.build.build_worker`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: TrainingEngine,
+        source: KafkaSource,
+        checkpointer: Checkpointer,
+        runner: CheckpointRunner,
+        progress: Progress,
+        start: ResumePoint,
+        metrics: Metrics,
+        max_steps: int | None = None,
+        idle_exit_s: float | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.source = source
+        self.checkpointer = checkpointer
+        self.runner = runner
+        self.progress = progress
+        self.metrics = metrics
+        self._fresh = start.fresh
+        self._next_id = start.next_checkpoint_id
+        self._max_steps = max_steps
+        self._idle_exit_s = idle_exit_s
+        self._engine_lock = threading.Lock()
+        self._last_snapshot: Snapshot | None = None
+        self._stop = threading.Event()
+        self.fatal: BaseException | None = None
+        self.last_step_at: float | None = None
+        self.stop_reason = "running"
+        self._log_mark = (time.monotonic(), progress.events, engine.step)
+        self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
+        runner.on_success = self._on_checkpoint
+        self._init_series()
+
+    def _init_series(self) -> None:
+        """Create every labelled series at 0 so dashboards and ``rate()`` see them before the first event."""
+        m = self.metrics
+        for reason in RejectReason:
+            m.events_dead_lettered.labels(reason=str(reason))
+        for outcome in ("ok", "failed"):
+            m.checkpoints.labels(outcome=outcome)
+        for operation in ("load", "commit", "read", "clear"):
+            m.redis_errors.labels(operation=operation)
+        for operation in ("poll", "commit", "end_offsets", "dead_letter", "dead_letter_flush"):
+            m.kafka_errors.labels(operation=operation)
+        for tower, size in self.engine.vocabulary_sizes().items():
+            m.vocabulary_size.labels(tower=tower).set(size)
+        for k in self.config.trainer.eval_k:
+            m.progressive_recall.labels(k=str(k))
+            m.progressive_ndcg.labels(k=str(k))
+        m.assigned_partitions.set(0)
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to finish its current step, checkpoint and return (signal handlers call this)."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            log.info("%s: finishing the current step, then checkpointing", reason)
+        self._stop.set()
+
+    def start(self) -> None:
+        """Start consuming and training on background threads."""
+        if self.runner.try_acquire():
+            threading.Thread(target=self._warm_snapshot_buffers, name="streamtrain-warmup", daemon=True).start()
+        self.source.start()
+        self.loop_thread.start()
+
+    def _warm_snapshot_buffers(self) -> None:
+        """Allocate the snapshot buffers off the training path (first-touch page faults cost seconds at 1M×64).
+
+        Holds the runner's reservation, so no checkpoint starts meanwhile. The copied values do not matter
+        (every snapshot overwrites them), so only the state lookup happens under the engine lock.
+        """
+        try:
+            start = time.perf_counter()
+            with self._engine_lock:
+                file_state, shared = self.engine.file_state(), self.engine.shared_state()
+            warm = Snapshot(-1, detached_copy(file_state), detached_copy(shared), {}, 0, 0)
+            with self._engine_lock:
+                if self._last_snapshot is None:
+                    self._last_snapshot = warm
+            log.debug("snapshot buffers ready in %.2f s", time.perf_counter() - start)
+        except Exception as exc:  # only an optimisation: the first checkpoint allocates instead
+            log.warning("could not pre-allocate snapshot buffers: %s", exc)
+        finally:
+            self.runner.release()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the loop to end; False on timeout."""
+        self.loop_thread.join(timeout_s)
+        return not self.loop_thread.is_alive()
+
+    # ------------------------------------------------------------------ source hooks (IO thread)
+    def resolve_position(self, key: PartitionKey) -> int | None:
+        position = self.progress.offset(key)
+        if position is None and self._fresh:
+            self.progress.set_earliest([key])
+            return EARLIEST
+        return position
+
+    def on_revoked(self, keys: list[PartitionKey]) -> None:
+        """Checkpoint what was trained before the partitions move (no Kafka commit on the IO thread)."""
+        if self.fatal is not None:
+            return  # the loop failed mid-step: the engine's state must not be persisted
+        if not self.runner.acquire(60.0):
+            log.error("a checkpoint is still running after 60 s; partitions revoked without a checkpoint")
+            return
+        snap = self._snapshot_if_new()
+        if snap is None:
+            self.runner.release()
+        else:
+            self.runner.run_now(snap, kafka=False)
+
+    def trained_offsets(self) -> Mapping[PartitionKey, int]:
+        return self.progress.offsets()
+
+    def last_event_times(self) -> Mapping[PartitionKey, float]:
+        return self.progress.last_event_times()
+
+    # ------------------------------------------------------------------ health
+    def healthy(self) -> tuple[bool, str]:
+        if self.loop_thread.is_alive():
+            return True, "ok"
+        return False, f"training loop is not running ({self.stop_reason})"
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.loop_thread.is_alive():
+            return False, "training loop is not running"
+        if not self.source.assigned:
+            return False, "no partitions assigned"
+        stale_s = self.config.metrics.ready_stale_s
+        if self.last_step_at is not None and time.monotonic() - self.last_step_at <= stale_s:
+            return True, "ok"
+        pending = self.source.lag.pending_messages
+        if pending == 0 and self.source.batches.empty():
+            return True, "ok: caught up"
+        return False, f"no training step in the last {stale_s:.0f} s while {pending} messages are pending"
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        try:
+            self._run_loop()
+            self._final_checkpoint()
+        except BaseException as exc:
+            self.fatal = exc
+            self.stop_reason = f"failed: {exc}"
+            log.exception("training loop failed; no final checkpoint (state may be half-updated)")
+
+    def _run_loop(self) -> None:
+        batches = self.source.batches
+        while not self._stop.is_set():
+            if self.source.fatal is not None:
+                # What was trained is consistent: stop consuming but still take the final checkpoint.
+                self.stop_reason = f"source failed: {self.source.fatal}"
+                log.error("%s", self.stop_reason)
+                return
+            if self.runner.fatal is not None:
+                raise self.runner.fatal
+            waited = time.perf_counter()
+            try:
+                batch = batches.get(timeout=0.1)
+            except queue.Empty:
+                self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
+                if self._idle_done():
+                    self.stop_reason = f"idle for {self._idle_exit_s:g} s"
+                    log.info("no events for %.1f s: exiting", self._idle_exit_s)
+                    return
+                self._maybe_checkpoint()
+                continue
+            self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
+            self._train(batch)
+            self._maybe_checkpoint()
+            if self._max_steps is not None and self.engine.step >= self._max_steps:
+                self.stop_reason = f"max steps {self._max_steps}"
+                log.info("reached %d steps: exiting", self._max_steps)
+                return
+
+    def _idle_done(self) -> bool:
+        if self._idle_exit_s is None or self.source.assigned_at is None or self.source.joining:
+            return False  # idle time counts from the last completed assignment
+        last = max(self.source.last_message_at or 0.0, self.source.assigned_at)
+        if time.monotonic() - last < self._idle_exit_s:
+            return False
+        if self.source.pending_in_batcher():
+            self.source.request_flush()  # the partial batch is trained on the next turn
+            return False
+        return self.source.batches.empty()
+
+    def _train(self, batch: MicroBatch) -> None:
+        stats: StepResult | None = None
+        probe: dict[str, float] | None = None
+        with self._engine_lock:
+            if batch.generation != self.source.generation:
+                log.debug("dropping a batch cut before the last rebalance")
+                return
+            if not self.progress.accepts(batch):
+                log.warning("dropping a batch that overlaps trained offsets: %s", dict(batch.ranges))
+                return
+            if len(batch.events):
+                stats = self.engine.train_step(batch.events)
+                interval = self.config.trainer.probe_interval_steps
+                if interval and stats.step % interval == 0:
+                    probe = self.engine.probe(batch.events.slice(0, self.config.trainer.probe_batch_size))
+            self.progress.advance(batch)
+        self.last_step_at = time.monotonic()
+        if stats is not None:
+            self._record_step(stats, probe)
+        self.source.lag.refresh(self.progress.offsets(), self.progress.last_event_times())
+
+    def _record_step(self, stats: StepResult, probe: dict[str, float] | None) -> None:
+        m = self.metrics
+        m.train_steps.inc()
+        m.events_trained.inc(stats.num_events)
+        m.step_duration.observe(stats.duration_s)
+        m.train_loss.set(stats.loss)
+        m.last_train_timestamp.set(time.time())
+        m.logq_correction_mean.set(stats.logq_mean)
+        m.logq_correction_stddev.set(stats.logq_std)
+        if "cache_hit_ratio" in stats.sampler_stats:
+            m.cache_hit_ratio.set(float(stats.sampler_stats["cache_hit_ratio"]))
+        for tower, size in self.engine.vocabulary_sizes().items():
+            m.vocabulary_size.labels(tower=tower).set(size)
+        for name, value in (stats.progressive or {}).items():
+            metric, _, k = name.partition("@")
+            gauge = {"recall": m.progressive_recall, "ndcg": m.progressive_ndcg}.get(metric)
+            if gauge is not None and k:
+                gauge.labels(k=k).set(float(value))
+        for name, value in (probe or {}).items():
+            attr = _PROBE_GAUGES.get(name)
+            if attr is not None:
+                getattr(m, attr).set(float(value))
+        if stats.step % self.config.trainer.log_every_steps == 0:
+            self._log_progress(stats)
+
+    def _log_progress(self, stats: StepResult) -> None:
+        now = time.monotonic()
+        t0, e0, _ = self._log_mark
+        rate = (self.progress.events - e0) / max(now - t0, 1e-9)
+        self._log_mark = (now, self.progress.events, stats.step)
+        log.info(
+            "step %d: %.0f events/s, loss %.4f, lag %s messages, %d events trained",
+            stats.step, rate, stats.loss, self.source.lag.pending_messages, self.progress.events,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _snapshot_if_new(self) -> Snapshot | None:
+        with self._engine_lock:
+            offsets = self.progress.offsets()
+            if offsets == self.checkpointer.committed_offsets and self.progress.events == self.runner.committed_events:
+                return None
+            # Only called when no commit runs, so the previous snapshot's buffers are free to reuse.
+            snap = take_snapshot(
+                self.engine, self._next_id, offsets, self.progress.events, self.progress.pending_ranges(),
+                reuse=self._last_snapshot,
+            )
+            self._last_snapshot = snap
+            self._next_id += 1
+        return snap
+
+    def _maybe_checkpoint(self) -> None:
+        if not self.runner.due(self.progress.events) or not self.runner.try_acquire():
+            return
+        snap = self._snapshot_if_new()
+        if snap is None:
+            self.runner.release()
+        else:
+            self.runner.submit(snap)
+
+    def _on_checkpoint(self, snap: Snapshot) -> None:
+        self.progress.drop_committed_ranges(len(snap.trained_ranges))
+
+    def _final_checkpoint(self) -> None:
+        deadline = time.monotonic() + _FINAL_CHECKPOINT_S
+        while True:
+            if not self.runner.acquire(max(1.0, deadline - time.monotonic())):
+                raise WorkerError("a checkpoint is still running; exiting without the final one")
+            if self.runner.fatal is not None:
+                self.runner.release()
+                raise self.runner.fatal
+            snap = self._snapshot_if_new()
+            if snap is None:
+                self.runner.release()
+                log.info("final checkpoint: nothing new since checkpoint %s", self.checkpointer.committed_id)
+                return
+            if self.runner.run_now(snap):
+                return
+            if self.runner.fatal is not None:
+                raise self.runner.fatal
+            wait = min(self.config.checkpoint.retry_backoff_s, deadline - time.monotonic())
+            if wait <= 0:
+                raise WorkerError(
+                    f"final checkpoint failed until the {_FINAL_CHECKPOINT_S:.0f} s bound; the last committed "
+                    f"state is checkpoint {self.checkpointer.committed_id} (later work is retrained after restart)"
+                )
+            time.sleep(wait)

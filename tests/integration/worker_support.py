@@ -1,0 +1,128 @@
+"""Helpers shared by the worker's integration tests (tests/integration/test_worker_*.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamtrain.config import Config, load_config
+from streamtrain.events import encode_event
+
+__all__ = ["overrides", "config_for", "produce", "stream", "real_engine", "run_worker", "wait_until"]
+
+
+def overrides(
+    name: str, topic: str, ckpt_dir: Path, *, bootstrap: str, redis_url: str, extra: Sequence[str] = ()
+) -> list[str]:
+    """``--set`` values for a small, fast, CPU worker on its own run, group and Redis namespace."""
+    return [
+        f"run.name={name}",
+        "run.device=cpu",
+        "run.seed=7",
+        f"kafka.bootstrap_servers=[\"{bootstrap}\"]",
+        f"kafka.topic={topic}",
+        f"kafka.group_id=g-{name}",
+        f"kafka.dead_letter_topic={topic}.dead-letter",
+        "kafka.session_timeout_s=6",
+        "kafka.lag_interval_s=1",
+        f"redis.url={redis_url}",
+        f"redis.key_prefix=test-worker-{name}",
+        f"checkpoint.dir={ckpt_dir}",
+        "checkpoint.retry_backoff_s=0.5",
+        "checkpoint.max_retry_backoff_s=4",
+        "model.embedding_dim=16",
+        "model.user_capacity=4096",
+        "model.item_capacity=4096",
+        "model.learning_rate=0.05",
+        "sampler.name=xir",
+        "frequency.hash_size=4096",
+        "trainer.batch_size=256",
+        "trainer.max_batch_latency_s=3",
+        "trainer.probe_interval_steps=20",
+        "trainer.probe_batch_size=64",
+        "metrics.port=0",
+        *extra,
+    ]
+
+
+def config_for(*args: Any, **kwargs: Any) -> Config:
+    return load_config(overrides=overrides(*args, **kwargs), environ={})
+
+
+def stream(n: int, seed: int = 0, *, users: int = 300, items: int = 500) -> list[bytes]:
+    """``n`` valid events with Zipf-ish items and increasing event times (deterministic)."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, users, size=n)
+    i = np.minimum(rng.zipf(1.3, size=n) - 1, items - 1)
+    return [encode_event(int(a), int(b), 1_700_000_000.0 + k) for k, (a, b) in enumerate(zip(u, i, strict=True))]
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], *, partition: int | None = 0) -> int:
+    """Produce values in order to one partition; returns how many."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=4 << 20)
+    count = 0
+    for value in values:
+        # A tombstone (None) needs a key, as in real compacted topics.
+        producer.send(topic, value=value, key=b"tombstone" if value is None else None, partition=partition)
+        count += 1
+    producer.flush()
+    producer.close()
+    return count
+
+
+def real_engine(config: Config) -> Any:
+    from streamtrain.training.trainer import Trainer
+
+    return Trainer(config)
+
+
+def run_worker(config: Config, *, fresh: bool = False, idle_exit_s: float | None = None, registry: Any = None):
+    """Build and start an in-process worker on the real Trainer; the caller joins and closes it."""
+    from streamtrain.worker.build import build_worker
+
+    parts = build_worker(
+        config, engine_factory=real_engine, fresh=fresh, idle_exit_s=idle_exit_s, registry=registry
+    )
+    parts.worker.start()
+    return parts
+
+
+def stop_worker(parts: Any, timeout_s: float = 60.0) -> None:
+    """Join (after an idle exit or request_stop), then stop the source and close clients."""
+    assert parts.worker.join(timeout_s), "worker did not stop in time"
+    parts.worker.source.stop()
+    parts.close()
+
+
+def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.2, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def consume_command(sets: Sequence[str], *flags: str) -> list[str]:
+    """argv of ``python -m streamtrain --set ... consume FLAGS`` for a subprocess worker."""
+    import sys
+
+    argv = [sys.executable, "-m", "streamtrain"]
+    for item in sets:
+        argv += ["--set", item]
+    return [*argv, "consume", *flags]
+
+
+def spawn_worker(sets: Sequence[str], log: Path, *flags: str) -> Any:
+    """Start a worker subprocess with stderr appended to ``log`` and no STREAMTRAIN_* env leaking in."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRAIN_")}
+    with open(log, "ab") as sink:
+        return subprocess.Popen(consume_command(sets, *flags), stdout=subprocess.DEVNULL, stderr=sink, env=env)

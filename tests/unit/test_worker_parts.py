@@ -1,0 +1,148 @@
+"""Worker parts with fakes: dead-letter sink, trained-offset bookkeeping, lag gauges, HTTP endpoints."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from streamtrain.events import EventBatch, RejectReason, Rejection
+from streamtrain.metrics import Metrics
+from streamtrain.worker.batcher import MicroBatch, PartitionRange
+from streamtrain.worker.dead_letter import DeadLetterSink
+from streamtrain.worker.http import MetricsServer
+from streamtrain.worker.lag import LagTracker
+from streamtrain.worker.progress import Progress
+
+TP = ("t", 0)
+
+
+class FakeFuture:
+    def __init__(self, fail: bool) -> None:
+        self.is_done = True
+        self._fail = fail
+
+    def failed(self) -> bool:
+        return self._fail
+
+
+class FakeProducer:
+    def __init__(self, failures: int = 0) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.failures = failures
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None) -> Any:
+        if value is None and key is None:
+            raise ValueError("Need at least one: key or value")  # what kafka-python does
+        self.sent.append({"topic": topic, "value": value, "key": key, "headers": dict(headers)})
+        fail = self.failures > 0
+        self.failures -= 1
+        return FakeFuture(fail)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry())
+
+
+def test_dead_letters_carry_original_bytes_and_headers() -> None:
+    m = metrics()
+    producer = FakeProducer()
+    sink = DeadLetterSink(producer, "dlq", m)
+    records = [SimpleNamespace(value=b"{bad", key=b"k1", offset=40), SimpleNamespace(value=None, key=None, offset=41)]
+    sink.send_rejects("src", 3, [Rejection(0, RejectReason.NOT_JSON, "nope"),
+                                 Rejection(1, RejectReason.NULL_VALUE, "tombstone")], records)
+    assert sink.flush(1.0)
+    first, second = producer.sent
+    assert first["value"] == b"{bad" and first["key"] == b"k1" and first["topic"] == "dlq"
+    assert first["headers"] == {"reason": b"not_json", "detail": b"nope", "source_topic": b"src",
+                                "source_partition": b"3", "source_offset": b"40"}
+    assert second["value"] is None and second["headers"]["reason"] == b"null_value"
+    assert m.registry.get_sample_value("streamtrain_events_dead_lettered_total", {"reason": "not_json"}) == 1
+
+
+def test_a_refused_dead_letter_is_resent_and_blocks_the_flush() -> None:
+    m = metrics()
+    producer = FakeProducer(failures=1)
+    sink = DeadLetterSink(producer, "dlq", m)
+    sink.send_rejects("src", 0, [Rejection(0, RejectReason.NOT_OBJECT, "[]")],
+                      [SimpleNamespace(value=b"[]", key=None, offset=7)])
+    assert not sink.flush(1.0)  # refused once: sent again, the checkpoint must wait
+    assert len(producer.sent) == 2 and producer.sent[1]["value"] == b"[]"
+    assert sink.flush(1.0)
+    assert m.registry.get_sample_value("streamtrain_kafka_errors_total", {"operation": "dead_letter"}) == 1
+    assert m.registry.get_sample_value("streamtrain_events_dead_lettered_total", {"reason": "not_object"}) == 1
+
+
+def batch(first: int, nxt: int, events: int, last_time: float | None = None) -> MicroBatch:
+    ids = [str(i) for i in range(events)]
+    return MicroBatch(EventBatch.from_ids(ids, ids), {TP: PartitionRange(first, nxt, events, last_time)}, nxt - first)
+
+
+def test_progress_refuses_overlaps_and_records_ranges() -> None:
+    progress = Progress({TP: 10}, events=5, record_ranges=True)
+    assert not progress.accepts(batch(8, 12, 4))
+    assert progress.accepts(batch(10, 14, 4))
+    progress.advance(batch(10, 14, 3, last_time=99.0))
+    progress.advance(batch(14, 16, 0))  # rejects only
+    assert progress.offset(TP) == 16 and progress.events == 8
+    assert progress.last_event_times() == {TP: 99.0}
+    assert progress.pending_ranges() == [("t", 0, 10, 14, 3), ("t", 0, 14, 16, 0)]
+    progress.drop_committed_ranges(1)
+    assert progress.pending_ranges() == [("t", 0, 14, 16, 0)]
+
+
+def test_lag_in_messages_and_seconds() -> None:
+    m = metrics()
+    now = [0.0]
+    tracker = LagTracker(m, interval_s=5.0, clock=lambda: now[0], wall_clock=lambda: 1000.0)
+    consumer = SimpleNamespace(calls=0)
+
+    def end_offsets(partitions: Any, timeout_ms: int) -> dict[Any, int]:
+        consumer.calls += 1
+        return {("t", 0): 120, ("t", 1): 50}
+
+    consumer.end_offsets = end_offsets
+    tracker.maybe_update(consumer, [("t", 0), ("t", 1)], {("t", 0): 100, ("t", 1): 50}, {("t", 0): 990.0})
+    tracker.maybe_update(consumer, [("t", 0), ("t", 1)], {}, {})  # within the interval: no broker call
+    assert consumer.calls == 1 and tracker.pending_messages == 20
+
+    def value(name: str, p: str) -> float | None:
+        return m.registry.get_sample_value(name, {"topic": "t", "partition": p})
+
+    assert value("streamtrain_consumer_lag_messages", "0") == 20
+    assert value("streamtrain_consumer_lag_messages", "1") == 0
+    assert value("streamtrain_consumer_lag_seconds", "0") == 10.0
+    assert value("streamtrain_consumer_lag_seconds", "1") == 0
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_http_endpoints() -> None:
+    m = metrics()
+    m.train_steps.inc(3)
+    state = {"ready": (False, "no partitions assigned")}
+    server = MetricsServer(m.registry, "127.0.0.1", 0, healthy=lambda: (True, "ok"), ready=lambda: state["ready"])
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        status, body = _get(base + "/metrics")
+        assert status == 200 and "streamtrain_train_steps_total 3.0" in body
+        assert _get(base + "/healthz") == (200, "ok\n")
+        assert _get(base + "/readyz") == (503, "no partitions assigned\n")
+        state["ready"] = (True, "ok")
+        assert _get(base + "/readyz")[0] == 200
+        assert _get(base + "/nope")[0] == 404
+    finally:
+        server.stop()
