@@ -93,6 +93,16 @@ def _config(args: argparse.Namespace, sampler: str, n_users: int, n_items: int) 
     )
 
 
+def _evaluate(trainer: Trainer, data: dict[str, Any]) -> dict[str, float]:
+    return offline_evaluate(
+        trainer.model,
+        {"user": trainer.user_vocab, "item": trainer.item_vocab},
+        (data["train_users"], data["train_items"]),
+        data["test"],
+        k_list=(10, 20, 50),
+    )
+
+
 def run_one(args: argparse.Namespace, sampler: str, data: dict[str, Any]) -> dict[str, float]:
     """Train one sampler on the stream, then evaluate it; returns one table row."""
     torch.manual_seed(args.seed)
@@ -115,6 +125,11 @@ def run_one(args: argparse.Namespace, sampler: str, data: dict[str, Any]) -> dic
                 break
         if args.verbose:
             print(f"#   {sampler} epoch {epoch + 1}: loss {np.mean(losses[-50:]):.4f}", flush=True)
+        if args.eval_every and (epoch + 1) % args.eval_every == 0 and epoch + 1 < args.epochs:
+            # The learning curve is printed, never used to pick the reported row (that would tune on test).
+            curve = _evaluate(trainer, data)
+            print(f"#   {sampler} epoch {epoch + 1}: recall@20 {curve['recall@20']:.4f} "
+                  f"ndcg@20 {curve['ndcg@20']:.4f}", flush=True)
         if args.max_steps and trainer.step >= args.max_steps:
             break
     train_s = time.perf_counter() - started
@@ -126,13 +141,7 @@ def run_one(args: argparse.Namespace, sampler: str, data: dict[str, Any]) -> dic
         probe_rows.append(trainer.probe(_batch(users[idx], items[idx], float(trainer.step))))
     probe = {k: float(np.nanmean([r[k] for r in probe_rows])) for k in (probe_rows[0] if probe_rows else {})}
 
-    metrics = offline_evaluate(
-        trainer.model,
-        {"user": trainer.user_vocab, "item": trainer.item_vocab},
-        (data["train_users"], data["train_items"]),
-        data["test"],
-        k_list=(10, 20, 50),
-    )
+    metrics = _evaluate(trainer, data)
     row = {
         "steps": float(trainer.step),
         "train_s": train_s,
@@ -164,6 +173,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="Gowalla folder (default ../shared/data/gowalla)")
     parser.add_argument("--samplers", nargs="+", default=["full", "inbatch", "inbatch_logq", "mns", "bir", "xir"])
     parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--eval-every", type=int, default=0, help="print test Recall@20 every N epochs (0 = off)")
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)

@@ -40,6 +40,8 @@ class SamplerInput:
     # Rows the item table can hold (the vocabulary's capacity). Optional; lets XIR size its
     # occurrence vector up front instead of reading the largest row back from the device.
     num_item_rows: int | None = None
+    # (B,) non-negative event weights; None means all 1. Samplers reduce with softmax_loss.reduce_loss.
+    weights: torch.Tensor | None = None
 
 
 @dataclass

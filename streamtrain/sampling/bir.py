@@ -10,7 +10,7 @@ from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
 from streamtrain.sampling.proposal import candidates_to_known
 from streamtrain.sampling.resampling import RESAMPLERS
 from streamtrain.sampling.seeded import SeededSampler
-from streamtrain.sampling.softmax_loss import hits, loss_positive_on_diagonal, scores
+from streamtrain.sampling.softmax_loss import hits, loss_positive_on_diagonal, reduce_loss, scores
 
 __all__ = ["BatchImportanceResampler", "resampled_logits", "resampling_probs"]
 
@@ -104,7 +104,8 @@ class BatchImportanceResampler(SeededSampler):
             corrected, log_q, hit, self.num_samples, gen, positive_on_diagonal=True, method=self.resampling
         )
         self.last_counts = counts
-        return SamplerOutput(loss=loss_positive_on_diagonal(logits).mean(), stats={"ess": ess.mean()})
+        loss = reduce_loss(loss_positive_on_diagonal(logits), inp.weights)
+        return SamplerOutput(loss=loss, stats={"ess": ess.mean()})
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:

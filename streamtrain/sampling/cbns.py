@@ -11,7 +11,13 @@ import torch
 from streamtrain.sampling.base import Sampler, SamplerInput, SamplerOutput, register
 from streamtrain.sampling.inbatch import duplicate_hits
 from streamtrain.sampling.proposal import candidates_to_known
-from streamtrain.sampling.softmax_loss import MASKED_LOGIT, hits, loss_positive_on_diagonal, scores
+from streamtrain.sampling.softmax_loss import (
+    MASKED_LOGIT,
+    hits,
+    loss_positive_on_diagonal,
+    reduce_loss,
+    scores,
+)
 
 __all__ = ["CrossBatchSampler"]
 
@@ -66,7 +72,7 @@ class CrossBatchSampler(Sampler):
             cand_log_q = torch.cat([log_q, self._log_q[:n]])  # (B+n,)
             hit = torch.cat([hit, hits(inp.pos_items, self._rows[:n])], dim=1)  # (B, B+n)
         logits = scores(inp.queries, cand_emb, inp.temperature, cand_log_q).masked_fill(hit, MASKED_LOGIT)
-        loss = loss_positive_on_diagonal(logits).mean()
+        loss = reduce_loss(loss_positive_on_diagonal(logits), inp.weights)
         if update_state:
             self._enqueue(inp.pos_emb.detach(), inp.pos_items, log_q)
             self.step += 1

@@ -12,6 +12,7 @@ from streamtrain.sampling.softmax_loss import (
     hits,
     loss_separate_positive,
     positive_scores,
+    reduce_loss,
     scores,
 )
 
@@ -44,7 +45,7 @@ class FullSoftmax(Sampler):
         neg = scores(inp.queries, inp.embed_items(inp.known_items), inp.temperature)  # (B, N)
         neg = neg.masked_fill(hits(inp.pos_items, inp.known_items), MASKED_LOGIT)
         pos = positive_scores(inp.queries, inp.pos_emb, inp.temperature)  # (B,)
-        return SamplerOutput(loss=loss_separate_positive(pos, neg).mean())
+        return SamplerOutput(loss=reduce_loss(loss_separate_positive(pos, neg), inp.weights))
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:

@@ -8,7 +8,13 @@ import torch
 
 from streamtrain.sampling.base import Sampler, SamplerInput, SamplerOutput, register
 from streamtrain.sampling.proposal import candidates_to_known
-from streamtrain.sampling.softmax_loss import MASKED_LOGIT, hits, loss_positive_on_diagonal, scores
+from streamtrain.sampling.softmax_loss import (
+    MASKED_LOGIT,
+    hits,
+    loss_positive_on_diagonal,
+    reduce_loss,
+    scores,
+)
 
 __all__ = ["InBatchSampler", "duplicate_hits"]
 
@@ -47,7 +53,7 @@ class InBatchSampler(Sampler):
         log_q = inp.log_q(inp.pos_items) if self.uses_log_q else None
         logits = scores(inp.queries, inp.pos_emb, inp.temperature, log_q)  # (B, B), positive on the diagonal
         logits = logits.masked_fill(duplicate_hits(inp.pos_items), MASKED_LOGIT)
-        return SamplerOutput(loss=loss_positive_on_diagonal(logits).mean())
+        return SamplerOutput(loss=reduce_loss(loss_positive_on_diagonal(logits), inp.weights))
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:

@@ -10,7 +10,13 @@ import torch
 from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
 from streamtrain.sampling.proposal import candidates_to_known
 from streamtrain.sampling.seeded import SeededSampler
-from streamtrain.sampling.softmax_loss import MASKED_LOGIT, hits, loss_positive_on_diagonal, scores
+from streamtrain.sampling.softmax_loss import (
+    MASKED_LOGIT,
+    hits,
+    loss_positive_on_diagonal,
+    reduce_loss,
+    scores,
+)
 
 __all__ = ["MixedNegativeSampler"]
 
@@ -73,7 +79,7 @@ class MixedNegativeSampler(SeededSampler):
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
         """Draw B' uniform items, score batch ∪ uniform, mixture correction, masked softmax."""
         logits = self.corrected_logits(inp, self._generator(update_state))
-        return SamplerOutput(loss=loss_positive_on_diagonal(logits).mean())
+        return SamplerOutput(loss=reduce_loss(loss_positive_on_diagonal(logits), inp.weights))
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:

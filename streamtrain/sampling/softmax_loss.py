@@ -82,3 +82,13 @@ def loss_separate_positive(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -
     logits = torch.cat([pos_logits.unsqueeze(1), neg_logits], dim=1)  # (B, 1+K), positive first
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, target, reduction="none")
+
+
+def reduce_loss(per_example: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Scalar batch loss from (B,) per-example losses: the mean, or the weight-normalised mean when
+    events carry weights (B,), so a batch of weight-2 events trains like the same batch at weight 1
+    and a weight-0 event contributes no gradient."""
+    if weights is None:
+        return per_example.mean()
+    w = weights.to(per_example.dtype)
+    return (per_example * w).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)

@@ -10,7 +10,14 @@ import torch
 from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
 from streamtrain.sampling.proposal import uniform_log_probs
 from streamtrain.sampling.seeded import SeededSampler
-from streamtrain.sampling.softmax_loss import MASKED_LOGIT, hits, loss_separate_positive, positive_scores, scores
+from streamtrain.sampling.softmax_loss import (
+    MASKED_LOGIT,
+    hits,
+    loss_separate_positive,
+    positive_scores,
+    reduce_loss,
+    scores,
+)
 
 __all__ = ["UniformSampler"]
 
@@ -51,7 +58,7 @@ class UniformSampler(SeededSampler):
         neg = scores(inp.queries, inp.embed_items(rows), inp.temperature, log_q)  # (B, K)
         neg = neg.masked_fill(hits(inp.pos_items, rows), MASKED_LOGIT)
         pos = positive_scores(inp.queries, inp.pos_emb, inp.temperature) + math.log(n_known)  # (B,) s − log(1/N)
-        return SamplerOutput(loss=loss_separate_positive(pos, neg).mean())
+        return SamplerOutput(loss=reduce_loss(loss_separate_positive(pos, neg), inp.weights))
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:

@@ -13,7 +13,13 @@ from streamtrain.sampling.bir import resampled_logits, resampling_probs
 from streamtrain.sampling.proposal import candidates_to_known
 from streamtrain.sampling.resampling import RESAMPLERS, draw_indices
 from streamtrain.sampling.seeded import SeededSampler
-from streamtrain.sampling.softmax_loss import hits, loss_positive_on_diagonal, loss_separate_positive, scores
+from streamtrain.sampling.softmax_loss import (
+    hits,
+    loss_positive_on_diagonal,
+    loss_separate_positive,
+    reduce_loss,
+    scores,
+)
 
 __all__ = ["CacheImportanceResampler"]
 
@@ -130,10 +136,10 @@ class CacheImportanceResampler(SeededSampler):
                 corrected_c, log_q_c, hits(pos_items, cache_rows), self.cache_draws, gen, method=self.resampling
             )
             term_c = loss_separate_positive(logits_b.diagonal(), logits_c)  # (B,) L(u; K_u)
-            loss = (self.mix_lambda * term_c + (1.0 - self.mix_lambda) * term_b).mean()
+            loss = reduce_loss(self.mix_lambda * term_c + (1.0 - self.mix_lambda) * term_b, inp.weights)
             cand_rows = torch.cat([pos_items, cache_rows])  # (B+C,)
         else:
-            loss = term_b.mean()
+            loss = reduce_loss(term_b, inp.weights)
             counts_c, cand_rows = None, pos_items
 
         with torch.no_grad():

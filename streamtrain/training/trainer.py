@@ -19,6 +19,7 @@ One step, in order (:meth:`Trainer.train_step`):
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class StepStats:
     logq_std: float
     sampler_stats: dict[str, float]
     progressive: dict[str, float] | None  # rolling Recall@K/NDCG@K when this step was evaluated
+    applied: bool = True  # False when the loss was not finite and the update was skipped
 
 
 class Trainer:
@@ -164,7 +166,8 @@ class Trainer:
     def train_step(self, batch: EventBatch) -> StepStats:
         """Train on one micro-batch (test-then-train); called by the worker once per batch.
 
-        Raises TrainingError on an empty batch. A non-finite loss is reported in the stats, not raised.
+        Raises TrainingError on an empty batch. A non-finite loss skips the parameter update (one bad
+        batch must not poison the tables) and is reported in the stats (``applied=False``), not raised.
         """
         if len(batch) == 0:
             raise TrainingError("train_step got an empty batch; skip empty micro-batches before training")
@@ -184,13 +187,10 @@ class Trainer:
         self._zero_grads()
         with autocast_context(self.device, self.config.trainer.mixed_precision):
             inp = self._sampler_input(user_rows, item_rows)
+            inp.weights = self._weights(batch)
             out = self.sampler.loss(inp, update_state=True)
         if out.loss.requires_grad:  # a batch whose negatives were all masked has a constant loss
             out.loss.backward()
-        self.sparse_optimizer.step()
-        if self.dense_optimizer is not None:
-            self.dense_optimizer.step()
-        self._zero_grads()
 
         with torch.no_grad():
             log_q = inp.log_q(item_rows).float()  # (B,)
@@ -204,6 +204,15 @@ class Trainer:
             if prog_sums is not None:
                 parts.append(prog_sums.float())
             values = torch.cat(parts).tolist()  # the step's only device→host sync
+        # The update waits for the sync so a NaN/inf loss never reaches the parameters.
+        applied = math.isfinite(values[0])
+        if applied:
+            self.sparse_optimizer.step()
+            if self.dense_optimizer is not None:
+                self.dense_optimizer.step()
+        else:
+            log.warning("step %d: loss is %s; update skipped for this batch", self._step + 1, values[0])
+        self._zero_grads()
         self._step += 1
         n_fixed = 3 + len(names)
         progressive = self.progressive.update(values[n_fixed:]) if prog_sums is not None else None
@@ -216,7 +225,14 @@ class Trainer:
             logq_std=values[2],
             sampler_stats=dict(zip(names, values[3:n_fixed])),
             progressive=progressive,
+            applied=applied,
         )
+
+    def _weights(self, batch: EventBatch) -> torch.Tensor | None:
+        """(B,) event weights on the device, or None when all are 1 (the common case costs nothing)."""
+        if bool(np.all(batch.weight == 1.0)):
+            return None
+        return torch.from_numpy(np.ascontiguousarray(batch.weight, dtype=np.float32)).to(self.device)
 
     def probe(self, batch: EventBatch) -> dict[str, float]:
         """Sampling-bias numbers (loss bias, gradient cosine, KL, ESS...) on ``batch`` without

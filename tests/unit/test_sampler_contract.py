@@ -110,6 +110,27 @@ def test_loss_is_finite_scalar_with_finite_gradients(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_event_weights_scale_each_query_and_normalise(name: str) -> None:
+    """Weights are per event: weight 0 gives its query no gradient, and uniform weights of any size
+    give the same loss as no weights (the loss is a weight-normalised mean)."""
+    world = World()
+    base = make_sampler(name).loss(world.batch(0)).loss.detach()
+    doubled = world.batch(0)
+    doubled.weights = torch.full((BATCH,), 2.0)
+    assert torch.allclose(make_sampler(name).loss(doubled).loss.detach(), base, rtol=1e-5)
+
+    inp = world.batch(0)
+    queries = inp.queries.detach().requires_grad_(True)
+    inp.queries = queries
+    inp.weights = torch.ones(BATCH)
+    inp.weights[0] = 0.0
+    make_sampler(name).loss(inp).loss.backward()
+    assert queries.grad is not None
+    assert queries.grad[0].abs().max() == 0
+    assert queries.grad[1:].abs().sum(dim=1).min() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gradient_reaches_the_negatives(name: str) -> None:
     """With orthonormal queries, row i's gradient projected on query b is exactly dL/ds(b, i)/τ.
     For i ≠ positive(b) that can only come from i being a negative of b: it must be > 0 somewhere

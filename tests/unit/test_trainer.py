@@ -3,6 +3,7 @@ growth and reuse, every registered sampler, probe and serving helpers."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from typing import Any
@@ -191,6 +192,43 @@ def test_every_registered_sampler_runs_two_steps() -> None:
             assert math.isfinite(stats.logq_mean) and stats.logq_mean <= 0
             assert all(isinstance(v, float) for v in stats.sampler_stats.values())
             assert stats.progressive is not None and 0 <= stats.progressive["recall@20"] <= 1
+
+
+def test_non_finite_loss_skips_the_update_and_training_goes_on() -> None:
+    trainer = Trainer(make_config("inbatch_logq"))
+    stream = Stream(seed=3)
+    batch = stream.batch()
+    assert trainer.train_step(batch).applied
+    before = trainer.model.tower("item").embedding.weight.detach().clone()
+    real_loss = trainer.sampler.loss
+
+    def poisoned(inp, update_state=True):  # a NaN that flows into the gradients too
+        out = real_loss(inp, update_state=update_state)
+        out.loss = out.loss * float("nan")
+        return out
+
+    trainer.sampler.loss = poisoned
+    stats = trainer.train_step(batch)  # same ids: no new rows, so any change would be the update
+    assert not stats.applied and math.isnan(stats.loss)
+    assert torch.equal(trainer.model.tower("item").embedding.weight, before)
+    trainer.sampler.loss = real_loss
+    stats = trainer.train_step(batch)
+    assert stats.applied and math.isfinite(stats.loss)
+    assert torch.isfinite(trainer.model.tower("item").embedding.weight).all()
+    assert not torch.equal(trainer.model.tower("item").embedding.weight, before)
+
+
+def test_event_weights_reach_the_loss() -> None:
+    """A batch at weight 3 trains exactly like the same batch at weight 1 (normalised mean), while
+    zero weight on all but one event changes the update."""
+    plain, tripled, single = (Trainer(make_config("inbatch")) for _ in range(3))
+    batch = Stream(seed=4).batch()
+    heavy = dataclasses.replace(batch, weight=np.full(len(batch), 3.0, dtype=np.float32))
+    lone = dataclasses.replace(batch, weight=np.eye(1, len(batch), dtype=np.float32)[0])
+    a, b, c = plain.train_step(batch), tripled.train_step(heavy), single.train_step(lone)
+    assert math.isclose(a.loss, b.loss, rel_tol=1e-5)
+    assert torch.allclose(plain.model.tower("user").embedding.weight, tripled.model.tower("user").embedding.weight)
+    assert not math.isclose(a.loss, c.loss, rel_tol=1e-3)
 
 
 def test_probe_leaves_training_state_untouched() -> None:
