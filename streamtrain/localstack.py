@@ -121,6 +121,11 @@ class StackAddresses:
         """Prometheus reads every ``*.json`` file here as a file_sd target group (refreshed each second)."""
         return self.stack_dir / "prometheus" / "targets"
 
+    @property
+    def rules_dir(self) -> Path:
+        """Prometheus also loads every ``*.yml`` rule file here, on start and on ``POST /-/reload``."""
+        return self.stack_dir / "prometheus" / "rules"
+
     def as_dict(self) -> dict[str, str]:
         """The same keys and values as ``scripts/local-stack env`` prints."""
         return {
