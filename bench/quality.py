@@ -229,10 +229,10 @@ def main() -> None:
         print(
             f"# {sampler}: recall@20 {rows[sampler]['recall@20']:.4f} in {rows[sampler]['train_s']:.1f} s", flush=True
         )
+        if args.out:  # after every sampler, so a long run that is cut short keeps what it finished
+            args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
     print()
     _print_table(rows)
-    if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -210,11 +210,7 @@ class KafkaSource:
                 self._serve_requests()
                 self._poll_once()
                 self._check_join()
-                with self._lock:
-                    assigned = [TopicPartition(t, p) for t, p in self.assigned]
-                self.lag.maybe_update(
-                    self._consumer, assigned, self._hooks.trained_offsets(), self._hooks.last_event_times()
-                )
+                self._update_lag()
         except BaseException as exc:  # a bug or a fatal broker error: the worker stops
             log.exception("source thread failed")
             self.fatal = exc
@@ -225,6 +221,11 @@ class KafkaSource:
             except Exception as exc:
                 log.warning("closing the consumer failed: %s", exc)
             self._fail_requests()
+
+    def _update_lag(self) -> None:
+        with self._lock:
+            assigned = [TopicPartition(t, p) for t, p in self.assigned]
+        self.lag.maybe_update(self._consumer, assigned, self._hooks.trained_offsets(), self._hooks.last_event_times())
 
     def _check_join(self) -> None:
         # A group join that never completes leaves the worker idle forever (seen rarely with kafka-python
@@ -300,6 +301,8 @@ class KafkaSource:
                 return
             except queue.Full:
                 self._serve_requests()
+                # A stalled trainer must still show growing lag (the lag alert depends on it).
+                self._update_lag()
 
     # ------------------------------------------------------------------ rebalance (IO thread)
     def _drain(self) -> None:

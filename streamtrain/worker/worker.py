@@ -105,6 +105,11 @@ class Worker:
             m.progressive_recall.labels(k=str(k))
             m.progressive_ndcg.labels(k=str(k))
         m.assigned_partitions.set(0)
+        # Start time as the baseline: 0 would read as "no step for 56 years" on dashboards and make the
+        # staleness alerts true from the first scrape; this way they measure time since start.
+        now = time.time()
+        m.last_train_timestamp.set(now)
+        m.last_checkpoint_timestamp.set(now)
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "stop requested") -> None:
