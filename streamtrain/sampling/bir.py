@@ -8,40 +8,46 @@ import torch
 
 from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
 from streamtrain.sampling.proposal import candidates_to_known
-from streamtrain.sampling.resampling import RESAMPLERS
+from streamtrain.sampling.resampling import RESAMPLERS, Draws
 from streamtrain.sampling.seeded import SeededSampler
-from streamtrain.sampling.softmax_loss import hits, loss_positive_on_diagonal, reduce_loss, scores
+from streamtrain.sampling.softmax_loss import hits, loss_separate_positive, reduce_loss, scores
 
-__all__ = ["BatchImportanceResampler", "resampled_logits", "resampling_probs"]
+__all__ = ["BatchImportanceResampler", "resampled_negatives", "resampling_probs"]
 
 
-def resampled_logits(
-    corrected: torch.Tensor,
+def resampled_negatives(
+    logits: torch.Tensor,
     log_q: torch.Tensor,
     hit: torch.Tensor,
     num_samples: int,
     generator: torch.Generator,
     *,
-    positive_on_diagonal: bool = False,
     method: str = "multinomial",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw ``num_samples`` per query ∝ exp(corrected) (hits excluded) and return the logits
-    ``s + log n`` (B, n) — −inf where nothing was drawn — plus the counts and the per-row ESS.
+) -> tuple[torch.Tensor, Draws, torch.Tensor]:
+    """Draw ``num_samples`` per query ∝ exp(s − log p̂) (hits excluded) and return the negative
+    logits s(u, j) of the draws, the draws and the per-row ESS (B,).
 
-    ``corrected`` (B, n) = s − log p̂ (with grad), ``log_q`` (n,) the log p̂ it subtracted. The
-    draw and the offsets are computed without gradient; the logits carry the scores' gradient.
-    With ``positive_on_diagonal`` (the batch block), column b of row b, query b's positive, which
-    is never drawn, gets the logit s(u_b, i⁺_b): counted once, as the positive term.
-    ``method`` names the resampler in :data:`~streamtrain.sampling.resampling.RESAMPLERS`.
+    ``logits`` (B, n) = s(u, j), the plain scores (with grad); ``log_q`` (n,) the candidates' log p̂,
+    used for the draw only. The negatives carry the scores' gradient; feed them to
+    ``loss_separate_positive`` so that
+
+        log( exp(s(u,i⁺)) + Σ_j n_uj · exp(s(u,j)) ) − s(u,i⁺)
+
+    is the BIR term. Multinomial (the default): (B, R), one column per draw, a column drawn n times
+    appears n times (−inf for a dead row). Systematic: (B, n) logits s + log n, −inf where nothing was
+    drawn. ``method`` names the resampler in :data:`~streamtrain.sampling.resampling.RESAMPLERS`.
     """
     with torch.no_grad():
-        counts, ess = RESAMPLERS[method](corrected, hit, num_samples, generator)  # (B, n), (B,)
+        corrected = logits.detach().float() - log_q.float().unsqueeze(0)  # (B, n) s − log p̂, scratch
+        draws, ess = RESAMPLERS[method](corrected, hit, num_samples, generator, owned=True)
+    if draws.index is not None and draws.alive is not None:
+        negatives = logits.gather(1, draws.index)  # (B, R)
+        return negatives.masked_fill_(~draws.alive, float("-inf")), draws, ess  # a dead row has no negatives
+    with torch.no_grad():
+        counts = draws.counts()  # (B, n)
         # log n, −inf where n = 0 (clamping first keeps log off its slow path for 0)
         offsets = counts.clamp_min(1.0).log_().masked_fill_(counts == 0, float("-inf"))
-        offsets.add_(log_q.float().unsqueeze(0))  # (B, n): s − log p̂ → s + log n
-        if positive_on_diagonal:
-            offsets.diagonal().copy_(log_q)
-    return corrected + offsets, counts, ess
+    return logits + offsets, draws, ess
 
 
 @torch.no_grad()
@@ -60,8 +66,8 @@ class BatchImportanceResampler(SeededSampler):
 
         L_BIR = log( exp(s(u,i⁺)) + Σ_j n_uj · exp(s(u,j)) ) − s(u,i⁺)
 
-    i.e. ``logsumexp([s(u,i⁺), s(u, R_u)]) − s(u,i⁺)`` without materialising the R draws. The
-    resampled items approximate draws from the model's own softmax, so the gradient estimate is
+    i.e. ``logsumexp([s(u,i⁺), s(u, R_u)]) − s(u,i⁺)`` over the R drawn scores, gathered from the
+    (B, B) score matrix (no dense count or log-count matrix is built). The resampled items approximate draws from the model's own softmax, so the gradient estimate is
     asymptotically unbiased. Weights are computed under ``no_grad``; the loss uses the scores of
     the drawn items from the (B, B) score matrix that carries the gradient.
     Reference: Chen et al., "Learning Recommenders for Implicit Feedback with Importance
@@ -84,7 +90,7 @@ class BatchImportanceResampler(SeededSampler):
         super().__init__(seed=seed, device=device)
         self.num_samples = num_samples
         self.resampling = resampling
-        self.last_counts: torch.Tensor | None = None  # (B, B) draws of the last call, for tests/debugging
+        self._last_draws: Draws | None = None
 
     @classmethod
     def from_config(
@@ -97,15 +103,19 @@ class BatchImportanceResampler(SeededSampler):
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
         """Resample, then the BIR loss; advances the generator only when ``update_state``."""
         log_q = inp.log_q(inp.pos_items).detach().float()  # (B,)
-        corrected = scores(inp.queries, inp.pos_emb, inp.temperature, log_q)  # (B, B) s − log p̂, grad
+        logits = scores(inp.queries, inp.pos_emb, inp.temperature)  # (B, B) s(u, j), grad
         hit = hits(inp.pos_items, inp.pos_items)  # (B, B), diagonal included
         gen = self._generator(update_state)
-        logits, counts, ess = resampled_logits(
-            corrected, log_q, hit, self.num_samples, gen, positive_on_diagonal=True, method=self.resampling
-        )
-        self.last_counts = counts
-        loss = reduce_loss(loss_positive_on_diagonal(logits), inp.weights)
+        negatives, draws, ess = resampled_negatives(logits, log_q, hit, self.num_samples, gen, method=self.resampling)
+        self._last_draws = draws
+        positives = logits.diagonal()  # (B,) s(u_b, i⁺_b)
+        loss = reduce_loss(loss_separate_positive(positives, negatives), inp.weights)
         return SamplerOutput(loss=loss, stats={"ess": ess.mean()})
+
+    @property
+    def last_counts(self) -> torch.Tensor | None:
+        """(B, B) draws per batch position of the last call (built on demand; tests, debugging)."""
+        return None if self._last_draws is None else self._last_draws.counts()
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:

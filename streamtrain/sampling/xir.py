@@ -9,13 +9,12 @@ import numpy as np
 import torch
 
 from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
-from streamtrain.sampling.bir import resampled_logits, resampling_probs
+from streamtrain.sampling.bir import resampled_negatives, resampling_probs
 from streamtrain.sampling.proposal import candidates_to_known
-from streamtrain.sampling.resampling import RESAMPLERS, draw_indices
+from streamtrain.sampling.resampling import RESAMPLERS, Draws, draw_indices
 from streamtrain.sampling.seeded import SeededSampler
 from streamtrain.sampling.softmax_loss import (
     hits,
-    loss_positive_on_diagonal,
     loss_separate_positive,
     reduce_loss,
     scores,
@@ -95,7 +94,7 @@ class CacheImportanceResampler(SeededSampler):
         self.mix_lambda = mix_lambda
         self.cache_rows = torch.zeros(0, dtype=torch.long, device=self.device)  # (C,) once filled
         self.occurrence = torch.ones(_MIN_OCCURRENCE_ROWS, dtype=torch.long, device=self.device)  # o
-        self.last_counts: dict[str, torch.Tensor | None] = {}  # draws of the last call, for tests
+        self._last_draws: dict[str, Draws | None] = {}
 
     @classmethod
     def from_config(
@@ -121,44 +120,51 @@ class CacheImportanceResampler(SeededSampler):
         gen = self._generator(update_state)
         pos_items, cache_rows = inp.pos_items, self.cache_rows
         log_q_b = inp.log_q(pos_items).detach().float()  # (B,)
-        corrected_b = scores(inp.queries, inp.pos_emb, inp.temperature, log_q_b)  # (B, B) s − log p̂, grad
-        hit_b = hits(pos_items, pos_items)  # (B, B)
-        logits_b, counts_b, ess_b = resampled_logits(
-            corrected_b, log_q_b, hit_b, self.batch_draws, gen, positive_on_diagonal=True, method=self.resampling
+        logits_b = scores(inp.queries, inp.pos_emb, inp.temperature)  # (B, B) s(u, j), grad
+        positives = logits_b.diagonal()  # (B,) s(u_b, i⁺_b)
+        neg_b, draws_b, ess_b = resampled_negatives(
+            logits_b, log_q_b, hits(pos_items, pos_items), self.batch_draws, gen, method=self.resampling
         )
-        term_b = loss_positive_on_diagonal(logits_b)  # (B,) L(u; R_u)
+        term_b = loss_separate_positive(positives, neg_b)  # (B,) L(u; R_u)
         cached = cache_rows.numel() > 0
+        draws_c: Draws | None = None
         if cached:
             log_q_c = inp.log_q(cache_rows).detach().float()  # (C,)
             emb_c = inp.embed_items(cache_rows)  # (C, D) current item tower: gradients reach the cache
-            corrected_c = scores(inp.queries, emb_c, inp.temperature, log_q_c)  # (B, C)
-            logits_c, counts_c, ess_c = resampled_logits(
-                corrected_c, log_q_c, hits(pos_items, cache_rows), self.cache_draws, gen, method=self.resampling
+            logits_c = scores(inp.queries, emb_c, inp.temperature)  # (B, C) s(u, k), grad
+            neg_c, draws_c, ess_c = resampled_negatives(
+                logits_c, log_q_c, hits(pos_items, cache_rows), self.cache_draws, gen, method=self.resampling
             )
-            term_c = loss_separate_positive(logits_b.diagonal(), logits_c)  # (B,) L(u; K_u)
+            term_c = loss_separate_positive(positives, neg_c)  # (B,) L(u; K_u)
             loss = reduce_loss(self.mix_lambda * term_c + (1.0 - self.mix_lambda) * term_b, inp.weights)
             cand_rows = torch.cat([pos_items, cache_rows])  # (B+C,)
         else:
             loss = reduce_loss(term_b, inp.weights)
-            counts_c, cand_rows = None, pos_items
+            cand_rows = pos_items
 
         with torch.no_grad():
-            per_batch = counts_b.sum(dim=0)  # (B,) draws of each batch position, all queries
-            per_cache = counts_c.sum(dim=0) if counts_c is not None else per_batch[:0]  # (C,)
-            drawn_b, drawn_c = per_batch.sum(), per_cache.sum()
+            per_batch = draws_b.per_column()  # (B,) int64 draws of each batch position, all queries
+            per_cache = draws_c.per_column() if draws_c is not None else per_batch[:0]  # (C,)
+            batch_f, drawn_b, drawn_c = per_batch.float(), per_batch.sum().float(), per_cache.sum().float()
             zero = torch.zeros((), device=per_batch.device)  # cache stats while the cache is empty
-            in_cache = _member(pos_items, cache_rows).float() if cached else per_batch * 0  # (B,)
+            in_cache = _member(pos_items, cache_rows).float() if cached else batch_f * 0  # (B,)
             stats = {
                 "ess": ess_b.mean(),
                 "cache_ess": ess_c.mean() if cached else zero,
-                "cache_hit_ratio": (per_batch * in_cache).sum() / drawn_b.clamp_min(1.0),
+                "cache_hit_ratio": (batch_f * in_cache).sum() / drawn_b.clamp_min(1.0),
                 "cache_draw_share": drawn_c / (drawn_b + drawn_c).clamp_min(1.0),
             }
-        self.last_counts = {"batch": counts_b, "cache": counts_c}
+        self._last_draws = {"batch": draws_b, "cache": draws_c}
         if update_state:
             self._ensure_occurrence(inp)
             self._update_cache(cand_rows, torch.cat([per_batch, per_cache]), gen)
         return SamplerOutput(loss=loss, stats=stats)
+
+    @property
+    def last_counts(self) -> dict[str, torch.Tensor | None]:
+        """Draws of the last call as dense counts: ``batch`` (B, B), ``cache`` (B, C) or None while the
+        cache was empty (built on demand; tests, debugging)."""
+        return {k: None if d is None else d.counts() for k, d in self._last_draws.items()}
 
     def _ensure_occurrence(self, inp: SamplerInput) -> None:
         """Grow o (new entries start at 1) so every item row indexes it. Uses the item table's
@@ -179,7 +185,8 @@ class CacheImportanceResampler(SeededSampler):
         ``cand_rows`` (n,) item rows of the batch and cache positions, ``cand_counts`` (n,) how often
         each position was drawn this step. Sync-free: duplicates are resolved by sorting.
         """
-        self.occurrence.index_add_(0, cand_rows, cand_counts.round().long())
+        drawn_counts = cand_counts.round().long() if cand_counts.is_floating_point() else cand_counts
+        self.occurrence.index_add_(0, cand_rows, drawn_counts)
         drawn = cand_counts > 0  # (n,)
         order = torch.argsort(cand_rows * 2 + (~drawn).long())  # a row's drawn copies sort first
         rows = cand_rows[order]  # (n,)
