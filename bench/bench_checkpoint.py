@@ -36,21 +36,15 @@ from streamtrain.worker.checkpoint_files import CheckpointFiles
 from streamtrain.worker.resume import resume
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--capacity", type=int, default=1_000_000, help="user and item table rows")
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="training steps before checkpointing")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
+def measure(capacity: int, dim: int, steps: int, repeats: int) -> dict:
+    """Pause and commit seconds per repeat, file size, trainer build and resume seconds (needs Redis)."""
     run = f"bench-ckpt-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="streamtrain-bench-ckpt-") as tmp:
         config = load_config(
             overrides=[
                 f"run.name={run}", "run.device=cpu", f"redis.url={StackAddresses.from_env().redis_url}",
-                "redis.key_prefix=bench", f"checkpoint.dir={tmp}", f"model.embedding_dim={args.dim}",
-                f"model.user_capacity={args.capacity}", f"model.item_capacity={args.capacity}",
+                "redis.key_prefix=bench", f"checkpoint.dir={tmp}", f"model.embedding_dim={dim}",
+                f"model.user_capacity={capacity}", f"model.item_capacity={capacity}",
                 "trainer.batch_size=1024", "sampler.name=xir",
             ],
             environ={},
@@ -59,8 +53,9 @@ def main() -> int:
         trainer = Trainer(config)
         build_s = time.perf_counter() - t0
         rng = np.random.default_rng(0)
-        for _ in range(args.steps):
-            trainer.train_step(EventBatch.from_ids(rng.integers(0, 200_000, 1024), rng.integers(0, 500_000, 1024)))
+        hi = min(200_000, capacity), min(500_000, capacity)
+        for _ in range(steps):
+            trainer.train_step(EventBatch.from_ids(rng.integers(0, hi[0], 1024), rng.integers(0, hi[1], 1024)))
         client = redis_client(config)
         store = state_store(config, client)
         files = CheckpointFiles(Path(tmp), run, keep=2)
@@ -70,28 +65,40 @@ def main() -> int:
         )
         rows = []
         snap = None
-        for i in range(1, args.repeats + 1):
+        for i in range(1, repeats + 1):
             # As in the worker: the previous snapshot's buffers are reused (the first pause allocates them).
             snap = take_snapshot(trainer, i, {("bench", 0): i * 1024}, i * 1024, [], reuse=snap)
             t1 = time.perf_counter()
             checkpointer.commit(snap, kafka=False)
             rows.append((snap.copy_seconds, time.perf_counter() - t1))
-        size_mb = files.path(args.repeats).stat().st_size / 1e6
+        size_mb = files.path(repeats).stat().st_size / 1e6
 
         t2 = time.perf_counter()
         fresh = Trainer(config)
         rebuild_s = time.perf_counter() - t2
         point = resume(fresh, store, files, fresh=False)
         resume_s = time.perf_counter() - t2
-        assert point.checkpoint_id == args.repeats
+        assert point.checkpoint_id == repeats
         store.clear()
         client.close()
+    return {"rows": rows, "size_mb": size_mb, "build_s": build_s, "rebuild_s": rebuild_s, "resume_s": resume_s}
 
-    print(f"\n{args.capacity:,} users × {args.capacity:,} items × {args.dim} dims, file {size_mb:,.0f} MB")
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--capacity", type=int, default=1_000_000, help="user and item table rows")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="training steps before checkpointing")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    result = measure(args.capacity, args.dim, args.steps, args.repeats)
+
+    print(f"\n{args.capacity:,} users × {args.capacity:,} items × {args.dim} dims, file {result['size_mb']:,.0f} MB")
     print(f"{'repeat':<8} {'pause s':>9} {'commit s':>9}")
-    for i, (pause, commit) in enumerate(rows, 1):
+    for i, (pause, commit) in enumerate(result["rows"], 1):
         print(f"{i:<8} {pause:>9.3f} {commit:>9.3f}")
-    print(f"trainer build {build_s:.2f} s; resume (build {rebuild_s:.2f} s + load) {resume_s:.2f} s")
+    print(f"trainer build {result['build_s']:.2f} s; resume (build {result['rebuild_s']:.2f} s + load) "
+          f"{result['resume_s']:.2f} s")
     return 0
 
 

@@ -183,6 +183,37 @@ def same_result(a: DecodeResult, b: DecodeResult) -> bool:
     )
 
 
+def measure(events: int, repeat: int, seed: int = 0, chunks: Sequence[int] = (1024, 8192)) -> list[dict[str, Any]]:
+    """One row per (dataset, chunk, strategy): CPU-time and wall-clock rates, best of ``repeat``.
+
+    Raises RuntimeError when a strategy's result differs from decode_values (checked before timing)."""
+    rng = np.random.default_rng(seed)
+    clean = make_events(events, rng)
+    datasets: dict[str, list[Any]] = {"clean": clean, "1% bad": with_bad(clean, 0.01, rng)}
+    for name, values in datasets.items():
+        reference = decode_values(values)
+        for label, strategy in STRATEGIES.items():
+            if not same_result(reference, strategy(values)):
+                raise RuntimeError(f"MISMATCH: {label} disagrees with decode_values on {name}")
+    rows = []
+    for name, values in datasets.items():
+        size = sum(len(v) for v in values if v is not None)
+        for chunk in chunks:
+            best = {label: (float("inf"), float("inf")) for label in STRATEGIES}
+            for _ in range(repeat):
+                for label, strategy in STRATEGIES.items():
+                    cpu, wall = run_chunks(strategy, values, chunk)
+                    best[label] = (min(best[label][0], cpu), min(best[label][1], wall))
+            base = best["orjson/message+fast"][0]
+            for label, (cpu, wall) in best.items():
+                rows.append({
+                    "dataset": name, "chunk": chunk, "strategy": label, "events_s": len(values) / cpu,
+                    "mb_s": size / cpu / 1e6, "wall_events_s": len(values) / wall, "vs_default": base / cpu,
+                    "bytes_per_message": size / len(values),
+                })
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -198,42 +229,21 @@ def main(argv: list[str] | None = None) -> int:
         f"cpu_count={os.cpu_count()} python={platform.python_version()} "
         f"orjson={orjson.__version__} numpy={np.__version__}"
     )
-    rng = np.random.default_rng(args.seed)
-    clean = make_events(args.events, rng)
-    datasets: dict[str, list[Any]] = {"clean": clean, "1% bad": with_bad(clean, 0.01, rng)}
-    for name, values in datasets.items():
-        size = sum(len(v) for v in values if v is not None)
-        print(
-            f"dataset {name}: {len(values)} messages, {size / 1e6:.1f} MB, "
-            f"mean {size / len(values):.0f} B/message"
-        )
-
-    for name, values in datasets.items():
-        reference = decode_values(values)
-        for label, strategy in STRATEGIES.items():
-            if not same_result(reference, strategy(values)):
-                print(f"MISMATCH: {label} disagrees with decode_values on {name}", file=sys.stderr)
-                return 1
-
+    try:
+        rows = measure(args.events, args.repeat, args.seed)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     print()
     print("events/s and MB/s use the process's CPU time (robust on a shared machine);")
     print("wall ev/s uses the wall clock. Best of --repeat, strategies interleaved.")
     header = ("dataset", "chunk", "strategy", "events/s", "MB/s", "wall ev/s", "vs default")
     print("{:<8} {:>6} {:<22} {:>10} {:>7} {:>10} {:>10}".format(*header))
-    for name, values in datasets.items():
-        size = sum(len(v) for v in values if v is not None)
-        for chunk in (1024, 8192):
-            best = {label: (float("inf"), float("inf")) for label in STRATEGIES}
-            for _ in range(args.repeat):
-                for label, strategy in STRATEGIES.items():
-                    cpu, wall = run_chunks(strategy, values, chunk)
-                    best[label] = (min(best[label][0], cpu), min(best[label][1], wall))
-            base = best["orjson/message+fast"][0]
-            for label, (cpu, wall) in best.items():
-                print(
-                    f"{name:<8} {chunk:>6} {label:<22} {len(values) / cpu:>10,.0f} "
-                    f"{size / cpu / 1e6:>7.1f} {len(values) / wall:>10,.0f} {base / cpu:>9.2f}x"
-                )
+    for r in rows:
+        print(
+            f"{r['dataset']:<8} {r['chunk']:>6} {r['strategy']:<22} {r['events_s']:>10,.0f} "
+            f"{r['mb_s']:>7.1f} {r['wall_events_s']:>10,.0f} {r['vs_default']:>9.2f}x"
+        )
     return 0
 
 

@@ -43,16 +43,27 @@ from streamtrain.worker.state_store import EARLIEST
 BATCH = 1024
 
 
-def ensure_topic(bootstrap: str, events: int) -> str:
-    topic = f"bench-ingest-{events}"
+def ensure_topic(bootstrap: str, events: int, partitions: int = 1) -> str:
+    """A topic holding ``events`` events spread round robin over ``partitions``; produced once, reused after."""
+    topic = f"bench-ingest-{events}" + (f"-p{partitions}" if partitions > 1 else "")
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    tp = TopicPartition(topic, 0)
     have = 0
     if topic in consumer.topics():
-        have = consumer.end_offsets([tp])[tp]
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        have = sum(consumer.end_offsets(tps).values())
     consumer.close()
     if have >= events:
         return topic
+    if partitions > 1 and have == 0:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            admin.create_topics([NewTopic(topic, partitions, 1)])
+        except TopicAlreadyExistsError:
+            pass
+        admin.close()
     print(f"producing {events - have} events to {topic} ...", file=sys.stderr)
     rng = np.random.default_rng(0)
     users = rng.integers(0, 100_000, size=events)
@@ -61,7 +72,8 @@ def ensure_topic(bootstrap: str, events: int) -> str:
                              compression_type=None)
     t0 = time.perf_counter()
     for k in range(have, events):
-        producer.send(topic, encode_event(int(users[k]), int(items[k]), 1.7e9 + k, event_type="click"), partition=0)
+        producer.send(topic, encode_event(int(users[k]), int(items[k]), 1.7e9 + k, event_type="click"),
+                      partition=k % partitions)
     producer.flush()
     producer.close()
     print(f"produced in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
@@ -69,12 +81,13 @@ def ensure_topic(bootstrap: str, events: int) -> str:
 
 
 def new_consumer(bootstrap: str, topic: str, max_records: int) -> KafkaConsumer:
+    """A group-less consumer assigned every partition of ``topic`` from the beginning."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_records=max_records, fetch_max_bytes=64 << 20,
                              max_partition_fetch_bytes=16 << 20)
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or (0,))]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
     return consumer
 
 
@@ -91,7 +104,9 @@ def run_poll_only(bootstrap: str, topic: str, events: int, max_records: int) -> 
     return n / elapsed
 
 
-def run_inline(bootstrap: str, topic: str, events: int, max_records: int) -> float:
+def run_inline(bootstrap: str, topic: str, events: int, max_records: int, decode=None) -> float:  # noqa: ANN001
+    """poll → ``decode`` (default decode_values) → Batcher on one thread; ready events/s."""
+    decode = decode or (lambda values: decode_values(values, max_bytes=65536))
     consumer = new_consumer(bootstrap, topic, max_records)
     batcher = Batcher(BATCH, 1.0)
     n, ready, t0 = 0, 0, None
@@ -99,7 +114,7 @@ def run_inline(bootstrap: str, topic: str, events: int, max_records: int) -> flo
         for tp, records in consumer.poll(timeout_ms=500, max_records=max_records).items():
             t0 = t0 or time.perf_counter()
             offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
-            result = decode_values([r.value for r in records], max_bytes=65536)
+            result = decode([r.value for r in records])
             ready += sum(len(b.events) for b in batcher.add((tp.topic, tp.partition), offsets, result.batch,
                                                              result.good_index, time.monotonic()))
             n += len(records)

@@ -60,51 +60,39 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/gowalla/train.txt"))
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
+def measure(events: int, repeat: int, partitions: int, data: Path, bootstrap: str, seed: int = 0) -> dict:
+    """Best events/s and CPU µs/event per producer setting (``rows``: name → (events/s, µs)), plus the
+    input's size and read time. Produces to fresh topics on ``bootstrap`` and deletes them."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
     began = time.perf_counter()
-    log, _ = read_log([args.data], fmt="gowalla")
-    order = log.order("shuffle", args.seed)
+    log, _ = read_log([data], fmt="gowalla")
+    order = log.order("shuffle", seed)
     read_s = time.perf_counter() - began
-    n = min(args.events, len(log))
-    print(f"machine: {platform.node()}, {_cpu_model()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
-          f"kafka-python {kafka.__version__}")
-    print(f"input:   {args.data} ({len(log):,} events, read+shuffled in {read_s:.1f}s); "
-          f"replaying the first {n:,}, {args.partitions} partitions, best of {args.repeat}")
-
-    cfg = KafkaConfig(bootstrap_servers=[args.bootstrap])
-    admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, client_id="bench-replay")
+    n = min(events, len(log))
+    cfg = KafkaConfig(bootstrap_servers=[bootstrap])
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-replay")
     topics: list[str] = []
     best: dict[str, float] = {}
     cpu_us: dict[str, float] = {}
     try:
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             for name, settings in SETTINGS:
-                events = log.events(order, limit=n, time_origin=1_600_000_000.0)
+                stream = log.events(order, limit=n, time_origin=1_600_000_000.0)
                 cpu_before = time.process_time()
                 if settings is None:
-                    stats = produce_events(events, _NullSink(), "none")
+                    stats = produce_events(stream, _NullSink(), "none")
                 else:
                     topic = f"bench-replay-{uuid.uuid4().hex[:10]}"
-                    admin.create_topics([NewTopic(topic, args.partitions, 1)], wait_for_metadata=True)
+                    admin.create_topics([NewTopic(topic, partitions, 1)], wait_for_metadata=True)
                     topics.append(topic)
                     producer = kafka_producer(cfg, settings, client_id="bench-replay")
                     try:
-                        stats = produce_events(events, producer, topic)
+                        stats = produce_events(stream, producer, topic)
                     finally:
                         producer.close()
                     if stats.delivery_failures:
-                        raise SystemExit(f"{name}: {stats.delivery_failures} delivery failures: {stats.first_failure}")
+                        raise RuntimeError(f"{name}: {stats.delivery_failures} delivery failures: {stats.first_failure}")
                 cpu = (time.process_time() - cpu_before) / max(stats.produced, 1) * 1e6
                 cpu_us[name] = min(cpu_us.get(name, float("inf")), cpu)
                 best[name] = max(best.get(name, 0.0), stats.events_per_s)
@@ -115,14 +103,32 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - leftover bench topics are harmless
                 print(f"(could not delete bench topics: {exc})")
         admin.close()
+    rows = {name: (best[name], cpu_us[name]) for name, _ in SETTINGS}
+    return {"rows": rows, "input_events": len(log), "events": n, "read_s": read_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/gowalla/train.txt"))
+    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    print(f"machine: {platform.node()}, {_cpu_model()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
+          f"kafka-python {kafka.__version__}")
+    result = measure(args.events, args.repeat, args.partitions, args.data, args.bootstrap, args.seed)
+    print(f"input:   {args.data} ({result['input_events']:,} events, read+shuffled in {result['read_s']:.1f}s); "
+          f"replayed the first {result['events']:,}, {args.partitions} partitions, best of {args.repeat}")
 
     width = max(len(name) for name, _ in SETTINGS)
     print()
     print(f"{'producer setting':<{width}}  {'events/s':>10}  {'CPU us/event':>12}  {'s per 1M':>9}")
     print(f"{'-' * width}  {'-' * 10}  {'-' * 12}  {'-' * 9}")
-    for name, _ in SETTINGS:
-        rate = best[name]
-        print(f"{name:<{width}}  {rate:>10,.0f}  {cpu_us[name]:>12.1f}  {1e6 / rate:>9.1f}")
+    for name, (rate, cpu) in result["rows"].items():
+        print(f"{name:<{width}}  {rate:>10,.0f}  {cpu:>12.1f}  {1e6 / rate:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,56 @@ def _timed_step(trainer: Trainer, batch: EventBatch) -> float:
     return time.perf_counter() - started
 
 
+def make_trainer(
+    capacity: int, *, user_capacity: int, dim: int, device: str, sampler: str, batch_size: int
+) -> tuple[Trainer, float]:
+    """A Trainer whose item (and user) vocabulary is filled to capacity; returns it and the fill seconds."""
+    config = Config.model_validate(
+        {
+            "run": {"device": device, "seed": 0},
+            "model": {
+                "embedding_dim": dim,
+                "user_capacity": user_capacity,
+                "item_capacity": capacity,
+                "learning_rate": 0.01,
+            },
+            "sampler": {"name": sampler},
+            "trainer": {"batch_size": batch_size, "progressive_eval_fraction": 0.0},
+        }
+    )
+    trainer = Trainer(config)
+    fill_s = _prefill(trainer, "item", capacity - 1) + _prefill(trainer, "user", user_capacity - 1)
+    return trainer, fill_s
+
+
+def set_sampler(trainer: Trainer, sampler: str, batch_size: int) -> None:
+    """Swap the sampler in place: refilling a 10M vocabulary per sampler costs minutes."""
+    sampler_config = trainer.config.sampler.model_copy(update={"name": sampler})
+    trainer.sampler = build_sampler(sampler_config, batch_size=batch_size, seed=0, device=trainer.device)
+
+
+def round_robin(
+    steps: dict, warmup: int, repeats: int, budget_s: float | None = None, min_repeats: int = 2
+) -> dict[object, list[float]]:
+    """Seconds per timed call of each ``steps[key]()`` (which runs one step and returns its seconds).
+
+    Calls go round robin, so a noisy neighbour slows every key alike and ratios stay meaningful on a
+    shared machine. After ``warmup`` untimed rounds, stops at ``repeats`` timed rounds, or earlier once
+    ``budget_s`` of timed rounds have passed and at least ``min_repeats`` are in.
+    """
+    times: dict[object, list[float]] = {key: [] for key in steps}
+    spent = 0.0
+    for i in range(warmup + repeats):
+        if i >= warmup and budget_s is not None and spent >= budget_s and i - warmup >= min_repeats:
+            break
+        for key, step in steps.items():
+            elapsed = step()
+            if i >= warmup:
+                times[key].append(elapsed)
+                spent += elapsed
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--capacities", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
@@ -78,21 +128,10 @@ def main() -> None:
     # slows all capacities alike and the ratio stays meaningful on a shared machine.
     trainers: dict[int, Trainer] = {}
     for capacity in args.capacities:
-        config = Config.model_validate(
-            {
-                "run": {"device": args.device, "seed": 0},
-                "model": {
-                    "embedding_dim": args.dim,
-                    "user_capacity": args.user_capacity,
-                    "item_capacity": capacity,
-                    "learning_rate": 0.01,
-                },
-                "sampler": {"name": args.samplers[0]},
-                "trainer": {"batch_size": max(args.batch_sizes), "progressive_eval_fraction": 0.0},
-            }
+        trainer, fill_s = make_trainer(
+            capacity, user_capacity=args.user_capacity, dim=args.dim, device=args.device,
+            sampler=args.samplers[0], batch_size=max(args.batch_sizes),
         )
-        trainer = Trainer(config)
-        fill_s = _prefill(trainer, "item", capacity - 1) + _prefill(trainer, "user", args.user_capacity - 1)
         print(f"# capacity {capacity:>10,}: vocabularies filled in {fill_s:.1f} s on {trainer.device}", flush=True)
         trainers[capacity] = trainer
 
@@ -100,17 +139,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for sampler in args.samplers:
         for batch_size in args.batch_sizes:
-            times: dict[int, list[float]] = {c: [] for c in trainers}
             for trainer in trainers.values():
-                # Swap the sampler in place: refilling a 10M vocabulary per sampler costs minutes.
-                sampler_config = trainer.config.sampler.model_copy(update={"name": sampler})
-                trainer.sampler = build_sampler(sampler_config, batch_size=batch_size, seed=0, device=trainer.device)
-            for i in range(args.warmup + args.steps):
-                for capacity, trainer in trainers.items():
-                    batch = _batch(rng, batch_size, args.user_capacity - 1, capacity - 1, float(trainer.step))
-                    elapsed = _timed_step(trainer, batch)
-                    if i >= args.warmup:
-                        times[capacity].append(elapsed)
+                set_sampler(trainer, sampler, batch_size)
+            steps = {
+                c: (lambda t=t, c=c: _timed_step(t, _batch(rng, batch_size, args.user_capacity - 1, c - 1, float(t.step))))
+                for c, t in trainers.items()
+            }
+            times = round_robin(steps, args.warmup, args.steps)
             for capacity, values in times.items():
                 results[(sampler, batch_size, capacity)] = (statistics.median(values), min(values))
             print(

@@ -1,0 +1,81 @@
+"""``decode``, ``checkpoint`` and ``replay`` suites of ``bench/run``: thin table wrappers over the
+measure() functions of bench_decode.py, bench_checkpoint.py and bench_replay.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from report import Table, fmt_rate, fmt_ratio
+
+__all__ = ["decode_tables", "checkpoint_tables", "replay_tables", "one_core"]
+
+GOWALLA = Path(os.environ.get("STREAMTRAIN_BENCH_GOWALLA", "/work/shared/data/gowalla/train.txt"))
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[None]:
+    """Pin this process to one core for the block (decode and ingest numbers are per core)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(saved)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def decode_tables(opts: Any) -> list[Table]:
+    from bench_decode import measure
+
+    with one_core():
+        rows = measure(opts.decode_events, opts.decode_repeat)
+    table = Table(
+        f"decode: message values -> EventBatch, one core ({opts.decode_events:,} messages, best of "
+        f"{opts.decode_repeat})",
+        ["dataset", "chunk", "strategy", "events/s (CPU)", "MB/s", "events/s (wall)", "x default"],
+    )
+    for r in rows:
+        table.add(r["dataset"], r["chunk"], r["strategy"], fmt_rate(r["events_s"]), f"{r['mb_s']:.1f}",
+                  fmt_rate(r["wall_events_s"]), fmt_ratio(r["vs_default"]))
+    table.notes.append(f"mean {rows[0]['bytes_per_message']:.0f} B/message; every strategy's output checked equal "
+                       "to decode_values before timing; join+fallback is unsafe (see bench_decode.py)")
+    return [table]
+
+
+def checkpoint_tables(opts: Any) -> list[Table]:
+    from bench_checkpoint import measure
+
+    cap = opts.checkpoint_capacity
+    result = measure(cap, opts.dim, steps=5, repeats=opts.checkpoint_repeats)
+    table = Table(
+        f"checkpoint: {cap:,} users x {cap:,} items x {opts.dim} dims, Adam, file {result['size_mb']:,.0f} MB",
+        ["repeat", "pause s", "commit s"],
+    )
+    for i, (pause, commit) in enumerate(result["rows"], 1):
+        table.add(i, f"{pause:.3f}", f"{commit:.3f}")
+    table.notes.append(f"trainer build {result['build_s']:.2f} s; resume (build {result['rebuild_s']:.2f} s + load) "
+                       f"{result['resume_s']:.2f} s; repeat 1 allocates the snapshot buffers")
+    return [table]
+
+
+def replay_tables(opts: Any) -> list[Table]:
+    from bench_replay import measure
+
+    from streamtrain.localstack import StackAddresses
+
+    result = measure(opts.replay_events, opts.replay_repeat, 3, GOWALLA, StackAddresses.from_env().kafka_bootstrap)
+    table = Table(
+        f"replay: Gowalla events produced to the local broker ({result['events']:,} events, 3 partitions, "
+        f"best of {opts.replay_repeat})",
+        ["producer setting", "events/s", "CPU us/event", "x default"],
+    )
+    default = result["rows"]["linger 20 ms, 256 KiB, none (default)"][0]
+    for name, (rate, cpu) in result["rows"].items():
+        table.add(name, fmt_rate(rate), f"{cpu:.1f}", fmt_ratio(rate / default))
+    return [table]
