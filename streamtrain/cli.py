@@ -23,6 +23,10 @@ COMMAND_MODULES = (
     "streamtrain.commands.config_cmd",
     "streamtrain.commands.consume",
     "streamtrain.commands.replay",
+    "streamtrain.commands.eval_cmd",
+    "streamtrain.commands.export",
+    "streamtrain.commands.recommend",
+    "streamtrain.commands.demo",
 )
 
 EXIT_CONFIG_ERROR = 2

@@ -1,0 +1,53 @@
+"""A training engine that records what each step reported: the demo's loss and progressive-recall series.
+
+The worker takes any :class:`~streamtrain.worker.engine.TrainingEngine`; :class:`StepRecorder` wraps the
+real Trainer, forwards every call, and appends one :class:`StepPoint` per ``train_step``. So the demo gets
+the per-step series without a change to the worker or the Trainer (their metrics keep only the last
+value). Appended by the worker's training thread; read after the worker stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streamtrain.worker.engine import StepResult, TrainingEngine
+
+__all__ = ["StepPoint", "StepRecorder"]
+
+
+@dataclass(frozen=True)
+class StepPoint:
+    """One training step as reported; ``events`` counts trained events up to and including it."""
+
+    step: int
+    events: int
+    loss: float
+    seconds: float  # since the recorder was created
+    progressive: Mapping[str, float] | None  # rolling Recall@K/NDCG@K when the step was evaluated
+
+
+class StepRecorder:
+    """Forwards to ``engine``; records every step. Satisfies the TrainingEngine protocol by delegation."""
+
+    def __init__(self, engine: TrainingEngine, clock: Callable[[], float] = time.monotonic) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._started = clock()
+        self._events = 0
+        self.points: list[StepPoint] = []
+
+    def train_step(self, batch: Any) -> StepResult:
+        stats = self._engine.train_step(batch)
+        self._events += stats.num_events
+        progressive = dict(stats.progressive) if stats.progressive else None
+        self.points.append(
+            StepPoint(stats.step, self._events, float(stats.loss), self._clock() - self._started, progressive)
+        )
+        return stats
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (step, probe, file_state, shared_state, ...) is the wrapped engine's.
+        return getattr(self._engine, name)
