@@ -18,6 +18,8 @@ import difflib
 import json
 import os
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -207,11 +209,32 @@ class Config(_Section):
         return self
 
 
-def _parse_scalar(text: str, key: str = "") -> Any:
-    """Read a flag or env value: JSON when it parses (numbers, bools, lists), else the raw string.
+def _wants_text(path: Sequence[str]) -> bool:
+    """Whether the field at ``path`` holds text (str, secret, string enum), so a value like
+    ``2024`` or ``123456`` must stay the string it was typed as."""
+    model: type[BaseModel] = Config
+    for part in path[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        model = annotation
+    field = model.model_fields.get(path[-1]) if path else None
+    if field is None:
+        return False  # unknown key: validation names it later
+    annotation = field.annotation
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(option, str) for option in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(annotation) if o is not type(None)]
+        return bool(options) and all(o in (str, SecretStr) for o in options)
+    return annotation in (str, SecretStr)
 
-    Secrets stay raw strings: a password ``123456`` must not become the integer 123456."""
-    if "password" in key:
+
+def _parse_scalar(text: str, path: Sequence[str]) -> Any:
+    """Read a flag or env value: raw text for text fields, else JSON when it parses
+    (numbers, bools, lists, null), else the raw string for pydantic to judge."""
+    if _wants_text(path) and text != "null":  # ``null`` still clears an optional text field
         return text
     try:
         return json.loads(text)
@@ -250,7 +273,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue  # STREAMTRAIN_CONFIG, STREAMTRAIN_STACK_* etc. are not config keys
         path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
-        _set_path(tree, path, _parse_scalar(value, path[-1]))
+        _set_path(tree, path, _parse_scalar(value, path))
     return tree
 
 
@@ -313,7 +336,7 @@ def load_config(
             raise ConfigError(f"--set expects section.key=value, got {item!r}")
         flag_tree: dict[str, Any] = {}
         parts = key.strip().split(".")
-        _set_path(flag_tree, parts, _parse_scalar(value, parts[-1]))
+        _set_path(flag_tree, parts, _parse_scalar(value, parts))
         tree = _merge(tree, flag_tree)
     try:
         return Config.model_validate(tree)

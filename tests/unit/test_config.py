@@ -71,6 +71,22 @@ def test_numeric_looking_secret_stays_a_string():
     assert config.kafka.sasl_password.get_secret_value() == "007"
 
 
+def test_numeric_looking_text_stays_text_and_numbers_still_parse():
+    # A run named by a random hex string that happens to be all digits once failed CI.
+    config = load_config(
+        environ={"STREAMTRAIN_RUN__NAME": "7043590443", "STREAMTRAIN_KAFKA__TOPIC": "2024"},
+        overrides=["kafka.group_id=0012", "trainer.batch_size=512", "sampler.xir.mix_lambda=0.25",
+                   'kafka.bootstrap_servers=["127.0.0.1:1234"]', "kafka.sasl_username=null"],
+    )
+    assert config.kafka.bootstrap_servers == ["127.0.0.1:1234"]
+    assert config.kafka.sasl_username is None
+    assert config.run.name == "7043590443"
+    assert config.kafka.topic == "2024"
+    assert config.kafka.group_id == "0012"
+    assert config.trainer.batch_size == 512
+    assert config.sampler.xir.mix_lambda == 0.25
+
+
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml", environ={})
