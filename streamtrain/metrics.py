@@ -58,6 +58,12 @@ class Metrics:
         )
         # --- training -------------------------------------------------------------
         self.train_steps = Counter("train_steps", "Training steps taken", namespace=ns, registry=registry)
+        self.train_steps_skipped = Counter(
+            "train_steps_skipped",
+            "Steps whose update was skipped because the loss was not finite (the batch still counts as trained)",
+            namespace=ns,
+            registry=registry,
+        )
         self.step_duration = Histogram(
             "step_duration_seconds",
             "Wall time of one training step (forward, sampling, backward, update)",

@@ -23,6 +23,7 @@ class StepResult(Protocol):
     logq_std: float
     sampler_stats: Mapping[str, Any]
     progressive: Mapping[str, Any] | None
+    applied: bool  # False: the loss was not finite and the update was skipped
 
 
 @runtime_checkable

@@ -31,23 +31,13 @@ from streamtrain.worker.progress import Progress
 from streamtrain.worker.resume import ResumePoint
 from streamtrain.worker.source import KafkaSource
 from streamtrain.worker.state_store import EARLIEST
+from streamtrain.worker.step_metrics import record_step
 
 __all__ = ["Worker"]
 
 log = logging.getLogger(__name__)
 
 _FINAL_CHECKPOINT_S = 20.0
-
-_PROBE_GAUGES = {
-    "full_loss": "probe_full_loss",
-    "sampled_loss": "probe_sampled_loss",
-    "loss_bias": "probe_loss_bias",
-    "gradient_alignment": "probe_gradient_alignment",
-    "kl": "probe_kl",
-    "ess": "probe_ess",
-    "cache_hit_ratio": "cache_hit_ratio",
-}
-
 
 class Worker:
     """Wires the loop to its collaborators; build one with :func:`streamtrain.worker.build.build_worker`."""
@@ -269,27 +259,7 @@ class Worker:
         self.source.lag.refresh(self.progress.offsets(), self.progress.last_event_times())
 
     def _record_step(self, stats: StepResult, probe: dict[str, float] | None) -> None:
-        m = self.metrics
-        m.train_steps.inc()
-        m.events_trained.inc(stats.num_events)
-        m.step_duration.observe(stats.duration_s)
-        m.train_loss.set(stats.loss)
-        m.last_train_timestamp.set(time.time())
-        m.logq_correction_mean.set(stats.logq_mean)
-        m.logq_correction_stddev.set(stats.logq_std)
-        if "cache_hit_ratio" in stats.sampler_stats:
-            m.cache_hit_ratio.set(float(stats.sampler_stats["cache_hit_ratio"]))
-        for tower, size in self.engine.vocabulary_sizes().items():
-            m.vocabulary_size.labels(tower=tower).set(size)
-        for name, value in (stats.progressive or {}).items():
-            metric, _, k = name.partition("@")
-            gauge = {"recall": m.progressive_recall, "ndcg": m.progressive_ndcg}.get(metric)
-            if gauge is not None and k:
-                gauge.labels(k=k).set(float(value))
-        for name, value in (probe or {}).items():
-            attr = _PROBE_GAUGES.get(name)
-            if attr is not None:
-                getattr(m, attr).set(float(value))
+        record_step(self.metrics, stats, self.engine.vocabulary_sizes(), probe)
         if stats.step % self.config.trainer.log_every_steps == 0:
             self._log_progress(stats)
 
