@@ -18,7 +18,7 @@ _DESCRIPTION = (
     "(the checkpoint itself does not record them). Raw ids map through the checkpoint's vocabulary; test users "
     "it does not know are scored with the fallback embedding and test items it does not know count as misses, "
     "and both are counted in the report. Files: Gowalla 'user item item ...' or JSONL events (any format "
-    "`streamtrain replay` reads). model.normalize/model.temperature come from the config (-c/--set)."
+    "`streamtrain replay` reads). model.normalize/model.temperature come from the checkpoint (older files: the config)."
 )
 
 

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Export a checkpoint to DIR: item_embeddings.npy + item_ids.json, user_embeddings.npy + "
         "user_ids.json, user_fallback.npy, user_tower.pt + user_rows.npy, manifest.json, and items.faiss "
         "(IndexFlatIP) when faiss is importable. Format: the docstring of streamtrain/serving/export_format.py. "
-        "model.normalize/model.temperature come from the config (-c/--set), the rest from the checkpoint.",
+        "everything comes from the checkpoint (files from before model_settings: normalize/temperature from -c/--set).",
     )
     p.add_argument("out", type=Path, metavar="DIR", help="export directory (created; must not exist or be empty)")
     p.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",

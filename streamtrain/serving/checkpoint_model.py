@@ -4,11 +4,11 @@ Used by ``streamtrain eval`` and ``streamtrain export``. The file is the Trainer
 (see :mod:`streamtrain.worker.checkpoint`, step 2): model weights, optimizer state, vocabularies,
 step. Only the model and the vocabularies are read; nothing is trained or written.
 
-The file holds no configuration, so the architecture comes from the tensors themselves (table
-capacities and ``D`` from the embedding tables, MLP widths from the head's Linear layers). Two
-settings cannot be read from tensors and come from the configuration passed in (the same ``-c`` /
-``--set`` the worker ran with): ``model.normalize`` (changes the ranking) and
-``model.temperature`` (scales scores only; the ranking does not depend on it).
+The architecture comes from the tensors themselves (table capacities and ``D`` from the embedding
+tables, MLP widths from the head's Linear layers). Two settings cannot be read from tensors:
+``model.normalize`` (changes the ranking) and ``model.temperature`` (scales scores only). The file
+stores both (``model_settings``) and they win; files written before that take them from the
+configuration passed in (the same ``-c`` / ``--set`` the worker ran with).
 
 Which file: an explicit ``.pt`` file, or the newest ``ckpt-<id>.pt`` in a run directory
 (``<checkpoint.dir>/<run>``; given ``<checkpoint.dir>`` the run is ``run.name``). After a clean stop
@@ -18,6 +18,7 @@ worker's resume ignores it, Redis names the committed id) — pass the file expl
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ from streamtrain.training.state import torch_tree_to_numpy
 from streamtrain.worker.checkpoint_files import CheckpointFiles
 
 __all__ = ["CheckpointLoadError", "LoadedCheckpoint", "hidden_dims_of", "load_checkpoint", "resolve_checkpoint"]
+
+log = logging.getLogger(__name__)
 
 _ID_IN_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 _HEAD_WEIGHT = re.compile(r"^user\.head\.(\d+)\.weight$")
@@ -123,13 +126,19 @@ def load_checkpoint(path: Path, config: Config) -> LoadedCheckpoint:
     except KeyError as exc:
         raise CheckpointLoadError(f"{path}: the model has no {exc.args[0]} tensor") from None
     mc = config.model
+    saved_settings = state.get("model_settings") or {}
+    normalize = bool(saved_settings.get("normalize", mc.normalize))
+    temperature = float(saved_settings.get("temperature", mc.temperature))
+    if (normalize, temperature) != (mc.normalize, mc.temperature) and saved_settings:
+        log.info("%s: using the checkpoint's normalize=%s, temperature=%g (the config says %s, %g)",
+                 path, normalize, temperature, mc.normalize, mc.temperature)
     model = TwoTowerModel(
         user_capacity=int(user_table.shape[0]),
         item_capacity=int(item_table.shape[0]),
         dim=int(user_table.shape[1]),
         hidden_dims=hidden_dims_of(weights),
-        normalize=mc.normalize,
-        temperature=mc.temperature,
+        normalize=normalize,
+        temperature=temperature,
         init_std=mc.init_std,
     )
     try:

@@ -277,6 +277,8 @@ class Trainer:
             },
             "rng": {"numpy": self._rng.bit_generator.state, "torch": self._gen.get_state()},
             "progressive": self.progressive.state_dict(),
+            # What the tensors cannot tell a reader (eval, export): both change scores, normalize the ranking.
+            "model_settings": {"normalize": self.config.model.normalize, "temperature": self.config.model.temperature},
         }
 
     def load_file_state(self, state: dict[str, Any]) -> None:

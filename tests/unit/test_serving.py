@@ -307,3 +307,15 @@ def test_cli_eval_export_recommend(trained: dict[str, Any], tmp_path: Path, caps
                  "--exclude-seen", str(seen)]) == 0
     out = capsys.readouterr().out
     assert "1 seen excluded" in out and "star" not in out.split("\n", 1)[1]
+
+
+def test_checkpoint_carries_normalize_and_temperature(trained: dict[str, Any]) -> None:
+    # A reader with another config still scores like the trainer: the file's settings win.
+    config = trained["config"]
+    other = config.model_copy(update={"model": config.model.model_copy(
+        update={"normalize": not config.model.normalize, "temperature": config.model.temperature * 3})})
+    ckpt = load_checkpoint(trained["path"], other)
+    trainer: Trainer = trained["trainer"]
+    rows = trainer.item_vocab.known_rows()
+    users = torch.arange(0, len(trainer.user_vocab) + 1)
+    assert torch.equal(ckpt.model.score(users, rows), trainer.model.score(users, rows))
