@@ -23,11 +23,19 @@ def test_demo_defaults_fill_only_keys_the_user_left_unset(tmp_path: Path) -> Non
     config = demo_config(base, "r1", n_users=100, n_items=50, out_root=tmp_path)
     assert (config.model.learning_rate, config.trainer.batch_size, config.sampler.name) == (0.2, 256, "bir")
     assert config.model.embedding_dim == 32  # from the environment
-    assert (config.model.temperature, config.model.user_capacity, config.model.item_capacity) == (0.1, 101, 51)
+    # bir resamples: the demo's resampling temperature
+    assert (config.model.temperature, config.model.user_capacity, config.model.item_capacity) == (0.3, 101, 51)
     assert config.checkpoint.dir == tmp_path / "checkpoints" and config.run.name == "r1"
     assert config.kafka.topic == "streamtrain-demo-r1" == config.kafka.group_id
     assert config.kafka.dead_letter_topic == "streamtrain-demo-r1.dead-letter"
-    assert demo_config(load_config(environ={}), "r2", n_users=1, n_items=1, out_root=tmp_path).sampler.name == "xir"
+    default = demo_config(load_config(environ={}), "r2", n_users=1, n_items=1, out_root=tmp_path)
+    assert (default.sampler.name, default.model.temperature, default.sampler.xir.mix_lambda) == ("xir", 0.3, 0.2)
+    mine = demo_config(load_config(overrides=["sampler.xir.mix_lambda=0.7", "model.temperature=0.2"], environ={}),
+                       "r3", n_users=1, n_items=1, out_root=tmp_path)
+    assert (mine.model.temperature, mine.sampler.xir.mix_lambda) == (0.2, 0.7)
+    logq = demo_config(load_config(overrides=["sampler.name=inbatch_logq"], environ={}), "r4", n_users=1, n_items=1,
+                       out_root=tmp_path)
+    assert logq.model.temperature == 0.1
 
 
 def _log(pairs: list[tuple[str, str]]) -> EventLog:
