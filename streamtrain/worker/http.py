@@ -1,6 +1,6 @@
 """The worker's HTTP endpoints: ``/metrics`` (Prometheus text), ``/healthz`` and ``/readyz``.
 
-``/healthz`` answers 200 while the training loop thread is alive (a dead loop should be restarted).
+``/healthz`` answers 200 while the training loop thread is alive or still starting (a dead loop should be restarted).
 ``/readyz`` answers 200 when the worker is doing its job: partitions are assigned and either a step
 happened recently or nothing is waiting to be trained; otherwise 503 with a one-line reason.
 Both are decided by callables passed in, so this module knows nothing about the worker.

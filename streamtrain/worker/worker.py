@@ -172,6 +172,9 @@ class Worker:
     def healthy(self) -> tuple[bool, str]:
         if self.loop_thread.is_alive():
             return True, "ok"
+        if self.loop_thread.ident is None and self.fatal is None:
+            # The HTTP server comes up before the loop starts (resume can take seconds): alive, not dead.
+            return True, "starting"
         return False, f"training loop is not running ({self.stop_reason})"
 
     def ready(self) -> tuple[bool, str]:

@@ -146,3 +146,25 @@ def test_http_endpoints() -> None:
         assert _get(base + "/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_liveness_is_ok_while_starting_and_fails_once_the_loop_is_gone() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from streamtrain.config import load_config
+    from streamtrain.metrics import Metrics
+    from streamtrain.worker.worker import Worker
+
+    engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0})
+    worker = Worker(load_config(environ={}), engine=engine, source=SimpleNamespace(), checkpointer=SimpleNamespace(),
+                    runner=SimpleNamespace(), progress=SimpleNamespace(events=0),
+                    start=SimpleNamespace(fresh=True, next_checkpoint_id=1), metrics=Metrics(CollectorRegistry()))
+    assert worker.healthy() == (True, "starting")  # /metrics is up before the loop: not a dead worker
+    worker.loop_thread = threading.Thread(target=lambda: None)
+    worker.loop_thread.start()
+    worker.loop_thread.join()
+    ok, reason = worker.healthy()
+    assert not ok and "not running" in reason
