@@ -39,11 +39,14 @@ def recall_ndcg_at_k(
     positives: torch.Tensor,
     k_list: Sequence[int],
     exclude: torch.Tensor | None = None,
+    num_positives: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-user Recall@K and NDCG@K for a dense block of scores.
 
     ``scores`` (B, N); ``positives`` (B, N) bool relevance; ``exclude`` (B, N) bool items removed
-    from the ranking (e.g. trained items; an excluded item is never a hit). Returns
+    from the ranking (e.g. trained items; an excluded item is never a hit); ``num_positives`` (B,)
+    the row sums of ``positives`` when the caller already knows them (a bool row sum over a large
+    (B, N) block is slow on CPU: ~0.15 s at 1024 x 36k). Returns
     ``{"recall@K": (B,), "ndcg@K": (B,)}``; users without positives get NaN (average with nanmean).
     """
     if scores.shape != positives.shape:
@@ -57,7 +60,7 @@ def recall_ndcg_at_k(
     if exclude is not None:
         hits &= ~exclude.gather(1, top)
     hits_f = hits.float()
-    n_pos = positives.sum(1).float()  # (B,)
+    n_pos = (positives.sum(1) if num_positives is None else num_positives).float()  # (B,)
     disc = _discounts(max(k_list), scores.device)  # (K,)
     ideal_cum = torch.cat([disc.new_zeros(1), disc.cumsum(0)])  # (K+1,) ideal DCG by #relevant
     out: dict[str, torch.Tensor] = {}
@@ -188,7 +191,7 @@ def offline_evaluate(
             items = test_user_items[user]
             n_test[i] = len(set(items))
             cols = col_of_row[item_vocab.lookup(np.asarray(items, dtype=object), admit=False).rows]
-            cols = cols[cols >= 0]
+            cols = np.unique(cols[cols >= 0])
             pr.append(np.full(len(cols), i))
             pc.append(cols)
             tc = trained.get(user, [])
@@ -196,9 +199,9 @@ def offline_evaluate(
             ec.append(np.asarray(tc, dtype=np.int64))
         positives[torch.from_numpy(np.concatenate(pr)).long(), torch.from_numpy(np.concatenate(pc)).long()] = True
         exclude[torch.from_numpy(np.concatenate(er)).long(), torch.from_numpy(np.concatenate(ec)).long()] = True
-        metrics = recall_ndcg_at_k(scores, positives, k_list, exclude)
+        ranked = np.array([len(c) for c in pc], dtype=np.float64)  # (b,) distinct rankable test items
+        metrics = recall_ndcg_at_k(scores, positives, k_list, exclude, torch.from_numpy(ranked).to(device))
         # Unrankable test items stay in the denominators: rescale recall and the ideal DCG.
-        ranked = positives.sum(1).double().cpu().numpy()  # (b,)
         denom = torch.from_numpy(n_test).to(device)
         for k in k_list:
             hits = torch.nan_to_num(metrics[f"recall@{k}"].double()) * torch.from_numpy(ranked).to(device)

@@ -124,7 +124,7 @@ def test_offline_evaluate_matches_recall_ndcg_on_random_data() -> None:
             train_u.append(f"u{u}")
             train_i.append(f"i{j}")
             exclude[u, j] = True
-        test[f"u{u}"] = [f"i{j}" for j in perm[3:5]]
+        test[f"u{u}"] = [f"i{j}" for j in perm[3:5]] + [f"i{perm[3]}"]  # a repeated test item counts once
         positives[u, perm[3:5]] = True
     out = offline_evaluate(model, {"user": users, "item": items}, (train_u, train_i), test, k_list=(5,), chunk=3)
     scores = model.score(torch.arange(1, n_users + 1), torch.arange(1, n_items + 1))
