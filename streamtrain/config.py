@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "STREAMTRAIN_"
+DEFAULT_TEMPERATURE = 0.1
+RESAMPLING_TEMPERATURE = 0.3
 _MASK = "**********"
 
 
@@ -91,14 +93,17 @@ class RedisConfig(_Section):
 class ModelConfig(_Section):
     embedding_dim: int = Field(64, ge=1, le=4096)
     hidden_dims: list[int] = Field(default_factory=list, description="MLP head widths; empty = id embeddings only")
-    temperature: float = Field(0.05, gt=0, le=10)
+    temperature: float = Field(
+        DEFAULT_TEMPERATURE, gt=0, le=10,
+        description="τ; when unset, 0.3 for the resampling samplers bir/xir and 0.1 for the others (BENCHMARKS.md)",
+    )
     normalize: bool = True
     user_capacity: int = Field(1_000_000, ge=2)
     item_capacity: int = Field(1_000_000, ge=2)
     admission_threshold: int = Field(1, ge=1, description="sightings before an id gets its own row")
     eviction_after_s: float | None = Field(None, gt=0, description="free rows of ids unseen this long; None = never")
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
-    learning_rate: float = Field(0.01, gt=0)
+    learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
     init_std: float = Field(0.1, gt=0)
 
 
@@ -196,6 +201,28 @@ class Config(_Section):
     trainer: TrainerConfig = TrainerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_temperature(cls, data: Any) -> Any:
+        """An unset ``model.temperature`` follows the sampler. BIR/XIR draw negatives ∝ exp(s) and their
+        loss weighs each draw by exp(s) again, so they train as if at τ/2: on Gowalla they peak near
+        τ = 0.3, the in-batch/uniform family near 0.1 (BENCHMARKS.md, "Retrieval quality")."""
+        if not isinstance(data, dict):
+            return data
+        model, sampler = data.get("model", {}), data.get("sampler", {})
+        if isinstance(model, BaseModel):
+            if "temperature" in model.model_fields_set:
+                return data
+        elif not isinstance(model, dict) or "temperature" in model:
+            return data
+        name = sampler.name if isinstance(sampler, BaseModel) else (sampler or {}).get("name", "xir")
+        temperature = RESAMPLING_TEMPERATURE if name in ("bir", "xir") else DEFAULT_TEMPERATURE
+        if isinstance(model, BaseModel):
+            model = model.model_copy(update={"temperature": temperature})
+        else:
+            model = {**model, "temperature": temperature}
+        return {**data, "model": model}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

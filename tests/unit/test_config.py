@@ -106,3 +106,14 @@ def test_cli_toml_output_round_trips(tmp_path, capsys):
     path = tmp_path / "shown.toml"
     path.write_text(capsys.readouterr().out)
     assert load_config(path, environ={}).trainer.batch_size == 333
+
+
+def test_unset_temperature_follows_the_sampler_and_an_explicit_one_wins(tmp_path):
+    assert load_config(environ={}).model.temperature == 0.3  # xir, the default sampler
+    assert load_config(environ={}, overrides=["sampler.name=bir"]).model.temperature == 0.3
+    assert load_config(environ={}, overrides=["sampler.name=inbatch_logq"]).model.temperature == 0.1
+    assert load_config(environ={"STREAMTRAIN_SAMPLER__NAME": "full"}).model.temperature == 0.1
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\ntemperature = 0.07\n[sampler]\nname = "xir"\n')
+    assert load_config(path, environ={}).model.temperature == 0.07
+    assert load_config(environ={}, overrides=["model.temperature=0.2"]).model.temperature == 0.2
