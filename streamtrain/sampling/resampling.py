@@ -148,18 +148,11 @@ def draw_counts(
     drop: torch.Tensor,
     num_samples: int,
     generator: torch.Generator,
-    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multiplicities (B, n) float32 of R i.i.d. draws per row (rows sum to R, dead rows to 0) and
     the per-row effective sample size (Σw)²/Σw² (B,) of the weights (0 for dead rows): the dense
-    form of :func:`draw_multinomial` (same draws for the same generator state). ``out`` (B, n), if
-    given, must be zero and receives the counts (it may be a column slice of a larger matrix).
-    """
+    form of :func:`draw_multinomial` (same draws for the same generator state)."""
     draws, ess = draw_multinomial(log_weights, drop, num_samples, generator)
-    if out is not None:
-        draws.dense = out
-        assert draws.index is not None and draws.alive is not None
-        out.scatter_add_(1, draws.index, draws.alive.float().expand(draws.index.shape))
     return draws.counts(), ess
 
 
@@ -169,7 +162,6 @@ def systematic_counts(
     drop: torch.Tensor,
     num_samples: int,
     generator: torch.Generator,
-    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`draw_counts`, but by systematic resampling: points (k + v)/R, k = 0..R−1, one
     v ~ U(0, 1) per row; count_j = #points in [C_{j−1}, C_j) = ⌈R·C_j − v⌉ − ⌈R·C_{j−1} − v⌉."""
@@ -181,9 +173,6 @@ def systematic_counts(
     offset = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device)  # (B, 1)
     points = cdf.mul_(num_samples / total).sub_(offset).ceil_().clamp_(0, num_samples)  # (B, n)
     counts = torch.diff(points, dim=1, prepend=torch.zeros_like(points[:, :1])).masked_fill_(dead, 0.0)
-    if out is not None:
-        out.copy_(counts)
-        counts = out
     return counts, ess.masked_fill(dead.squeeze(1), 0.0)
 
 

@@ -182,11 +182,11 @@ class CacheImportanceResampler(SeededSampler):
     def _update_cache(self, cand_rows: torch.Tensor, cand_counts: torch.Tensor, gen: torch.Generator) -> None:
         """o[row] += draws; new cache = C draws ∝ o over the distinct drawn rows.
 
-        ``cand_rows`` (n,) item rows of the batch and cache positions, ``cand_counts`` (n,) how often
-        each position was drawn this step. Sync-free: duplicates are resolved by sorting.
+        ``cand_rows`` (n,) item rows of the batch and cache positions, ``cand_counts`` (n,) int64 how
+        often each position was drawn this step (``Draws.per_column``). Sync-free: duplicates are
+        resolved by sorting.
         """
-        drawn_counts = cand_counts.round().long() if cand_counts.is_floating_point() else cand_counts
-        self.occurrence.index_add_(0, cand_rows, drawn_counts)
+        self.occurrence.index_add_(0, cand_rows, cand_counts)
         drawn = cand_counts > 0  # (n,)
         order = torch.argsort(cand_rows * 2 + (~drawn).long())  # a row's drawn copies sort first
         rows = cand_rows[order]  # (n,)

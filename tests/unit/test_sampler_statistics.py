@@ -193,7 +193,7 @@ def test_xir_new_cache_is_drawn_proportional_to_occurrence() -> None:
     occ[5], occ[7], occ[9], occ[11], occ[13] = 10, 3, 50, 1, 6
     sampler.occurrence = occ.clone()
     rows = torch.tensor([5, 5, 7, 9, 11, 13])
-    counts = torch.tensor([1.0, 2.0, 3.0, 0.0, 2.0, 1.0])
+    counts = torch.tensor([1, 2, 3, 0, 2, 1])  # int64, as Draws.per_column gives them
     sampler._update_cache(rows, counts, sampler.generator)
     assert sampler.occurrence[[5, 7, 9, 11, 13]].tolist() == [13, 6, 50, 3, 7]
     cache_counts = torch.bincount(sampler.cache_rows, minlength=32)
