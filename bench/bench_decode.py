@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from streamtrain.events import DecodeResult, EventBatch, decode_values, encode_event
-from streamtrain.events.batch import _object_array
+from streamtrain.events.batch import object_array
 from streamtrain.events.decoder import DEFAULT_MAX_BYTES, _decode
 from streamtrain.events.reasons import Rejection, RejectReason
 from streamtrain.events.schema import Invalid, normalize_event
@@ -125,11 +125,11 @@ def decode_spec_only(values: Sequence[bytes | None]) -> DecodeResult:
         good.append(i)
     has_context = any(c is not None for c in contexts)
     batch = EventBatch(
-        user_ids=_object_array(users),
-        item_ids=_object_array(items),
+        user_ids=object_array(users),
+        item_ids=object_array(items),
         event_time=np.array(times, dtype=np.float64),
         weight=np.array(weights, dtype=np.float32),
-        event_type=_object_array(types),
+        event_type=object_array(types),
         context=[c or {} for c in contexts] if has_context else None,
     )
     return DecodeResult(batch, np.array(good, dtype=np.int64), rejects)

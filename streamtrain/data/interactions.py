@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtrain.data.gowalla import DatasetError
+from streamtrain.events.batch import object_array
 from streamtrain.replay import read_log
 from streamtrain.replay.errors import ReplayError
 
@@ -41,12 +42,6 @@ class Interactions:
         return out
 
 
-def _objects(values: list[str]) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
-
-
 def read_interactions(paths: Sequence[str | Path], fmt: str | None = None) -> Interactions:
     """Read every file (in order) into one :class:`Interactions`.
 
@@ -61,4 +56,4 @@ def read_interactions(paths: Sequence[str | Path], fmt: str | None = None) -> In
         log, report = read_log(paths, fmt=fmt)
     except ReplayError as exc:
         raise DatasetError(str(exc)) from exc
-    return Interactions(_objects(log.users), _objects(log.items), tuple(map(str, paths)), report.bad_total)
+    return Interactions(object_array(log.users), object_array(log.items), tuple(map(str, paths)), report.bad_total)

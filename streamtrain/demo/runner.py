@@ -51,6 +51,7 @@ from streamtrain.demo import report as demo_report
 from streamtrain.demo.recording import StepRecorder
 from streamtrain.demo.settings import DEFAULT_EPOCHS, DEFAULT_USERS, demo_config
 from streamtrain.errors import StreamtrainError
+from streamtrain.events.batch import object_array
 from streamtrain.localstack import REPO_ROOT, StackAddresses, StackError, register_scrape_target, wait_for_sample
 from streamtrain.replay import EventLog, ProducerSettings, kafka_producer, produce_events, read_log
 from streamtrain.serving.checkpoint_model import load_checkpoint, resolve_checkpoint
@@ -87,12 +88,6 @@ class DemoOptions:
 
 def _run_name() -> str:
     return f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:4]}"
-
-
-def _objects(values: list[str]) -> np.ndarray:
-    arr = np.empty(len(values), dtype=object)
-    arr[:] = values
-    return arr
 
 
 def _natural(user: str) -> tuple[int, str]:
@@ -288,7 +283,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
 
     log.info("evaluating on %s", options.data_dir / "test.txt")
     ckpt = load_checkpoint(resolve_checkpoint(None, config), config)
-    known = Interactions(_objects(event_log.users), _objects(event_log.items),
+    known = Interactions(object_array(event_log.users), object_array(event_log.items),
                          (str(options.data_dir / "train.txt"), str(options.data_dir / "valid.txt")), 0)
     test = read_interactions([options.data_dir / "test.txt"])
     if len(sampled) < n_users:  # the sampled users' test items only: the others were never trained

@@ -10,7 +10,7 @@ import numpy as np
 
 from streamtrain.events.schema import ContextValue
 
-__all__ = ["EventBatch", "normalize_id"]
+__all__ = ["EventBatch", "normalize_id", "object_array"]
 
 _COLUMN_DTYPES = {
     "user_ids": np.dtype(object),
@@ -39,7 +39,7 @@ def normalize_id(value: Any) -> str:
     raise ValueError(f"an id must be a str or an int, got {type(value).__name__}")
 
 
-def _object_array(values: Sequence[Any]) -> np.ndarray:
+def object_array(values: Sequence[Any]) -> np.ndarray:
     # np.array(list, dtype=object) would build a 2-D array from tuples; assigning into a
     # preallocated 1-D array never does.
     out = np.empty(len(values), dtype=object)
@@ -115,8 +115,8 @@ class EventBatch:
         Raises:
             ValueError: on an invalid id or columns of different lengths.
         """
-        user_ids = _object_array([normalize_id(u) for u in users])
-        item_ids = _object_array([normalize_id(i) for i in items])
+        user_ids = object_array([normalize_id(u) for u in users])
+        item_ids = object_array([normalize_id(i) for i in items])
         n = len(user_ids)
         if event_time is None:
             times = np.arange(n, dtype=np.float64)

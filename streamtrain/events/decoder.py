@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamtrain.events.batch import EventBatch, _object_array
+from streamtrain.events.batch import EventBatch, object_array
 from streamtrain.events.reasons import Rejection, RejectReason
 from streamtrain.events.schema import (
     MAX_EVENT_TIME,
@@ -197,11 +197,11 @@ def _decode(
     if not good:
         return DecodeResult(EventBatch.empty(), np.empty(0, dtype=np.int64), rejects)
     batch = EventBatch(
-        user_ids=_object_array(users),
-        item_ids=_object_array(items),
+        user_ids=object_array(users),
+        item_ids=object_array(items),
         event_time=np.array(times, dtype=np.float64),
         weight=np.array(weights, dtype=np.float32),
-        event_type=_object_array(types),
+        event_type=object_array(types),
         context=[c if c is not None else {} for c in contexts] if has_context else None,
     )
     return DecodeResult(batch, np.array(good, dtype=np.int64), rejects)

@@ -31,7 +31,7 @@ import torch
 from streamtrain.config import Config
 from streamtrain.errors import StreamtrainError
 from streamtrain.evaluation import ProgressiveEvaluator
-from streamtrain.events.batch import EventBatch
+from streamtrain.events.batch import EventBatch, object_array
 from streamtrain.frequency import StreamingFrequencyEstimator
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
@@ -139,8 +139,7 @@ class Trainer:
         interacts with them. Subject to the admission threshold and capacity; returns rows assigned."""
         vocab = {"user": self.user_vocab, "item": self.item_vocab}[tower]
         before = vocab.admissions_total
-        arr = np.empty(len(ids), dtype=object)
-        arr[:] = list(ids)
+        arr = object_array(list(ids))
         self._assign(tower, vocab, arr, np.full(len(arr), event_time))
         return vocab.admissions_total - before
 
