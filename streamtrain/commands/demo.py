@@ -10,23 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamtrain.commands.arg_types import positive, positive_int
 from streamtrain.config import Config
 
 __all__ = ["register"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,20 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "changed with --set (e.g. --set trainer.batch_size=2048).",
     )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--users", type=_positive_int, default=DEFAULT_USERS,
+    size.add_argument("--users", type=positive_int, default=DEFAULT_USERS,
                       help=f"users sampled (seeded), each with all its events (default {DEFAULT_USERS:,})")
     size.add_argument("--full", action="store_true", help="every user: all 810,128 train+valid events per pass")
-    p.add_argument("--epochs", type=_positive_int, default=DEFAULT_EPOCHS,
+    p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
                    help=f"passes over the sampled events, each in its own seeded shuffle (default {DEFAULT_EPOCHS})")
     p.add_argument("--data", type=Path, default=None,
                    help="Gowalla folder with train/valid/test.txt (default ../shared/data/gowalla)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--run", default=None, help="run name (default demo-<UTC time>-<random>)")
-    p.add_argument("--partitions", type=_positive_int, default=1, help="partitions of the demo topic (default 1)")
-    p.add_argument("--idle-exit", type=_positive, default=5.0, metavar="SECONDS",
+    p.add_argument("--partitions", type=positive_int, default=1, help="partitions of the demo topic (default 1)")
+    p.add_argument("--idle-exit", type=positive, default=5.0, metavar="SECONDS",
                    help="the worker stops this long after the last event (default 5)")
-    p.add_argument("--max-seconds", type=_positive, default=None, help="stop training after this long anyway")
-    p.add_argument("--eval-users", type=_positive_int, default=None, help="offline-evaluate the first N test users")
+    p.add_argument("--max-seconds", type=positive, default=None, help="stop training after this long anyway")
+    p.add_argument("--eval-users", type=positive_int, default=None, help="offline-evaluate the first N test users")
     p.add_argument("--out", type=Path, default=Path("runs"), help="where <run>/ and checkpoints/ go (default runs)")
     p.add_argument("--keep-topic", action="store_true", help="keep the demo topic (deleted at the end by default)")
     p.add_argument("--json-out", type=Path, default=None, metavar="FILE", help="also write the report JSON here")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamtrain.commands.arg_types import non_negative_int, positive
 from streamtrain.config import Config
 from streamtrain.replay import (
     COMPRESSIONS,
@@ -54,20 +55,6 @@ _DESCRIPTION = (
 )
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "replay",
@@ -90,18 +77,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     order.add_argument("--time-origin", type=float, default=None,
                        help="first synthesised time, s since the epoch (default: now - events x step; "
                             "pass the value from the summary when resuming)")
-    order.add_argument("--time-step", type=_positive, default=1.0, help="seconds between synthesised times")
-    order.add_argument("--start-at", type=_count, default=0, metavar="N",
+    order.add_argument("--time-step", type=positive, default=1.0, help="seconds between synthesised times")
+    order.add_argument("--start-at", type=non_negative_int, default=0, metavar="N",
                        help="skip the first N events of the ordered stream")
-    order.add_argument("--limit", type=_count, default=None, metavar="N", help="send at most N events")
+    order.add_argument("--limit", type=non_negative_int, default=None, metavar="N", help="send at most N events")
     pace = p.add_argument_group("pace (default: as fast as possible)").add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive, metavar="EVENTS_PER_S", help="a fixed send rate")
-    pace.add_argument("--speedup", type=_positive, metavar="FACTOR", help="event time compressed by FACTOR")
+    pace.add_argument("--rate", type=positive, metavar="EVENTS_PER_S", help="a fixed send rate")
+    pace.add_argument("--speedup", type=positive, metavar="FACTOR", help="event time compressed by FACTOR")
     out = p.add_argument_group("output")
     out.add_argument("--topic", help="destination topic (default: kafka.topic)")
     out.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", help="default: kafka.bootstrap_servers")
-    out.add_argument("--linger-ms", type=_count, default=ProducerSettings.linger_ms)
-    out.add_argument("--batch-bytes", type=_count, default=ProducerSettings.batch_bytes, help="producer batch_size")
+    out.add_argument("--linger-ms", type=non_negative_int, default=ProducerSettings.linger_ms)
+    out.add_argument("--batch-bytes", type=non_negative_int, default=ProducerSettings.batch_bytes,
+                     help="producer batch_size")
     out.add_argument("--compression", choices=COMPRESSIONS, default=ProducerSettings.compression)
     out.add_argument("--dry-run", action="store_true", help="read, order and encode, but send nothing")
     out.add_argument("--progress", choices=("auto", "tqdm", "line", "none"), default="auto",
