@@ -24,8 +24,10 @@ import uuid
 from pathlib import Path
 
 import kafka
+from report import cpu_model
 
 from streamtrain.config import KafkaConfig
+from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR
 from streamtrain.replay import (
     ProducerSettings,
     kafka_producer,
@@ -48,16 +50,6 @@ class _NullSink:
 
     def flush(self, timeout: float | None = None) -> None:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def measure(events: int, repeat: int, partitions: int, data: Path, bootstrap: str, seed: int = 0) -> dict:
@@ -112,12 +104,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/gowalla/train.txt"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_GOWALLA_DIR / "train.txt")
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    print(f"machine: {platform.node()}, {_cpu_model()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
+    print(f"machine: {platform.node()}, {cpu_model()}, {os.cpu_count()} CPUs; Python {platform.python_version()}, "
           f"kafka-python {kafka.__version__}")
     result = measure(args.events, args.repeat, args.partitions, args.data, args.bootstrap, args.seed)
     print(f"input:   {args.data} ({result['input_events']:,} events, read+shuffled in {result['read_s']:.1f}s); "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
-    "Table", "machine_info", "machine_line", "render", "append_run", "fmt_rate", "fmt_ratio", "peak_rss",
+    "Table", "cpu_model", "machine_info", "machine_line", "render", "append_run", "fmt_rate", "fmt_ratio", "peak_rss",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for text in Path("/proc/cpuinfo").read_text().splitlines():
             if text.startswith("model name"):
@@ -108,7 +108,7 @@ def machine_info() -> dict[str, str]:
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": f"{cores}" + (f" ({usable} usable)" if usable != cores else ""),
         "ram": f"{_ram_gb():.0f} GB",
         "torch": torch.__version__,
