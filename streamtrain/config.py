@@ -211,17 +211,12 @@ class Config(_Section):
         if not isinstance(data, dict):
             return data
         model, sampler = data.get("model", {}), data.get("sampler", {})
-        if isinstance(model, BaseModel):
-            if "temperature" in model.model_fields_set:
-                return data
-        elif not isinstance(model, dict) or "temperature" in model:
-            return data
+        given = model.model_fields_set if isinstance(model, BaseModel) else model  # keys set explicitly
+        if not isinstance(given, (set, dict)) or "temperature" in given:
+            return data  # explicit, or not a mapping: validation reports the latter
         name = sampler.name if isinstance(sampler, BaseModel) else (sampler or {}).get("name", "xir")
-        temperature = RESAMPLING_TEMPERATURE if name in ("bir", "xir") else DEFAULT_TEMPERATURE
-        if isinstance(model, BaseModel):
-            model = model.model_copy(update={"temperature": temperature})
-        else:
-            model = {**model, "temperature": temperature}
+        update = {"temperature": RESAMPLING_TEMPERATURE if name in ("bir", "xir") else DEFAULT_TEMPERATURE}
+        model = model.model_copy(update=update) if isinstance(model, BaseModel) else {**model, **update}
         return {**data, "model": model}
 
     @model_validator(mode="after")
@@ -236,17 +231,22 @@ class Config(_Section):
         return self
 
 
+def _section_of(path: Sequence[Any]) -> type[BaseModel] | None:
+    """The section model that holds ``path``'s last key (None when a parent is not a section)."""
+    model: type[BaseModel] = Config
+    for part in path[:-1]:
+        annotation = getattr(model.model_fields.get(str(part)), "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
 def _wants_text(path: Sequence[str]) -> bool:
     """Whether the field at ``path`` holds text (str, secret, string enum), so a value like
     ``2024`` or ``123456`` must stay the string it was typed as."""
-    model: type[BaseModel] = Config
-    for part in path[:-1]:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return False
-        model = annotation
-    field = model.model_fields.get(path[-1]) if path else None
+    section = _section_of(path) if path else None
+    field = section.model_fields.get(path[-1]) if section is not None else None
     if field is None:
         return False  # unknown key: validation names it later
     annotation = field.annotation
@@ -314,17 +314,6 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _known_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
-    """The field names valid at ``loc``'s parent, for did-you-mean hints."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    return list(model.model_fields)
-
-
 def _explain(exc: ValidationError) -> str:
     lines = ["invalid configuration:"]
     for err in exc.errors():
@@ -332,7 +321,8 @@ def _explain(exc: ValidationError) -> str:
         key = ".".join(loc) or "(top level)"
         env = ENV_PREFIX + "__".join(p.upper() for p in loc)
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc[-1], _known_keys(Config, loc), n=1)
+            section = _section_of(loc)  # did-you-mean among the keys valid beside it
+            close = difflib.get_close_matches(loc[-1], list(section.model_fields) if section else [], n=1)
             hint = f"did you mean `{'.'.join(loc[:-1] + close)}`?" if close else "remove it"
             lines.append(f"  - `{key}`: unknown key; {hint}")
         else:
