@@ -199,16 +199,17 @@ def offline_evaluate(
             ec.append(np.asarray(tc, dtype=np.int64))
         positives[torch.from_numpy(np.concatenate(pr)).long(), torch.from_numpy(np.concatenate(pc)).long()] = True
         exclude[torch.from_numpy(np.concatenate(er)).long(), torch.from_numpy(np.concatenate(ec)).long()] = True
-        ranked = np.array([len(c) for c in pc], dtype=np.float64)  # (b,) distinct rankable test items
-        metrics = recall_ndcg_at_k(scores, positives, k_list, exclude, torch.from_numpy(ranked).to(device))
+        # (b,) distinct rankable test items per user
+        ranked = torch.tensor([len(c) for c in pc], dtype=torch.float64, device=device)
+        metrics = recall_ndcg_at_k(scores, positives, k_list, exclude, ranked)
         # Unrankable test items stay in the denominators: rescale recall and the ideal DCG.
         denom = torch.from_numpy(n_test).to(device)
         for k in k_list:
-            hits = torch.nan_to_num(metrics[f"recall@{k}"].double()) * torch.from_numpy(ranked).to(device)
+            hits = torch.nan_to_num(metrics[f"recall@{k}"].double()) * ranked
             sums[f"recall@{k}"] += float((hits / denom).sum())
             ideal_cum = torch.cat([torch.zeros(1, device=device), _discounts(k, device).cumsum(0)]).double()
             full_idcg = ideal_cum[denom.clamp(max=k).long()]
-            ranked_idcg = ideal_cum[torch.from_numpy(ranked).to(device).clamp(max=k).long()]
+            ranked_idcg = ideal_cum[ranked.clamp(max=k).long()]
             dcg = torch.nan_to_num(metrics[f"ndcg@{k}"].double()) * ranked_idcg
             sums[f"ndcg@{k}"] += float((dcg / full_idcg).sum())
     n_users = max(len(test_users), 1)

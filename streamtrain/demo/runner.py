@@ -241,7 +241,8 @@ def _train(config: Config, options: DemoOptions) -> dict[str, Any]:
 
 def _write_model_config(config: Config, path: Path) -> Path:
     """The run's ``run``, ``model`` and ``checkpoint`` sections as YAML, so ``streamtrain -c FILE eval|export``
-    reads the checkpoint as it was trained (the file itself holds no config). No secrets live there."""
+    finds the run's checkpoint directory (the checkpoint carries its own normalize/temperature). No secrets
+    live there."""
     import yaml
 
     tree = dump_config(config)
