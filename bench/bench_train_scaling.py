@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,10 +82,15 @@ def make_trainer(
     return trainer, fill_s
 
 
+def sampler_for(trainer: Trainer, sampler: str, batch_size: int) -> Any:
+    """A fresh ``sampler`` with the trainer's sampler config, for swapping into it."""
+    sampler_config = trainer.config.sampler.model_copy(update={"name": sampler})
+    return build_sampler(sampler_config, batch_size=batch_size, seed=0, device=trainer.device)
+
+
 def set_sampler(trainer: Trainer, sampler: str, batch_size: int) -> None:
     """Swap the sampler in place: refilling a 10M vocabulary per sampler costs minutes."""
-    sampler_config = trainer.config.sampler.model_copy(update={"name": sampler})
-    trainer.sampler = build_sampler(sampler_config, batch_size=batch_size, seed=0, device=trainer.device)
+    trainer.sampler = sampler_for(trainer, sampler, batch_size)
 
 
 def round_robin(

@@ -68,7 +68,7 @@ def _measure_catalogue(params: dict[str, Any]) -> list[dict[str, Any]]:
     """Child process: one catalogue, every (B, sampler) cell; returns one dict per cell."""
     import torch
 
-    from bench_train_scaling import _batch, _timed_step, make_trainer, round_robin
+    from bench_train_scaling import _batch, _timed_step, make_trainer, round_robin, sampler_for
 
     _setup(params)
     catalogue, users = params["catalogue"], params["user_capacity"]
@@ -88,7 +88,7 @@ def _measure_catalogue(params: dict[str, Any]) -> list[dict[str, Any]]:
             if need > 0.7 * _available_bytes(device):
                 cell["skipped"] = f"needs ~{need / 1e9:.0f} GB for the step's matrices"
             cells[name] = cell
-        built = {name: _build(trainer, name, batch_size) for name, c in cells.items() if "skipped" not in c}
+        built = {name: sampler_for(trainer, name, batch_size) for name, c in cells.items() if "skipped" not in c}
 
         def step(name: str) -> float:
             cell = cells[name]
@@ -118,16 +118,9 @@ def _measure_catalogue(params: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _build(trainer: Any, name: str, batch_size: int) -> Any:
-    from streamtrain.sampling.base import build_sampler
-
-    config = trainer.config.sampler.model_copy(update={"name": name})
-    return build_sampler(config, batch_size=batch_size, seed=0, device=trainer.device)
-
-
 def _measure_interleaved(params: dict[str, Any]) -> dict[tuple[str, int, int], list[float]]:
     """Child process: all catalogues at once, steps round robin over catalogues per (sampler, B)."""
-    from bench_train_scaling import _batch, _timed_step, make_trainer, round_robin
+    from bench_train_scaling import _batch, _timed_step, make_trainer, round_robin, set_sampler
 
     _setup(params)
     users = params["user_capacity"]
@@ -144,7 +137,7 @@ def _measure_interleaved(params: dict[str, Any]) -> dict[tuple[str, int, int], l
             if need > 0.7 * _available_bytes(next(iter(trainers.values())).device):
                 continue
             for trainer in trainers.values():
-                trainer.sampler = _build(trainer, name, batch_size)
+                set_sampler(trainer, name, batch_size)
             steps = {
                 c: (lambda t=t, c=c: _timed_step(t, _batch(rng, batch_size, users - 1, c - 1, float(t.step))))
                 for c, t in trainers.items()
