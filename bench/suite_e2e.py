@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from typing import Any
 
 from report import Table, fmt_rate, fmt_ratio
 from suite_misc import GOWALLA
+
+from streamtrain.localstack import free_port
 
 __all__ = ["e2e_tables"]
 
@@ -54,12 +55,6 @@ class WorkerRun:
     window_s: float
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _scrape(port: int) -> dict[str, float] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as resp:
@@ -77,7 +72,7 @@ def _scrape(port: int) -> dict[str, float] | None:
 def run_worker(overrides: list[str], idle_exit_s: float, log_path: Path, threads: int = 0) -> WorkerRun:
     """Run ``streamtrain consume`` to its idle exit while scraping its metrics; raises on failure.
     ``threads`` > 0 sets the worker's torch threads (OMP_NUM_THREADS), as --threads does for this process."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "streamtrain", *(a for o in overrides + [f"metrics.port={port}"] for a in ("--set", o)),
            "consume", "--fresh", "--idle-exit", str(idle_exit_s)]
     samples: list[tuple[float, dict[str, float]]] = []

@@ -51,6 +51,7 @@ __all__ = [
     "StackAddresses",
     "StackError",
     "ensure_started",
+    "free_port",
     "port_open",
     "query_prometheus",
     "register_scrape_target",
@@ -145,6 +146,13 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` that nothing listens on right now (for a private server in tests/benchmarks)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def wait_for_port(host: str, port: int, timeout_s: float = 30.0, *, interval_s: float = 0.1) -> None:

@@ -5,7 +5,6 @@ one, used by other test sessions, is never restarted."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -16,7 +15,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from streamtrain.localstack import REPO_ROOT
+from streamtrain.localstack import REPO_ROOT, free_port
 from streamtrain.worker.build import redis_client, state_store
 from worker_support import config_for, run_worker, stop_worker, stream, wait_until
 
@@ -24,12 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = 8000
 PRODUCE_S = 16.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stack(env: dict[str, str], action: str, attempts: int = 3) -> None:
@@ -50,9 +43,9 @@ def _kafka_errors(registry: CollectorRegistry) -> float:
 
 
 def test_worker_survives_a_broker_restart(redis_url: str, unique_name: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "STREAMTRAIN_STACK_DIR": str(tmp_path / "stack"),
-           "STREAMTRAIN_STACK_KAFKA_PORT": str(port), "STREAMTRAIN_STACK_KAFKA_CONTROLLER_PORT": str(_free_port())}
+           "STREAMTRAIN_STACK_KAFKA_PORT": str(port), "STREAMTRAIN_STACK_KAFKA_CONTROLLER_PORT": str(free_port())}
     _stack(env, "start")
     bootstrap = f"127.0.0.1:{port}"
     try:

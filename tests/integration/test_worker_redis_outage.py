@@ -8,7 +8,6 @@ does not disturb other test sessions that share the stack's Redis.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -18,7 +17,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from streamtrain.localstack import wait_for_port
+from streamtrain.localstack import free_port, wait_for_port
 from streamtrain.worker.build import redis_client, state_store
 from worker_support import config_for, run_worker, stop_worker, stream, wait_until
 
@@ -27,12 +26,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OUTAGE_S = 30.0
 RATE = 400  # events/s produced while the test runs
 PRODUCE_S = 44.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_redis(port: int, workdir: Path) -> subprocess.Popen:
@@ -56,7 +49,7 @@ def _kafka_committed(admin: KafkaAdminClient, group: str, topic: str) -> int:
 def test_redis_outage_does_not_lose_or_overcommit(
     kafka_bootstrap: str, topic_factory, unique_name: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     redis_proc = _start_redis(port, tmp_path)
     topic = topic_factory(1, prefix="worker-redis")
     values = stream(int(RATE * PRODUCE_S), seed=5)
