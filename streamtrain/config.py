@@ -105,6 +105,13 @@ class ModelConfig(_Section):
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
     init_std: float = Field(0.1, gt=0)
+    user_features: Literal["id", "history", "history+id"] = Field(
+        "history",
+        description="what the query is built from: the user's last history_length items (history), plus "
+        "the user's own embedding (history+id), or the id embedding alone (id); see docs/algorithms.md",
+    )
+    history_length: int = Field(20, ge=1, le=1024, description="items per user kept for the history query")
+    history_decay: float = Field(1.0, gt=0, le=1, description="weight of an item k events old is decay^k")
 
 
 class UniformParams(_Section):

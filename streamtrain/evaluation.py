@@ -99,15 +99,15 @@ class ProgressiveEvaluator:
 
     @torch.no_grad()
     def score(
-        self, model: TwoTowerModel, user_rows: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor
+        self, model: TwoTowerModel, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor
     ) -> torch.Tensor:
         """Sums of Recall@K and NDCG@K over the batch's rankable positives, then their count:
-        a (2·len(k_list) + 1,) tensor on the model's device. Called before the step trains on the batch.
-        Positives without a row (fallback) are skipped: they are not in the candidate set."""
-        user_rows = user_rows[: self.max_queries]
+        a (2·len(k_list) + 1,) tensor on the model's device. Called before the step trains on the batch,
+        with the step's queries (B, D) (each event's query as the step builds it). Positives without a
+        row (fallback) are skipped: they are not in the candidate set."""
         item_rows = item_rows[: self.max_queries]
         keep = item_rows != FALLBACK_ROW  # (b,)
-        q = model.user_tower(user_rows).float()  # (b, D)
+        q = queries[: self.max_queries].float()  # (b, D)
         pos_score = (q * model.item_tower(item_rows).float()).sum(1)  # (b,)
         rank = torch.zeros_like(item_rows)  # (b,) items scored above the positive
         for start in range(0, known_items.numel(), self.item_chunk):

@@ -1,8 +1,21 @@
-"""The two-tower retrieval model: a user tower and an item tower over id-embedding tables.
+"""The two-tower retrieval model: a query (user) tower and an item tower over id-embedding tables.
 
 Each tower is an embedding table of ``capacity`` rows × D (row 0 is the vocabulary's fallback
 row), optionally followed by an MLP head (``hidden_dims``, ReLU, projected back to D), and
 L2-normalised when ``normalize`` is set; the score is ``<q_u, v_i> / temperature``.
+
+What the query is built from (``user_features``, see docs/algorithms.md "The query tower"):
+
+* ``"id"``: the user's own embedding row, ``q = f(e_u)``;
+* ``"history"``: the mean of the item-tower outputs of the user's last H items (weighted towards
+  the newest by ``history_decay``) plus one shared learned vector (the user table's fallback row,
+  which is all a user with no history gets: a learned "popular now" query), ``q = f(pool + e_0)``;
+* ``"history+id"``: the pooled history plus the user's own row, ``q = f(pool + e_u)``.
+
+``f`` is the user tower's head and norm. The histories live in :class:`UserHistory`, a buffer of
+this module, so checkpoints, ``eval`` and ``export`` carry them; training passes each event's
+causal history explicitly (:meth:`TwoTowerModel.query`), serving uses the stored one
+(:meth:`TwoTowerModel.user_tower`).
 
 Sparse updates: tables are ``nn.Embedding(sparse=True)`` and are stepped by
 :class:`~streamtrain.model.sparse_optim.RowSparseOptimizer` (per-row Adam), MLP heads by a dense
@@ -19,9 +32,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["Tower", "TwoTowerModel"]
+from streamtrain.model.history import EMPTY, UserHistory
+
+__all__ = ["USER_FEATURES", "Tower", "TwoTowerModel"]
 
 TowerName = Literal["user", "item"]
+UserFeatures = Literal["id", "history", "history+id"]
+USER_FEATURES: tuple[str, ...] = ("id", "history", "history+id")
 
 
 class Tower(nn.Module):
@@ -43,7 +60,10 @@ class Tower(nn.Module):
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """(n,) int64 rows -> (n, D) embeddings; gradients flow to the touched rows only."""
-        x = self.embedding(rows)  # (n, D)
+        return self.finish(self.embedding(rows))  # (n, D)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, D) raw vectors -> (n, D) tower outputs: the MLP head, then the L2 norm if asked."""
         if self.head is not None:
             x = self.head(x)  # (n, D)
         if self.normalize:
@@ -65,13 +85,24 @@ class TwoTowerModel(nn.Module):
         normalize: bool = True,
         temperature: float = 0.05,
         init_std: float = 0.1,
+        user_features: UserFeatures = "id",
+        history_length: int = 20,
+        history_decay: float = 1.0,
     ) -> None:
         super().__init__()
+        if user_features not in USER_FEATURES:
+            raise ValueError(f"user_features must be one of {USER_FEATURES}, got {user_features!r}")
+        if not 0.0 < history_decay <= 1.0:
+            raise ValueError(f"history_decay must be in (0, 1], got {history_decay}")
         self.dim = dim
         self.temperature = temperature
         self.init_std = init_std
+        self.user_features = user_features
+        self.history_decay = history_decay
         self.user = Tower(user_capacity, dim, hidden_dims, normalize)
         self.item = Tower(item_capacity, dim, hidden_dims, normalize)
+        # An id-only model keeps a 1-column placeholder so every checkpoint has the same keys.
+        self.history = UserHistory(user_capacity, history_length if self.uses_history else 1)
 
     @classmethod
     def from_config(cls, config: object) -> TwoTowerModel:
@@ -84,7 +115,15 @@ class TwoTowerModel(nn.Module):
             normalize=config.normalize,  # type: ignore[attr-defined]
             temperature=config.temperature,  # type: ignore[attr-defined]
             init_std=config.init_std,  # type: ignore[attr-defined]
+            user_features=config.user_features,  # type: ignore[attr-defined]
+            history_length=config.history_length,  # type: ignore[attr-defined]
+            history_decay=config.history_decay,  # type: ignore[attr-defined]
         )
+
+    @property
+    def uses_history(self) -> bool:
+        """True when queries are built from the user's recent items."""
+        return self.user_features != "id"
 
     def tower(self, name: TowerName) -> Tower:
         """The ``"user"`` or ``"item"`` tower."""
@@ -95,8 +134,32 @@ class TwoTowerModel(nn.Module):
         raise ValueError(f"unknown tower {name!r}")
 
     def user_tower(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B,) user rows -> (B, D) query embeddings."""
-        return self.user(rows)
+        """(B,) user rows -> (B, D) query embeddings from the *stored* histories (serving, eval)."""
+        if not self.uses_history:
+            return self.user(rows)
+        return self.query(rows, self.history.current(rows))
+
+    def query(self, user_rows: torch.Tensor, history: torch.Tensor | None) -> torch.Tensor:
+        """(B,) user rows and (B, H) history item rows (``EMPTY`` = none) -> (B, D) queries.
+
+        Training passes each event's causal history (:meth:`UserHistory.causal`); ``history`` is
+        ignored by an id-only model."""
+        if not self.uses_history or history is None:
+            return self.user(user_rows)
+        own = user_rows if self.user_features == "history+id" else torch.zeros_like(user_rows)
+        x = self.user.embedding(own) + self._pool(history)  # (B, D)
+        return self.user.finish(x)
+
+    def _pool(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, H) item rows -> (B, D) weighted mean of their item-tower outputs (0 for no history)."""
+        b, h = history.shape
+        valid = history != EMPTY  # (B, H)
+        emb = self.item(history.clamp(min=0).reshape(-1)).reshape(b, h, -1)  # (B, H, D)
+        # Column H-1 is the newest item; older ones weigh decay^age.
+        age = torch.arange(h - 1, -1, -1, device=history.device, dtype=emb.dtype)  # (H,)
+        weight = valid.to(emb.dtype) * self.history_decay**age  # (B, H)
+        total = weight.sum(1, keepdim=True).clamp(min=1e-6)  # (B, 1)
+        return torch.einsum("bh,bhd->bd", weight / total, emb)  # (B, D)
 
     def item_tower(self, rows: torch.Tensor) -> torch.Tensor:
         """(n,) item rows -> (n, D) item embeddings (also handed to samplers as ``embed_items``)."""

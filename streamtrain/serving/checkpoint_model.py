@@ -5,10 +5,11 @@ Used by ``streamtrain eval`` and ``streamtrain export``. The file is the Trainer
 step. Only the model and the vocabularies are read; nothing is trained or written.
 
 The architecture comes from the tensors themselves (table capacities and ``D`` from the embedding
-tables, MLP widths from the head's Linear layers). Two settings cannot be read from tensors:
-``model.normalize`` (changes the ranking) and ``model.temperature`` (scales scores only). The file
-stores both (``model_settings``) and they win; files written before that take them from the
-configuration passed in (the same ``-c`` / ``--set`` the worker ran with).
+tables, MLP widths from the head's Linear layers, H from the history buffer). Settings that cannot
+be read from tensors: ``model.normalize`` (changes the ranking), ``model.temperature`` (scales
+scores only), ``model.user_features`` and ``model.history_decay`` (how queries are built). The file
+stores them (``model_settings``) and they win; files written before normalize/temperature were
+stored take those from the configuration passed in, and files without a history are id-only.
 
 Which file: an explicit ``.pt`` file, or the newest ``ckpt-<id>.pt`` in a run directory
 (``<checkpoint.dir>/<run>``; given ``<checkpoint.dir>`` the run is ``run.name``). After a clean stop
@@ -132,6 +133,8 @@ def load_checkpoint(path: Path, config: Config) -> LoadedCheckpoint:
     if (normalize, temperature) != (mc.normalize, mc.temperature) and saved_settings:
         log.info("%s: using the checkpoint's normalize=%s, temperature=%g (the config says %s, %g)",
                  path, normalize, temperature, mc.normalize, mc.temperature)
+    # Checkpoints from before the history tower have no history buffer: they are id-only models.
+    history = weights.setdefault("history.items", torch.full((int(user_table.shape[0]), 1), -1, dtype=torch.int32))
     model = TwoTowerModel(
         user_capacity=int(user_table.shape[0]),
         item_capacity=int(item_table.shape[0]),
@@ -140,6 +143,9 @@ def load_checkpoint(path: Path, config: Config) -> LoadedCheckpoint:
         normalize=normalize,
         temperature=temperature,
         init_std=mc.init_std,
+        user_features=saved_settings.get("user_features", "id"),
+        history_length=int(history.shape[1]),
+        history_decay=float(saved_settings.get("history_decay", 1.0)),
     )
     try:
         model.load_state_dict(weights)

@@ -23,7 +23,9 @@ Users: every user with its own row is in ``user_embeddings``. A user that is not
 not admitted yet) is served like the worker serves it: with ``user_fallback``. ``user_tower.pt``
 plus ``user_rows.npy`` rebuild the tower itself (``Tower(capacity, D, hidden_dims, normalize)``
 from :mod:`streamtrain.model.two_tower`, ``load_state_dict``) to embed users in-process, e.g. after
-mapping them to rows yourself.
+mapping them to rows yourself. That holds for an id-only model (``model.user_features == "id"``);
+a history model's user embeddings are its queries from each user's stored recent items at the
+checkpoint (the user tower alone cannot rebuild them: they need the item tower and the histories).
 
 Items: only items with their own row are candidates (the fallback item row is not an item).
 
@@ -97,10 +99,10 @@ def faiss_module() -> Any | None:
 
 
 @torch.no_grad()
-def _embed(tower: Any, rows: np.ndarray) -> np.ndarray:
-    """(n,) rows → (n, D) float32 tower outputs, in chunks (a 1M-row table need not fit twice)."""
+def _embed(tower: Any, rows: np.ndarray, dim: int) -> np.ndarray:
+    """(n,) rows → (n, D) float32 outputs of ``tower`` (a callable on rows), in chunks (a 1M-row
+    table need not fit twice)."""
     parts = [tower(torch.from_numpy(rows[s : s + _CHUNK])).float().numpy() for s in range(0, len(rows), _CHUNK)]
-    dim = tower.embedding.weight.shape[1]
     return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
 
 
@@ -126,9 +128,10 @@ def write_export(
     staging = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
     staging.mkdir(parents=True)
     try:
-        items = _embed(model.item, item_rows)  # (N_items, D)
-        users = _embed(model.user, user_rows)  # (N_users, D)
-        fallback = _embed(model.user, np.asarray([FALLBACK_ROW], dtype=np.int64))[0]  # (D,)
+        # Users through the model's query tower: for a history model, from their stored histories.
+        items = _embed(model.item, item_rows, model.dim)  # (N_items, D)
+        users = _embed(model.user_tower, user_rows, model.dim)  # (N_users, D)
+        fallback = _embed(model.user_tower, np.asarray([FALLBACK_ROW], dtype=np.int64), model.dim)[0]  # (D,)
         np.save(staging / FILES["item_embeddings"], items)
         np.save(staging / FILES["user_embeddings"], users)
         np.save(staging / FILES["user_fallback"], fallback)
@@ -156,6 +159,7 @@ def write_export(
                 "temperature": float(model.temperature),
                 "normalize": bool(model.user.normalize),
                 "hidden_dims": hidden_dims_of(model.state_dict()),
+                "user_features": model.user_features,
                 "user_capacity": int(model.user.embedding.weight.shape[0]),
                 "item_capacity": int(model.item.embedding.weight.shape[0]),
             },

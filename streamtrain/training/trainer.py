@@ -8,12 +8,15 @@ micro-batch, :meth:`Trainer.probe` every few steps, and persists :meth:`Trainer.
 
 One step, in order (:meth:`Trainer.train_step`):
 1. map user and item ids to rows, admitting new ids;
-2. re-initialise rows the vocabularies (re)assigned, and reset their optimizer state;
-3. on a ``progressive_eval_fraction`` of steps, score the batch before training on it;
-4. update the frequency estimator with the batch's item keys;
-5. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
-6. sampler loss (bf16 autocast on CUDA), backward, optimizer steps;
-7. read every statistic in one device→host transfer.
+2. re-initialise rows the vocabularies (re)assigned, reset their optimizer state, and clear the
+   per-row state that still describes the old id (user histories);
+3. read each event's causal history (the user's items before it), then fold the batch into the
+   stored histories;
+4. on a ``progressive_eval_fraction`` of steps, score the batch before training on it;
+5. update the frequency estimator with the batch's item keys;
+6. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
+7. sampler loss (bf16 autocast on CUDA), backward, optimizer steps;
+8. read every statistic in one device→host transfer.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from streamtrain.errors import StreamtrainError
 from streamtrain.evaluation import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch, object_array
 from streamtrain.frequency import StreamingFrequencyEstimator
+from streamtrain.model.history import BatchOrder
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary
@@ -123,6 +127,7 @@ class Trainer:
     # ------------------------------------------------------------------ the step
     def _assign(self, tower: str, vocab: IdVocabulary, ids: np.ndarray, times: np.ndarray) -> torch.Tensor:
         """Steps 1-2: rows for ``ids`` (n,), re-initialising any row handed to a new id."""
+        evictions_before = vocab.evictions_total
         lookup = vocab.lookup(ids, admit=True, event_time=times)
         if lookup.assigned.size:
             assigned = torch.from_numpy(lookup.assigned)
@@ -131,6 +136,10 @@ class Trainer:
             self.sparse_optimizer.reset_rows(self.model.tower(tower).embedding.weight, assigned_dev)  # type: ignore[arg-type]
             if tower == "item":
                 self._item_keys[assigned_dev] = torch.from_numpy(vocab.row_keys[lookup.assigned]).to(self.device)
+                if vocab.evictions_total != evictions_before:  # a fresh row is in no history yet
+                    self.model.history.forget_items(assigned_dev)
+            else:
+                self.model.history.forget_users(assigned_dev)
         return torch.from_numpy(lookup.rows).to(self.device, non_blocking=True)  # (n,)
 
     def register_ids(self, tower: str, ids: Sequence[str] | np.ndarray, event_time: float = 0.0) -> int:
@@ -143,11 +152,24 @@ class Trainer:
         self._assign(tower, vocab, arr, np.full(len(arr), event_time))
         return vocab.admissions_total - before
 
-    def _sampler_input(self, user_rows: torch.Tensor, item_rows: torch.Tensor) -> SamplerInput:
+    def _histories(self, batch: EventBatch, user_rows: torch.Tensor, item_rows: torch.Tensor, *, append: bool):
+        """(B, H) causal history of each event (None for an id-only model); ``append`` then folds the
+        batch into the stored histories (training), or leaves them as they are (probe)."""
+        if not self.model.uses_history:
+            return None
+        order = BatchOrder(user_rows.cpu().numpy(), batch.event_time)
+        history = self.model.history.causal(user_rows, item_rows, order)  # (B, H)
+        if append:
+            self.model.history.append(item_rows, order)
+        return history
+
+    def _sampler_input(
+        self, user_rows: torch.Tensor, item_rows: torch.Tensor, history: torch.Tensor | None
+    ) -> SamplerInput:
         keys = self._item_keys
         frequency = self.frequency
         return SamplerInput(
-            queries=self.model.user_tower(user_rows),  # (B, D)
+            queries=self.model.query(user_rows, history),  # (B, D)
             pos_items=item_rows,  # (B,)
             pos_emb=self.model.item_tower(item_rows),  # (B, D)
             embed_items=self.model.item_tower,  # (n,) -> (n, D)
@@ -173,19 +195,21 @@ class Trainer:
         started = time.perf_counter()
         user_rows = self._assign("user", self.user_vocab, batch.user_ids, batch.event_time)  # (B,)
         item_rows = self._assign("item", self.item_vocab, batch.item_ids, batch.event_time)  # (B,)
+        history = self._histories(batch, user_rows, item_rows, append=True)  # (B, H) or None
 
         evaluated = self._rng.random() < self.config.trainer.progressive_eval_fraction
         prog_sums = None
         if evaluated:
             known = self.item_vocab.known_rows(self.device)
             if known.numel():
-                prog_sums = self.progressive.score(self.model, user_rows, item_rows, known)  # (2K+1,)
+                queries = self.model.query(user_rows, history)  # (B, D)
+                prog_sums = self.progressive.score(self.model, queries, item_rows, known)  # (2K+1,)
 
         self.frequency.update(self._item_keys[item_rows])
 
         self._zero_grads()
         with autocast_context(self.device, self.config.trainer.mixed_precision):
-            inp = self._sampler_input(user_rows, item_rows)
+            inp = self._sampler_input(user_rows, item_rows, history)
             inp.weights = self._weights(batch)
             out = self.sampler.loss(inp, update_state=True)
         if out.loss.requires_grad:  # a batch whose negatives were all masked has a constant loss
@@ -239,8 +263,9 @@ class Trainer:
         no optimizer step). Called by the worker every ``probe_interval_steps``."""
         user_rows = torch.from_numpy(self.user_vocab.lookup(batch.user_ids, admit=False).rows).to(self.device)
         item_rows = torch.from_numpy(self.item_vocab.lookup(batch.item_ids, admit=False).rows).to(self.device)
+        history = self._histories(batch, user_rows, item_rows, append=False)
         try:
-            return probe_sampler(self.sampler, self._sampler_input(user_rows, item_rows))
+            return probe_sampler(self.sampler, self._sampler_input(user_rows, item_rows, history))
         finally:
             self._zero_grads()  # the probe may have backpropagated into the tables
 
@@ -277,7 +302,12 @@ class Trainer:
             "rng": {"numpy": self._rng.bit_generator.state, "torch": self._gen.get_state()},
             "progressive": self.progressive.state_dict(),
             # What the tensors cannot tell a reader (eval, export): both change scores, normalize the ranking.
-            "model_settings": {"normalize": self.config.model.normalize, "temperature": self.config.model.temperature},
+            "model_settings": {
+                "normalize": self.config.model.normalize,
+                "temperature": self.config.model.temperature,
+                "user_features": self.model.user_features,
+                "history_decay": self.model.history_decay,
+            },
         }
 
     def load_file_state(self, state: dict[str, Any]) -> None:

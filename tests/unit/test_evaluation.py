@@ -80,14 +80,14 @@ def test_progressive_ranks_each_positive_against_all_known_items() -> None:
     known = torch.arange(1, 5)
     users = torch.tensor([1, 1, 1])
     items = torch.tensor([1, 3, 0])  # ranks 0 and 2; the fallback positive is skipped
-    sums = ev.score(model, users, items, known).tolist()
+    sums = ev.score(model, model.user_tower(users), items, known).tolist()
     # [hits@1, hits@3, gain@1, gain@3, count]
     assert sums == pytest.approx([1.0, 2.0, 1.0, 1.0 + 1 / math.log2(4), 2.0])
     avg = ev.update(sums)
     assert avg["recall@3"] == pytest.approx(1.0) and avg["recall@1"] == pytest.approx(0.5)
-    ev.update(ev.score(model, torch.tensor([1]), torch.tensor([4]), known).tolist())  # rank 3: miss
+    ev.update(ev.score(model, model.user_tower(torch.tensor([1])), torch.tensor([4]), known).tolist())  # rank 3: miss
     assert ev.averages()["recall@3"] == pytest.approx(2 / 3)
-    ev.update(ev.score(model, torch.tensor([1]), torch.tensor([4]), known).tolist())  # window drops the first
+    ev.update(ev.score(model, model.user_tower(torch.tensor([1])), torch.tensor([4]), known).tolist())  # window drops the first
     assert ev.averages()["recall@3"] == pytest.approx(0.0)
 
 

@@ -35,15 +35,16 @@ from streamtrain.worker.checkpoint import take_snapshot
 from streamtrain.worker.checkpoint_files import CheckpointFiles
 
 N_USERS, N_ITEMS, N_CLUSTERS, BATCH, STEPS = 40, 80, 4, 64, 40
-SETS = ["run.name=tiny", "run.device=cpu", "model.temperature=0.1", "model.user_capacity=64",
+SETS = ["run.name=tiny", "run.device=cpu", "model.temperature=0.1", "model.user_capacity=64", "model.user_features=id",
         "model.item_capacity=128"]
 
 
 def _config(ckpt_dir: Path) -> Config:
     return Config.model_validate({
         "run": {"name": "tiny", "seed": 3, "device": "cpu"},
+        # id-only: the user_tower.pt rebuild below is the id model's contract (history: test_history_tower)
         "model": {"user_capacity": 64, "item_capacity": 128, "embedding_dim": 8, "temperature": 0.1,
-                  "learning_rate": 0.05},
+                  "learning_rate": 0.05, "user_features": "id"},
         "sampler": {"name": "inbatch_logq"},
         "frequency": {"hash_size": 1024, "alpha": 0.05, "initial_gap": 20.0},
         "trainer": {"batch_size": BATCH, "progressive_eval_fraction": 0.0},
@@ -163,7 +164,7 @@ def test_export_round_trips_embeddings_exactly(trained: dict[str, Any], tmp_path
     np.testing.assert_allclose(np.linalg.norm(export.item_embeddings, axis=1), 1.0, rtol=1e-5)
     assert manifest["counts"] == {"items": len(trainer.item_vocab), "users": len(trainer.user_vocab)}
     assert manifest["model"] | {} == {"dim": 8, "temperature": 0.1, "normalize": True, "hidden_dims": [],
-                                      "user_capacity": 64, "item_capacity": 128}
+                                      "user_capacity": 64, "item_capacity": 128, "user_features": "id"}
     assert manifest["source"]["checkpoint_id"] == 7 and manifest["faiss"] is None
     # The user tower file rebuilds the tower: embedding users by row reproduces the export.
     tower = Tower(64, 8, manifest["model"]["hidden_dims"], manifest["model"]["normalize"])
