@@ -136,6 +136,9 @@ class XirParams(_Section):
     cache_draws: int | None = Field(None, ge=1, description="K_u per query; None = C/2")
     batch_draws: int | None = Field(None, ge=1, description="R_u per query; None = B/2")
     mix_lambda: float = Field(0.5, ge=0, le=1, description="weight of the cache term")
+    occurrence_half_life_steps: float | None = Field(
+        1000.0, ge=0, description="o's draw counts halve every this many steps (follows drift); None or 0 = never"
+    )
 
 
 class SamplerConfig(_Section):
@@ -148,10 +151,20 @@ class SamplerConfig(_Section):
 
 
 class FrequencyConfig(_Section):
+    method: Literal["occurrences", "presence"] = Field(
+        "occurrences",
+        description="occurrences: log expected occurrences per event (counts duplicates, unbiased start); "
+        "presence: Yi et al. 2019 as published, log P(item in a batch), kept for comparison",
+    )
     hash_size: int = Field(1 << 20, ge=1, description="H, slots per hash function")
     num_hashes: int = Field(2, ge=1, le=16, description="m")
-    alpha: float = Field(0.01, gt=0, le=1, description="learning rate of the gap estimate")
-    initial_gap: float = Field(100.0, gt=0, description="B_0, the prior mean gap in steps")
+    alpha: float = Field(
+        0.01, gt=0, le=1, description="learning rate of the gap estimate, per sighting (occurrences) or per step"
+    )
+    first_sighting_gap: float | None = Field(
+        None, ge=1, description="occurrences: mean gap in events assumed for an item seen once; None = the batch size"
+    )
+    initial_gap: float = Field(100.0, gt=0, description="presence only: B_0, the prior mean gap in steps")
 
 
 class TrainerConfig(_Section):

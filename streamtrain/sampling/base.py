@@ -12,7 +12,9 @@ Contract (checked for every registered sampler by tests/unit/test_sampler_contra
 - the same seed and the same inputs give the same draws;
 - ``state_dict`` → ``load_state_dict`` on a fresh instance reproduces the next step exactly;
 - ``loss(..., update_state=False)`` leaves the sampler's state (cache, bank, RNG) untouched,
-  so the sampling-bias probe can call it between training steps.
+  so the sampling-bias probe can call it between training steps;
+- after ``forget_rows(r)`` no state refers to the item rows ``r`` (state arrays of item rows are
+  named ``*rows``), and the next step draws nothing from what the sampler kept about them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,11 @@ class Sampler(ABC):
         ``inp.known_items``); used by the bias probe for KL(full softmax || sampler). No state change.
         Conditioned on this input's batch (and the sampler's cache or bank): items the sampler
         cannot reach get −inf; the probe accounts for that (see streamtrain/probe.py)."""
+
+    def forget_rows(self, rows: torch.Tensor) -> None:
+        """Drop everything kept about item ``rows`` ((k,) int64, on the sampler's device): the
+        vocabulary handed them to new ids after eviction. Called by the trainer whenever it
+        (re)assigns item rows; must not read the device (no host sync). Stateless samplers: no-op."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a restart needs (tensors, numpy arrays, ints); persisted in Redis."""

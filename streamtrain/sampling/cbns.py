@@ -34,7 +34,8 @@ class CrossBatchSampler(Sampler):
     drift too fast for stale copies to be good negatives. The bank is filled from step 0 and read
     from step W on. After each step the batch's detached embeddings, their rows and log p̂ are
     enqueued and the oldest entries dropped; bank entries whose row equals a query's positive are
-    masked. Bank entries carry no gradient (they are snapshots). Reference: Wang et al.,
+    masked. Bank entries carry no gradient (they are snapshots). :meth:`forget_rows` invalidates the
+    entries of reassigned rows (row −1, zero embedding; masked) until the ring overwrites them. Reference: Wang et al.,
     "Cross-Batch Negative Sampling for Training Two-Tower Recommenders", SIGIR 2021.
     """
 
@@ -70,7 +71,9 @@ class CrossBatchSampler(Sampler):
             n = self._filled
             cand_emb = torch.cat([cand_emb.float(), self._emb[:n]])  # (B+n, D); bank rows carry no grad
             cand_log_q = torch.cat([log_q, self._log_q[:n]])  # (B+n,)
-            hit = torch.cat([hit, hits(inp.pos_items, self._rows[:n])], dim=1)  # (B, B+n)
+            bank_rows = self._rows[:n]  # (n,) −1 where forgotten
+            bank_hit = hits(inp.pos_items, bank_rows) | (bank_rows < 0).unsqueeze(0)  # (B, n)
+            hit = torch.cat([hit, bank_hit], dim=1)  # (B, B+n)
         logits = scores(inp.queries, cand_emb, inp.temperature, cand_log_q).masked_fill(hit, MASKED_LOGIT)
         loss = reduce_loss(loss_positive_on_diagonal(logits), inp.weights)
         if update_state:
@@ -78,6 +81,17 @@ class CrossBatchSampler(Sampler):
             self.step += 1
         fill = torch.full((), self._filled / self.bank_size, device=loss.device)
         return SamplerOutput(loss=loss, stats={"bank_fill": fill})
+
+    @torch.no_grad()
+    def forget_rows(self, rows: torch.Tensor) -> None:
+        """Invalidate bank entries holding ``rows``: row −1, embedding and log q zeroed (masked)."""
+        if rows.numel() == 0:
+            return
+        stale = torch.isin(self._rows, rows)  # (M,)
+        self._rows = self._rows.masked_fill(stale, -1)
+        self._log_q = self._log_q.masked_fill(stale, 0.0)
+        if self._emb is not None:
+            self._emb = self._emb.masked_fill(stale.unsqueeze(1), 0.0)
 
     def _enqueue(self, emb: torch.Tensor, rows: torch.Tensor, log_q: torch.Tensor) -> None:
         """Write the newest ``min(B, M)`` entries at the ring pointer (oldest get overwritten)."""

@@ -25,6 +25,7 @@ __all__ = ["CacheImportanceResampler"]
 log = logging.getLogger(__name__)
 
 _MIN_OCCURRENCE_ROWS = 1024
+_RESCALE_LOG2 = 64.0  # fold the pending decay into the stored counts once it exceeds 2^64
 
 
 def _member(values: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,13 @@ class CacheImportanceResampler(SeededSampler):
        step, P(id) ∝ o[id]. (If nothing was drawn, e.g. every item is every query's positive,
        the candidates are all batch and cache ids.)
 
+    In a stream (``occurrence_half_life_steps`` h): o = 1 + Σ_s 2^(−(t−s)/h) · draws_s, i.e. the draw
+    counts halve every h steps, so the cache follows drift instead of last month's hard items (the
+    paper trains offline; h = None or 0 keeps plain counts). Stored lazily as counts scaled up by
+    2^(age/h), so a step touches only the rows drawn, not all of o. :meth:`forget_rows` resets o
+    of reassigned rows to 1 and replaces their cache entries by −1: masked (never drawn, never
+    embedded as that row) until the next cache update draws a fresh cache.
+
     Defaults: C = B, K = C/2, R = B/2, λ = 0.5 (the authors' scripts use 0.2).
     ``resampling="systematic"`` is an opt-in cheaper resampler (see resampling.py and BIR).
     Reference: Chen et al., "Cache-Augmented Inbatch Importance Resampling for Training
@@ -75,6 +83,7 @@ class CacheImportanceResampler(SeededSampler):
         batch_draws: int,
         mix_lambda: float = 0.5,
         *,
+        occurrence_half_life_steps: float | None = None,
         resampling: str = "multinomial",
         seed: int = 0,
         device: torch.device | str = "cpu",
@@ -92,8 +101,14 @@ class CacheImportanceResampler(SeededSampler):
         self.cache_draws = cache_draws
         self.batch_draws = batch_draws
         self.mix_lambda = mix_lambda
-        self.cache_rows = torch.zeros(0, dtype=torch.long, device=self.device)  # (C,) once filled
-        self.occurrence = torch.ones(_MIN_OCCURRENCE_ROWS, dtype=torch.long, device=self.device)  # o
+        if occurrence_half_life_steps is not None and occurrence_half_life_steps < 0:
+            raise ValueError(f"occurrence_half_life_steps must be >= 0 or None, got {occurrence_half_life_steps}")
+        self.half_life = occurrence_half_life_steps or None
+        self._decay = 0.5 ** (1.0 / self.half_life) if self.half_life else 1.0  # per step
+        self.cache_rows = torch.zeros(0, dtype=torch.long, device=self.device)  # (C,) once filled; −1 = forgotten
+        # o = 1 + excess · decay^age: draw counts are stored scaled up by decay^−(age at the draw).
+        self._excess = torch.zeros(_MIN_OCCURRENCE_ROWS, dtype=torch.float64, device=self.device)  # (rows,)
+        self._age = 0  # steps since the stored counts were last rescaled
         self._last_draws: dict[str, Draws | None] = {}
 
     @classmethod
@@ -108,6 +123,7 @@ class CacheImportanceResampler(SeededSampler):
             p.cache_draws or max(1, cache_size // 2),
             p.batch_draws or max(1, batch_size // 2),
             p.mix_lambda,
+            occurrence_half_life_steps=p.occurrence_half_life_steps,
             resampling=getattr(p, "resampling", "multinomial"),  # opt-in field, see resampling.py
             seed=seed,
             device=device,
@@ -129,11 +145,14 @@ class CacheImportanceResampler(SeededSampler):
         cached = cache_rows.numel() > 0
         draws_c: Draws | None = None
         if cached:
-            log_q_c = inp.log_q(cache_rows).detach().float()  # (C,)
-            emb_c = inp.embed_items(cache_rows)  # (C, D) current item tower: gradients reach the cache
+            forgotten = cache_rows < 0  # (C,) entries of reassigned rows: masked like accidental hits
+            safe_rows = cache_rows.clamp_min(0)  # (C,) any valid row; never drawn where forgotten
+            log_q_c = inp.log_q(safe_rows).detach().float()  # (C,)
+            emb_c = inp.embed_items(safe_rows)  # (C, D) current item tower: gradients reach the cache
             logits_c = scores(inp.queries, emb_c, inp.temperature)  # (B, C) s(u, k), grad
+            hit_c = hits(pos_items, cache_rows) | forgotten.unsqueeze(0)  # (B, C)
             neg_c, draws_c, ess_c = resampled_negatives(
-                logits_c, log_q_c, hits(pos_items, cache_rows), self.cache_draws, gen, method=self.resampling
+                logits_c, log_q_c, hit_c, self.cache_draws, gen, method=self.resampling
             )
             term_c = loss_separate_positive(positives, neg_c)  # (B,) L(u; K_u)
             loss = reduce_loss(self.mix_lambda * term_c + (1.0 - self.mix_lambda) * term_b, inp.weights)
@@ -172,11 +191,35 @@ class CacheImportanceResampler(SeededSampler):
         need = inp.num_item_rows
         if need is None:
             need = int(inp.pos_items.max()) + 1
-        size = self.occurrence.numel()
+        size = self._excess.numel()
         if need > size:
-            grown = torch.ones(max(need, 2 * size), dtype=torch.long, device=self.occurrence.device)
-            grown[:size] = self.occurrence
-            self.occurrence = grown
+            grown = torch.zeros(max(need, 2 * size), dtype=torch.float64, device=self._excess.device)
+            grown[:size] = self._excess
+            self._excess = grown
+
+    @property
+    def occurrence(self) -> torch.Tensor:
+        """(rows,) float64 o = 1 + decayed draw counts (computed; tests, debugging)."""
+        return 1.0 + self._excess * self._decay**self._age
+
+    @occurrence.setter
+    def occurrence(self, values: torch.Tensor) -> None:
+        self._excess = values.to(device=self.device, dtype=torch.float64) - 1.0
+        self._age = 0
+
+    @torch.no_grad()
+    def forget_rows(self, rows: torch.Tensor) -> None:
+        """o of ``rows`` back to 1 and their cache entries to −1 (masked until the next update
+        redraws the cache). Sync-free: rows beyond o's current size are already at 1."""
+        if rows.numel() == 0:
+            return
+        size = self._excess.numel()
+        inside = rows < size
+        # min(excess, 0) = 0 resets a row; min(excess, inf) leaves the clamped stand-ins untouched.
+        reset = torch.where(inside, 0.0, float("inf")).to(torch.float64)
+        self._excess.scatter_reduce_(0, rows.clamp(max=size - 1), reset, reduce="amin")
+        if self.cache_rows.numel():
+            self.cache_rows = torch.where(_member(self.cache_rows, rows), -1, self.cache_rows)
 
     @torch.no_grad()
     def _update_cache(self, cand_rows: torch.Tensor, cand_counts: torch.Tensor, gen: torch.Generator) -> None:
@@ -186,18 +229,33 @@ class CacheImportanceResampler(SeededSampler):
         often each position was drawn this step (``Draws.per_column``). Sync-free: duplicates are
         resolved by sorting.
         """
-        self.occurrence.index_add_(0, cand_rows, cand_counts)
+        valid = cand_rows >= 0  # (n,) forgotten cache entries (−1) are never drawn
+        safe = cand_rows.clamp_min(0)
+        growth = self._decay ** -self._age  # counts enter at today's scale
+        self._excess.index_add_(0, safe, cand_counts.double() * growth)
         drawn = cand_counts > 0  # (n,)
         order = torch.argsort(cand_rows * 2 + (~drawn).long())  # a row's drawn copies sort first
         rows = cand_rows[order]  # (n,)
         first = torch.ones_like(drawn)
         first[1:] = rows[1:] != rows[:-1]  # (n,) one entry per distinct row
-        occ = self.occurrence[rows].double()  # (n,)
+        occ = 1.0 + self._excess[safe[order]] * self._decay**self._age  # (n,) o after this step's draws
         weight = torch.where(first & drawn[order], occ, torch.zeros_like(occ))  # (n,)
-        weight = torch.where(weight.sum() > 0, weight, occ * first)  # nothing drawn: all candidates
+        fallback = occ * (first & valid[order])  # nothing drawn: all valid candidates
+        weight = torch.where(weight.sum() > 0, weight, fallback)
         keep = (weight > 0).unsqueeze(0)  # (1, n)
         picks = draw_indices(weight.log().unsqueeze(0), ~keep, self.cache_size, gen)  # (1, C)
         self.cache_rows = rows[picks.squeeze(0)]
+        self._advance_age()
+
+    def _advance_age(self) -> None:
+        """One step older; folds the pending decay into the stored counts before they grow past
+        2^64 (every 64 half-lives: O(rows) then, nothing in between)."""
+        if self.half_life is None:
+            return
+        self._age += 1
+        if self._age / self.half_life > _RESCALE_LOG2:
+            self._excess.mul_(self._decay**self._age)
+            self._age = 0
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:
@@ -205,37 +263,46 @@ class CacheImportanceResampler(SeededSampler):
         cache is empty), summed per item; support: batch ∪ cache items."""
 
         def probs_on_known(rows: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-            corrected = scores(inp.queries, emb, inp.temperature, inp.log_q(rows))
-            probs = resampling_probs(corrected, hits(inp.pos_items, rows))
+            safe = rows.clamp_min(0)  # forgotten cache entries (−1) are masked below
+            corrected = scores(inp.queries, emb, inp.temperature, inp.log_q(safe))
+            probs = resampling_probs(corrected, hits(inp.pos_items, rows) | (rows < 0).unsqueeze(0))
             return candidates_to_known(rows, probs, inp.known_items).exp()  # (B, N)
 
         probs = probs_on_known(inp.pos_items, inp.pos_emb)
         if self.cache_rows.numel():
-            cache = probs_on_known(self.cache_rows, inp.embed_items(self.cache_rows))
+            cache = probs_on_known(self.cache_rows, inp.embed_items(self.cache_rows.clamp_min(0)))
             probs = self.mix_lambda * cache + (1.0 - self.mix_lambda) * probs
         return probs.log()  # (B, N)
 
     def state_dict(self) -> dict[str, Any]:
-        """Generator state, cache item rows (empty before the first step) and o."""
+        """Generator state, cache item rows (empty before the first step; −1 = forgotten) and o as
+        stored: ``occurrence_excess`` (float64, scaled counts) and ``occurrence_age`` (steps)."""
         state = super().state_dict()
         state["cache_rows"] = self.cache_rows.cpu().numpy().copy()
-        state["occurrence"] = self.occurrence.cpu().numpy().copy()
+        state["occurrence_excess"] = self._excess.cpu().numpy().copy()
+        state["occurrence_age"] = np.asarray(self._age, dtype=np.int64)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore; a saved cache of another size is kept as is until the next update resizes it."""
+        """Restore; a saved cache of another size is kept as is until the next update resizes it.
+        Also reads the integer ``occurrence`` vector of states saved before o decayed."""
         super().load_state_dict(state)
-        if "cache_rows" not in state or "occurrence" not in state:
-            raise ValueError("xir state needs 'cache_rows' and 'occurrence'")
-        occ = np.asarray(state["occurrence"], dtype=np.int64)
-        if occ.ndim != 1 or occ.size == 0 or (occ < 1).any():
-            raise ValueError("xir occurrence vector must be a non-empty 1-d array of counts >= 1")
+        if "cache_rows" not in state or not ("occurrence" in state or "occurrence_excess" in state):
+            raise ValueError("xir state needs 'cache_rows' and 'occurrence_excess' (or the older 'occurrence')")
+        if "occurrence_excess" in state:
+            excess = np.asarray(state["occurrence_excess"], dtype=np.float64)
+            age = int(np.asarray(state.get("occurrence_age", 0)))
+        else:  # integer counts + 1, no decay yet: the same o at age 0
+            excess, age = np.asarray(state["occurrence"], dtype=np.float64) - 1.0, 0
+        if excess.ndim != 1 or excess.size == 0 or not (excess >= 0).all():
+            raise ValueError("xir occurrence vector must be a non-empty 1-d array of values >= 1")
         self.cache_rows = torch.as_tensor(np.asarray(state["cache_rows"], dtype=np.int64).reshape(-1)).to(self.device)
-        self.occurrence = torch.as_tensor(occ).to(self.device)
-        if self.cache_rows.numel() and int(self.cache_rows.max()) >= occ.size:
+        self._excess = torch.as_tensor(excess).to(self.device)
+        self._age = age
+        if self.cache_rows.numel() and int(self.cache_rows.max()) >= excess.size:
             raise ValueError("xir cache holds rows beyond its occurrence vector; state is corrupted")
         if self.cache_rows.numel() and self.cache_rows.numel() != self.cache_size:
             log.warning("xir cache restored with %d rows, configured %d", self.cache_rows.numel(), self.cache_size)
 
     def _state_keys(self) -> set[str]:
-        return {"rng", "cache_rows", "occurrence"}
+        return {"rng", "cache_rows", "occurrence", "occurrence_excess", "occurrence_age"}

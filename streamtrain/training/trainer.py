@@ -35,7 +35,7 @@ from streamtrain.config import Config
 from streamtrain.errors import StreamtrainError
 from streamtrain.evaluation import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch, object_array
-from streamtrain.frequency import StreamingFrequencyEstimator
+from streamtrain.frequency import build_frequency_estimator
 from streamtrain.model.history import BatchOrder
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
@@ -100,7 +100,7 @@ class Trainer:
         dense_cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}[mc.optimizer]
         self.dense_optimizer = dense_cls(dense, lr=mc.learning_rate) if dense else None
         self.sampler = build_sampler(config.sampler, batch_size=tc.batch_size, seed=seed, device=self.device)
-        self.frequency = StreamingFrequencyEstimator.from_config(config.frequency, seed=seed, device=self.device)
+        self.frequency = build_frequency_estimator(config.frequency, seed=seed, device=self.device)
         self.progressive = ProgressiveEvaluator(
             tc.eval_k, window=tc.progressive_eval_window, max_queries=tc.progressive_eval_max_queries
         )
@@ -136,6 +136,7 @@ class Trainer:
             self.sparse_optimizer.reset_rows(self.model.tower(tower).embedding.weight, assigned_dev)  # type: ignore[arg-type]
             if tower == "item":
                 self._item_keys[assigned_dev] = torch.from_numpy(vocab.row_keys[lookup.assigned]).to(self.device)
+                self.sampler.forget_rows(assigned_dev)  # cache/bank entries of the row's old id
                 if vocab.evictions_total != evictions_before:  # a fresh row is in no history yet
                     self.model.history.forget_items(assigned_dev)
             else:

@@ -178,8 +178,8 @@ def test_xir_occurrence_accumulates_exact_draw_counts() -> None:
     counts_b, counts_c = sampler.last_counts["batch"], sampler.last_counts["cache"]
     assert counts_c is not None
     expected = before.clone()
-    expected.index_add_(0, next_inp.pos_items, counts_b.sum(0).long())
-    expected.index_add_(0, old_cache, counts_c.sum(0).long())
+    expected.index_add_(0, next_inp.pos_items, counts_b.sum(0).double())
+    expected.index_add_(0, old_cache, counts_c.sum(0).double())
     assert torch.equal(sampler.occurrence, expected)
     drawn = torch.cat([next_inp.pos_items[counts_b.sum(0) > 0], old_cache[counts_c.sum(0) > 0]])
     assert torch.isin(sampler.cache_rows, drawn).all()

@@ -162,6 +162,22 @@ def test_evicted_rows_are_reinitialised_with_fresh_optimizer_state() -> None:
     assert steps[1:9].max() == 1  # reset on reuse, then one step
 
 
+def test_reassigned_item_rows_are_forgotten_by_the_sampler() -> None:
+    """Eviction hands rows 1-8 to new ids: the XIR cache and o hold nothing of the old ids."""
+    config = make_config("xir", **{"model.item_capacity": 9, "model.eviction_after_s": 5.0})
+    trainer = Trainer(config)
+    old = [f"old{i}" for i in range(8)]
+    for t in range(3):
+        trainer.train_step(EventBatch.from_ids([f"u{i}" for i in range(8)], old, event_time=np.full(8, float(t))))
+    assert (trainer.sampler.occurrence[1:9] > 1).any() and (trainer.sampler.cache_rows >= 1).all()
+    forgotten: list[list[int]] = []
+    forget = trainer.sampler.forget_rows
+    trainer.sampler.forget_rows = lambda rows: (forgotten.append(sorted(rows.tolist())), forget(rows))  # type: ignore[method-assign]
+    trainer.register_ids("item", [f"new{i}" for i in range(8)], event_time=100.0)
+    assert forgotten == [list(range(1, 9))]
+    assert (trainer.sampler.occurrence[1:9] == 1).all() and (trainer.sampler.cache_rows == -1).all()
+
+
 def test_unadmitted_ids_train_through_the_fallback_row() -> None:
     trainer = Trainer(make_config(**{"model.admission_threshold": 3}))
     users = [f"u{i}" for i in range(48)]  # each seen once: all on the fallback row
