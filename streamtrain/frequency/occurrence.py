@@ -34,11 +34,14 @@ Reading (``log_prob``), with e = t − A the events since the slot's last sighti
   on the estimate after the next sighting; it lets an item that stopped appearing fade instead of
   keeping its last rate forever, and barely moves a stationary one (it changes the gap only when
   e exceeds it, by α·(e − gap)).
-- c = 1 (seen once, no gap yet): max(g₁, e) with g₁ = ``first_sighting_gap``, by default the
-  size of the latest batch: "one occurrence in the batch it was seen in", the maximum-likelihood
-  rate from the only window that holds evidence. The batch's *own* share is the least biased
-  guess for a new item: assuming it rare (a long prior gap) over-corrects it, which is exactly
-  the defect being fixed, while as e grows without a second sighting the estimate decays as 1/e.
+- c = 1 (seen once, no gap yet): max(g₁, e) with g₁ = ``first_sighting_gap``, by default D, the
+  number of distinct items seen so far (slots in use under the first hash function, at least the
+  latest batch size): the mean gap of an *average* item, since the item-averaged share of events
+  is 1/D. Neither extreme works: t (the whole age, as the published algorithm does) over-corrects
+  every new item by orders of magnitude; the batch's own share ("one in B") reads every one-off
+  tail item as if it were in every batch, and on a time-ordered MovieLens pass that alone cut
+  in-batch-logQ's progressive Recall@20 from 0.052 to 0.008 (BENCHMARKS.md). A second sighting
+  replaces the prior by a measured gap.
 - c = 0 (never seen): max(g₁, t) — not seen in t events.
 
 The estimate of a key is the largest gap over its m slots (collisions only add sightings, so the
@@ -118,6 +121,7 @@ class StreamingFrequencyEstimator:
         # CPU is random access into an O(mH) table). float64 holds positions and counts exactly up
         # to 2^53 (centuries of events at a million a second).
         self.table = torch.zeros(num_hashes, hash_size, 3, dtype=torch.float64, device=self.device)
+        self._distinct = self._slots_in_use()  # () int64; derived from the table, so not persisted
 
     @classmethod
     def from_config(cls, config: Any, *, seed: int, device: torch.device | str) -> StreamingFrequencyEstimator:
@@ -159,6 +163,14 @@ class StreamingFrequencyEstimator:
         # Every element of a slot's run computed the same row from the same inputs (the old state
         # was read in full before this write), so duplicate indices write identical values.
         table.index_copy_(0, slot, new)
+        # Distinct items ≈ slots in use under hash function 0 (its slots come first): count runs
+        # that were empty before this batch. Stays on the device: no sync.
+        fresh = (torch.arange(slot.numel(), device=self.device) == first) & (slot < self.hash_size) & ~prev
+        self._distinct += fresh.sum()
+
+    def _slots_in_use(self) -> torch.Tensor:
+        """() int64: slots of hash function 0 sighted at least once (≈ distinct items seen)."""
+        return (self.table[0, :, _C] > 0).sum()
 
     def _decay_pow(self, exponent: torch.Tensor) -> torch.Tensor:
         """(1 − α)^x for float64 x ≥ 0, as one exp (cheaper than pow on CPU); α = 1 gives [x = 0]."""
@@ -179,9 +191,12 @@ class StreamingFrequencyEstimator:
         mean = ema / (1.0 - bias).clamp_min(1e-300)
         decay = 1.0 - self.alpha
         pending = (decay * ema + self.alpha * elapsed) / (1.0 - bias * decay)
-        prior = float(self.first_sighting_gap or max(self.last_batch, 1))
-        once = elapsed.clamp_min(prior)
-        never = float(max(prior, self.events))
+        if self.first_sighting_gap is not None:
+            prior = torch.full((), float(self.first_sighting_gap), dtype=torch.float64, device=self.device)
+        else:
+            prior = self._distinct.double().clamp_min(max(self.last_batch, 1))
+        once = torch.maximum(elapsed, prior)
+        never = prior.clamp_min(self.events)
         gap = torch.where(count >= 2, torch.maximum(mean, pending), torch.where(count >= 1, once, never))
         return gap.amax(dim=0)
 
@@ -235,9 +250,11 @@ class StreamingFrequencyEstimator:
             )
             self.events, self.last_batch = 0, 0
             self.table = torch.zeros(*shape, 3, dtype=torch.float64, device=self.device)
+            self._distinct = self._slots_in_use()
             return
         table = np.stack([a.astype(np.float64) for a in arrays], axis=-1)  # (m, H, 3) [A, G, c]
         self.table = torch.as_tensor(table).to(self.device)
+        self._distinct = self._slots_in_use()
         self.events = int(np.asarray(state["events"]))
         self.last_batch = int(np.asarray(state["last_batch"]))
 
