@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
                    help=f"passes over the sampled events, each in its own seeded shuffle (default {DEFAULT_EPOCHS})")
     p.add_argument("--data", type=Path, default=None,
-                   help="Gowalla folder with train/valid/test.txt (default ../shared/data/gowalla)")
+                   help="Gowalla folder with train/valid/test .txt or .txt.gz (default: the copy shipped in "
+                        "streamtrain/data/gowalla)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--run", default=None, help="run name (default demo-<UTC time>-<random>)")
     p.add_argument("--partitions", type=positive_int, default=1, help="partitions of the demo topic (default 1)")

@@ -45,7 +45,7 @@ import numpy as np
 
 from streamtrain.checkpoint_eval import evaluate_checkpoint
 from streamtrain.config import Config, dump_config
-from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR
+from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR, DatasetError, gowalla_file
 from streamtrain.data.interactions import Interactions, read_interactions
 from streamtrain.demo import report as demo_report
 from streamtrain.demo.recording import StepRecorder
@@ -94,12 +94,17 @@ def _natural(user: str) -> tuple[int, str]:
     return (int(user), "") if user.isdigit() else (1 << 62, user)
 
 
+def _split_files(data_dir: Path) -> dict[str, Path]:
+    """train/valid/test files of ``data_dir`` (``.txt`` or the shipped ``.txt.gz``)."""
+    try:
+        return {split: gowalla_file(data_dir, split) for split in ("train", "valid", "test")}
+    except DatasetError as exc:
+        raise DemoError(f"Gowalla files missing: {exc} (see streamtrain/data/gowalla/README.md)") from None
+
+
 def _read_train(data_dir: Path) -> EventLog:
-    paths = [data_dir / "train.txt", data_dir / "valid.txt"]
-    missing = [str(p) for p in paths + [data_dir / "test.txt"] if not p.is_file()]
-    if missing:
-        raise DemoError(f"Gowalla files missing: {', '.join(missing)}; pass --data DIR (see ../shared/data/README.md)")
-    event_log, read = read_log(paths, fmt="gowalla")
+    files = _split_files(data_dir)
+    event_log, read = read_log([files["train"], files["valid"]], fmt="gowalla")
     if read.bad_total:
         log.warning("%d bad lines in %s skipped", read.bad_total, data_dir)
     return event_log
@@ -282,11 +287,12 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
         if not options.keep_topic:
             _delete_topics(config)
 
-    log.info("evaluating on %s", options.data_dir / "test.txt")
+    files = _split_files(options.data_dir)
+    log.info("evaluating on %s", files["test"])
     ckpt = load_checkpoint(resolve_checkpoint(None, config), config)
     known = Interactions(object_array(event_log.users), object_array(event_log.items),
-                         (str(options.data_dir / "train.txt"), str(options.data_dir / "valid.txt")), 0)
-    test = read_interactions([options.data_dir / "test.txt"])
+                         (str(files["train"]), str(files["valid"])), 0)
+    test = read_interactions([files["test"]])
     if len(sampled) < n_users:  # the sampled users' test items only: the others were never trained
         mine = np.fromiter((u in sampled for u in test.users), dtype=bool, count=len(test))
         test = Interactions(test.users[mine], test.items[mine], test.files, test.bad_lines)
@@ -307,6 +313,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
         "topic": config.kafka.topic,
         "topic_kept": options.keep_topic,
         "data": str(options.data_dir),
+        "data_files": {split: str(path) for split, path in files.items()},
         "events_available": len(event_log),
         "users_available": n_users,
         "users_sampled": len(sampled),
