@@ -32,11 +32,6 @@ def run_names(run: str) -> dict[str, str]:
     return {"topic": topic, "group_id": topic, "dead_letter_topic": f"{topic}.dead-letter"}
 
 
-# The cache term helps at λ = 0.2-0.3 and hurts at the spec's default 0.5 (Gowalla, τ = 0.3, 2 epochs:
-# 0.1066 vs 0.0772 Recall@20); the library keeps the spec's default, the demo uses the measured one.
-_XIR_LAMBDA = 0.2
-
-
 def _defaults(n_users: int, n_items: int, out_root: Path) -> dict[str, dict[str, Any]]:
     stack = StackAddresses.from_env()
     return {
@@ -68,8 +63,6 @@ def demo_config(base: Config, run: str, *, n_users: int, n_items: int, out_root:
         for key, value in values.items():
             if key not in explicit:
                 tree[section][key] = value
-    if "mix_lambda" not in base.sampler.xir.model_fields_set:
-        tree["sampler"]["xir"]["mix_lambda"] = _XIR_LAMBDA
     tree["run"]["name"] = run
     tree["kafka"].update(run_names(run))
     try:

@@ -73,7 +73,7 @@ class CacheImportanceResampler(SeededSampler):
         cache_size: int,
         cache_draws: int,
         batch_draws: int,
-        mix_lambda: float = 0.5,
+        mix_lambda: float = 0.2,
         *,
         resampling: str = "multinomial",
         seed: int = 0,
@@ -108,7 +108,7 @@ class CacheImportanceResampler(SeededSampler):
             p.cache_draws or max(1, cache_size // 2),
             p.batch_draws or max(1, batch_size // 2),
             p.mix_lambda,
-            resampling=getattr(p, "resampling", "multinomial"),  # opt-in field, see resampling.py
+            resampling=p.resampling,
             seed=seed,
             device=device,
         )
