@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -53,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
+    from streamtrain.commands.consume import quiet_kafka_logs
     from streamtrain.demo.runner import DemoOptions, run_demo
     from streamtrain.demo.report import format_report
 
@@ -69,8 +69,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         raise KeyboardInterrupt  # the runner stops the worker cleanly, then the CLI exits 130
 
     signal.signal(signal.SIGTERM, on_term)
-    # kafka-python logs every connection at INFO; the demo's own progress lines are what matter here.
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
+    quiet_kafka_logs(config)  # the demo's own progress lines are what matter here
     report = run_demo(config, options)
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
