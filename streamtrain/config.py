@@ -39,6 +39,7 @@ __all__ = [
     "TrainerConfig",
     "CheckpointConfig",
     "MetricsConfig",
+    "ExportConfig",
     "load_config",
     "dump_config",
     "ENV_PREFIX",
@@ -206,6 +207,20 @@ class CheckpointConfig(_Section):
     )
 
 
+class ExportConfig(_Section):
+    every_checkpoints: int = Field(
+        0, ge=0,
+        description="consume publishes an export after every N-th committed checkpoint (0 = off; the demo uses 1); "
+        "see streamtrain/serving/publish.py",
+    )
+    dir: Path = Field(Path("runs/exports"), description="published exports: <dir>/<run>/v-<id>/ and a latest symlink")
+    keep: int = Field(3, ge=2, description="published versions kept (>= 2, so a reader of the previous one can finish)")
+    index: Literal["hnsw", "flat", "none"] = Field("hnsw", description="FAISS index: HNSW (approximate), flat (exact)")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
+    hnsw_ef_construction: int = Field(80, ge=8, description="HNSW candidate list while building")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW candidate list per query (recall vs latency)")
+
+
 class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -226,6 +241,7 @@ class Config(_Section):
     frequency: FrequencyConfig = FrequencyConfig()
     trainer: TrainerConfig = TrainerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    export: ExportConfig = ExportConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="before")

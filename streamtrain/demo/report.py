@@ -182,6 +182,8 @@ def format_report(r: dict[str, Any], out: TextIO) -> None:
     w(f"    files       {r['report_json']}, {r['steps_csv']}")
     w(f"    checkpoint  {r['checkpoint']}")
     w(f"    export      {r['export']}")
+    if r.get("published_exports"):
+        w(f"    published   {r['published_exports']}/latest (an export after every committed checkpoint)")
     data = r.get("data_files") or {s: f"{r['data']}/{s}.txt" for s in ("train", "valid", "test")}
     w(f"    try         streamtrain -c {r['config_file']} eval --test {data['test']} "
       f"--exclude {data['train']} {data['valid']}")

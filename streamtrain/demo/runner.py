@@ -54,7 +54,8 @@ from streamtrain.errors import StreamtrainError
 from streamtrain.events.batch import object_array
 from streamtrain.localstack import REPO_ROOT, StackAddresses, StackError, register_scrape_target, wait_for_sample
 from streamtrain.replay import EventLog, ProducerSettings, kafka_producer, produce_events, read_log
-from streamtrain.serving.checkpoint_model import load_checkpoint, resolve_checkpoint
+from streamtrain.serving.ann import IndexSpec
+from streamtrain.serving.checkpoint_model import choose_checkpoint, load_checkpoint
 from streamtrain.serving.export_format import write_export
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
@@ -289,7 +290,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
 
     files = _split_files(options.data_dir)
     log.info("evaluating on %s", files["test"])
-    ckpt = load_checkpoint(resolve_checkpoint(None, config), config)
+    ckpt = load_checkpoint(choose_checkpoint(None, config), config)  # the one Redis names as committed
     known = Interactions(object_array(event_log.users), object_array(event_log.items),
                          (str(files["train"]), str(files["valid"])), 0)
     test = read_interactions([files["test"]])
@@ -301,7 +302,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = _write_model_config(config, run_dir / "config.yaml")
     export_dir = run_dir / "export"
-    write_export(ckpt, export_dir, force=True)
+    write_export(ckpt, export_dir, force=True, index=IndexSpec.from_config(config.export))
 
     recorder: StepRecorder = trained["recorder"]
     busy_s = recorder.points[-1].seconds if recorder.points else 0.0
@@ -348,6 +349,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
         "grafana_dashboard": str(GRAFANA_DASHBOARD),
         "checkpoint": str(ckpt.path),
         "export": str(export_dir),
+        "published_exports": str(Path(config.export.dir) / run) if config.export.every_checkpoints else None,
         "config_file": str(config_file),
         "example_user": next(iter(sorted(sampled, key=_natural)), None),
         "chart": demo_report.write_chart(recorder.points, offline["metrics"].get("recall@20"), run_dir / "demo.png",

@@ -5,8 +5,9 @@ Always set, so every run is separate: ``run.name``, ``kafka.topic``, ``kafka.gro
 Kafka and Redis, XIR, the hyper-parameters ``bench/quality.py`` tuned on Gowalla (D=64, Adam lr 0.05,
 XIR's λ=0.2; τ follows the sampler as in the config: 0.3 for bir/xir, 0.1 otherwise; see
 BENCHMARKS.md, "Retrieval quality"), table capacities sized to the dataset instead of 1M rows (small checkpoints), progressive
-evaluation on a quarter of the steps with a short rolling window (the demo is short), and
-checkpoints under ``<out>/checkpoints``.
+evaluation on a quarter of the steps with a short rolling window (the demo is short),
+checkpoints under ``<out>/checkpoints``, and an export published after every committed checkpoint
+under ``<out>/exports/<run>`` (``latest`` follows training).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def _defaults(n_users: int, n_items: int, out_root: Path) -> dict[str, dict[str,
             "log_every_steps": 50,
         },
         "checkpoint": {"dir": out_root / "checkpoints"},
+        # Served embeddings follow training: an export after every committed checkpoint.
+        "export": {"every_checkpoints": 1, "dir": out_root / "exports"},
     }
 
 

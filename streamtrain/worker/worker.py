@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from streamtrain.config import Config
 from streamtrain.events import RejectReason
@@ -76,6 +77,7 @@ class Worker:
         self.stop_reason = "running"
         self._log_mark = (time.monotonic(), progress.events, engine.step)
         self.status = StatusLine(config.trainer.eval_k)
+        self.publisher: Any = None  # an ExportPublisher when export.every_checkpoints > 0 (see build.py)
         self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
         runner.on_success = self._on_checkpoint
         self._init_series()
