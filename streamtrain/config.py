@@ -217,7 +217,7 @@ class ExportConfig(_Section):
     keep: int = Field(3, ge=2, description="published versions kept (>= 2, so a reader of the previous one can finish)")
     index: Literal["hnsw", "flat", "none"] = Field("hnsw", description="FAISS index: HNSW (approximate), flat (exact)")
     hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
-    hnsw_ef_construction: int = Field(80, ge=8, description="HNSW candidate list while building")
+    hnsw_ef_construction: int = Field(40, ge=8, description="HNSW candidate list while building")
     hnsw_ef_search: int = Field(128, ge=1, description="HNSW candidate list per query (recall vs latency)")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from streamtrain.config import Config
 
-__all__ = ["quiet_kafka_logs", "register"]
+__all__ = ["quiet_library_logs", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_consume)
 
 
-def quiet_kafka_logs(config: Config) -> None:
-    """kafka-python logs every connection and rebalance at INFO; keep them for ``run.log_level=DEBUG``
-    only, so the worker's own status lines stay readable (warnings and errors still show)."""
+def quiet_library_logs(config: Config) -> None:
+    """kafka-python logs every connection and rebalance at INFO, faiss every CPU-feature probe; keep them
+    for ``run.log_level=DEBUG`` only, so the worker's own status lines stay readable (warnings and
+    errors still show)."""
     level = logging.DEBUG if config.run.log_level == "DEBUG" else logging.WARNING
-    logging.getLogger("kafka").setLevel(level)
+    for name in ("kafka", "faiss"):
+        logging.getLogger(name).setLevel(level)
 
 
 def _engine_factory(config: Config) -> Any:
@@ -65,7 +67,7 @@ def _consume(args: argparse.Namespace, config: Config) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         print("streamtrain: --max-steps must be >= 1", file=sys.stderr)
         return 2
-    quiet_kafka_logs(config)
+    quiet_library_logs(config)
     parts = build_worker(
         config,
         engine_factory=_engine_factory,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from streamtrain.localstack import REPO_ROOT, StackAddresses, StackError, regist
 from streamtrain.replay import EventLog, ProducerSettings, kafka_producer, produce_events, read_log
 from streamtrain.serving.ann import IndexSpec
 from streamtrain.serving.checkpoint_model import choose_checkpoint, load_checkpoint
-from streamtrain.serving.export_format import write_export
+from streamtrain.serving.export_format import read_export, resolve_export, write_export
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
@@ -267,6 +268,20 @@ def _scraped_events(stack: StackAddresses, run: str, events: int) -> float | Non
         return None
 
 
+def _final_export(config: Config, ckpt: Any, export_dir: Path) -> None:
+    """``<run>/export``: a copy of the published ``latest`` when it came from this same checkpoint (the
+    worker published it at the final checkpoint; building the HNSW index again would cost seconds),
+    else a fresh export."""
+    published = Path(config.export.dir) / config.run.name
+    if config.export.every_checkpoints and (published / "latest").exists():
+        source = resolve_export(published)
+        if read_export(source, load_faiss=False).manifest["source"]["checkpoint_id"] == ckpt.checkpoint_id:
+            shutil.rmtree(export_dir, ignore_errors=True)
+            shutil.copytree(source, export_dir)
+            return
+    write_export(ckpt, export_dir, force=True, index=IndexSpec.from_config(config.export))
+
+
 def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
     """Run the demo (module docstring); returns the report (also written to ``<out>/<run>/report.json``)."""
     began = time.monotonic()
@@ -293,7 +308,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
     ckpt = load_checkpoint(choose_checkpoint(None, config), config)  # the one Redis names as committed
     known = Interactions(object_array(event_log.users), object_array(event_log.items),
                          (str(files["train"]), str(files["valid"])), 0)
-    test = read_interactions([files["test"]])
+    test = read_interactions([files["test"]], "gowalla")
     if len(sampled) < n_users:  # the sampled users' test items only: the others were never trained
         mine = np.fromiter((u in sampled for u in test.users), dtype=bool, count=len(test))
         test = Interactions(test.users[mine], test.items[mine], test.files, test.bad_lines)
@@ -302,7 +317,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = _write_model_config(config, run_dir / "config.yaml")
     export_dir = run_dir / "export"
-    write_export(ckpt, export_dir, force=True, index=IndexSpec.from_config(config.export))
+    _final_export(config, ckpt, export_dir)
 
     recorder: StepRecorder = trained["recorder"]
     busy_s = recorder.points[-1].seconds if recorder.points else 0.0

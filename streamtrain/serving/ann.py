@@ -39,7 +39,7 @@ class IndexSpec:
 
     kind: IndexKind = "hnsw"
     m: int = 32
-    ef_construction: int = 80
+    ef_construction: int = 40
     ef_search: int = 128
 
     def describe(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ Items: only items with their own row are candidates (the fallback item row is no
      "score": "dot(user_embedding, item_embedding) / temperature",
      "files": {"item_embeddings": "item_embeddings.npy", ...},
      "faiss": {"file": "items.faiss", "index": "IndexHNSWFlat", "exact": false,
-               "params": {"M": 32, "efConstruction": 80, "efSearch": 128}, "build_seconds": 1.2,
+               "params": {"M": 32, "efConstruction": 40, "efSearch": 128}, "build_seconds": 1.2,
                "recall_at_20": {"recall": 0.99, "queries": 1000, ...}} | null}
 
 ``source.committed`` is true when the checkpoint is the one Redis named as committed when it was

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from streamtrain.commands.consume import quiet_kafka_logs
+from streamtrain.commands.consume import quiet_library_logs
 from streamtrain.config import load_config
 from streamtrain.worker.status_line import StatusLine
 
@@ -36,11 +36,13 @@ def test_probe_ess_serves_samplers_without_resampling_stats_and_k_follows_eval_k
 
 @pytest.mark.parametrize(("level", "kafka_level"), [("INFO", logging.WARNING), ("DEBUG", logging.DEBUG)])
 def test_kafka_python_chatter_is_muted_unless_debugging(level: str, kafka_level: int) -> None:
-    logger = logging.getLogger("kafka")
-    before = logger.level
+    loggers = [logging.getLogger(name) for name in ("kafka", "faiss")]
+    before = [logger.level for logger in loggers]
     try:
-        quiet_kafka_logs(load_config(overrides=[f"run.log_level={level}"], environ={}))
-        assert logger.getEffectiveLevel() == kafka_level
-        assert logging.getLogger("kafka.conn").isEnabledFor(logging.INFO) == (level == "DEBUG")
+        quiet_library_logs(load_config(overrides=[f"run.log_level={level}"], environ={}))
+        assert all(logger.getEffectiveLevel() == kafka_level for logger in loggers)
+        for child in ("kafka.conn", "faiss.loader"):
+            assert logging.getLogger(child).isEnabledFor(logging.INFO) == (level == "DEBUG")
     finally:
-        logger.setLevel(before)
+        for logger, old in zip(loggers, before):
+            logger.setLevel(old)
