@@ -11,7 +11,7 @@ from typing import Any
 
 from streamtrain.config import Config
 
-__all__ = ["quiet_library_logs", "register"]
+__all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_consume)
 
 
-def quiet_library_logs(config: Config) -> None:
-    """kafka-python logs every connection and rebalance at INFO, faiss every CPU-feature probe; keep them
-    for ``run.log_level=DEBUG`` only, so the worker's own status lines stay readable (warnings and
-    errors still show)."""
-    level = logging.DEBUG if config.run.log_level == "DEBUG" else logging.WARNING
-    for name in ("kafka", "faiss"):
-        logging.getLogger(name).setLevel(level)
-
-
 def _engine_factory(config: Config) -> Any:
     from streamtrain.training.trainer import Trainer
 
@@ -67,7 +58,6 @@ def _consume(args: argparse.Namespace, config: Config) -> int:
     if args.max_steps is not None and args.max_steps < 1:
         print("streamtrain: --max-steps must be >= 1", file=sys.stderr)
         return 2
-    quiet_library_logs(config)
     parts = build_worker(
         config,
         engine_factory=_engine_factory,

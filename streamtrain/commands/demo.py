@@ -52,7 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from streamtrain.commands.consume import quiet_library_logs
     from streamtrain.demo.runner import DemoOptions, run_demo
     from streamtrain.demo.report import format_report
 
@@ -69,7 +68,6 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         raise KeyboardInterrupt  # the runner stops the worker cleanly, then the CLI exits 130
 
     signal.signal(signal.SIGTERM, on_term)
-    quiet_library_logs(config)  # the demo's own progress lines are what matter here
     report = run_demo(config, options)
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from streamtrain.commands.consume import quiet_library_logs
+from streamtrain.cli import quiet_library_logs
 from streamtrain.config import load_config
 from streamtrain.worker.status_line import StatusLine
 
