@@ -116,8 +116,6 @@ def _attach_publisher(config: Config, worker: Worker, runner: CheckpointRunner, 
         publisher.on_commit(snap)
 
     runner.on_success = on_success
-    for outcome in ("ok", "skipped", "failed"):
-        metrics.exports.labels(outcome=outcome)
 
 
 def build_worker(

@@ -89,6 +89,8 @@ class Worker:
             m.events_dead_lettered.labels(reason=str(reason))
         for outcome in ("ok", "failed"):
             m.checkpoints.labels(outcome=outcome)
+        for outcome in ("ok", "skipped", "failed"):  # at 0 also when export.every_checkpoints is off
+            m.exports.labels(outcome=outcome)
         for operation in ("load", "commit", "read", "clear"):
             m.redis_errors.labels(operation=operation)
         for operation in ("poll", "commit", "end_offsets", "dead_letter", "dead_letter_flush"):
