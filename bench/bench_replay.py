@@ -2,7 +2,7 @@
 
 Run:  scripts/local-stack start kafka
       python3 bench/bench_replay.py [--events 200000] [--repeat 2] [--partitions 3]
-                                    [--data /work/shared/data/gowalla/train.txt] [--bootstrap 127.0.0.1:9092]
+                                    [--data streamtrain/data/gowalla/train.txt.gz] [--bootstrap 127.0.0.1:9092]
 
 The input is the Gowalla training file (``user item item ...``), read and shuffled once the way
 ``streamtrain replay --format gowalla`` does, cut to --events. Each setting produces the same
@@ -27,7 +27,7 @@ import kafka
 from report import cpu_model
 
 from streamtrain.config import KafkaConfig
-from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR
+from streamtrain.data.gowalla import gowalla_file
 from streamtrain.replay import (
     ProducerSettings,
     kafka_producer,
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=DEFAULT_GOWALLA_DIR / "train.txt")
+    parser.add_argument("--data", type=Path, default=gowalla_file(None, "train"))
     parser.add_argument("--bootstrap", default="127.0.0.1:9092")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -173,7 +173,7 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None, help="Gowalla folder (default ../shared/data/gowalla)")
+    parser.add_argument("--data", type=Path, default=None, help="Gowalla folder (default: the copy shipped in streamtrain/data/gowalla)")
     parser.add_argument("--samplers", nargs="+", default=["full", "inbatch", "inbatch_logq", "mns", "bir", "xir"])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=0, help="print test Recall@20 every N epochs (0 = off)")

@@ -11,11 +11,11 @@ from typing import Any
 
 from report import Table, fmt_rate, fmt_ratio
 
-from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR
+from streamtrain.data.gowalla import gowalla_file
 
 __all__ = ["decode_tables", "checkpoint_tables", "replay_tables", "one_core"]
 
-GOWALLA = Path(os.environ.get("STREAMTRAIN_BENCH_GOWALLA", DEFAULT_GOWALLA_DIR / "train.txt"))
+GOWALLA = Path(os.environ.get("STREAMTRAIN_BENCH_GOWALLA", gowalla_file(None, "train")))
 
 
 @contextlib.contextmanager

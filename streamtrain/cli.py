@@ -14,10 +14,10 @@ import sys
 from typing import Sequence
 
 from streamtrain import __version__
-from streamtrain.config import load_config
+from streamtrain.config import Config, load_config
 from streamtrain.errors import ConfigError, StreamtrainError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "quiet_library_logs"]
 
 COMMAND_MODULES = (
     "streamtrain.commands.config_cmd",
@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_logs(config: Config) -> None:
+    """kafka-python logs every connection and rebalance at INFO, faiss every CPU-feature probe; keep them
+    for ``run.log_level=DEBUG`` only, so the worker's own status lines stay readable (warnings and
+    errors still show)."""
+    level = logging.DEBUG if config.run.log_level == "DEBUG" else logging.WARNING
+    for name in ("kafka", "faiss"):
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet_library_logs(config)
     try:
         return int(args.handler(args, config) or 0)
     except ConfigError as exc:

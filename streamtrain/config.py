@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from streamtrain.errors import ConfigError
 
@@ -39,6 +39,7 @@ __all__ = [
     "TrainerConfig",
     "CheckpointConfig",
     "MetricsConfig",
+    "ExportConfig",
     "load_config",
     "dump_config",
     "ENV_PREFIX",
@@ -61,8 +62,11 @@ class RunConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+BOOTSTRAP_FORMS = 'host:port, a comma-separated list host1:port,host2:port, or a JSON list ["host1:port", ...]'
+
+
 class KafkaConfig(_Section):
-    bootstrap_servers: list[str] = ["127.0.0.1:9092"]
+    bootstrap_servers: list[str] = Field(["127.0.0.1:9092"], description=f"brokers: {BOOTSTRAP_FORMS}")
     topic: str = "interactions"
     group_id: str = "streamtrain"
     dead_letter_topic: str = "interactions.dead-letter"
@@ -81,6 +85,20 @@ class KafkaConfig(_Section):
     )
     session_timeout_s: float = Field(10.0, ge=6, le=300, description="consumer group session timeout")
     lag_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the broker for end offsets")
+
+    @field_validator("bootstrap_servers", mode="before")
+    @classmethod
+    def _brokers(cls, value: Any) -> Any:
+        """Accept what every Kafka tool accepts: ``host:port[,host:port...]`` as well as a list."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"expected {BOOTSTRAP_FORMS}")
+        for broker in value:
+            host, sep, port = str(broker).rpartition(":")
+            if not isinstance(broker, str) or not sep or not host or not port.isdigit():
+                raise ValueError(f"{broker!r} is not host:port; expected {BOOTSTRAP_FORMS}")
+        return list(value)
 
 
 class RedisConfig(_Section):
@@ -129,15 +147,24 @@ class CbnsParams(_Section):
     warmup_steps: int = Field(100, ge=0)
 
 
+Resampler = Literal["multinomial", "systematic"]
+_RESAMPLING_HELP = "how draws are taken from the importance weights; systematic is cheaper (sampling/resampling.py)"
+
+
 class BirParams(_Section):
     num_samples: int | None = Field(None, ge=1, description="R draws per query; None = batch size")
+    resampling: Resampler = Field("multinomial", description=_RESAMPLING_HELP)
 
 
 class XirParams(_Section):
     cache_size: int | None = Field(None, ge=1, description="C cached ids; None = batch size")
     cache_draws: int | None = Field(None, ge=1, description="K_u per query; None = C/2")
     batch_draws: int | None = Field(None, ge=1, description="R_u per query; None = B/2")
-    mix_lambda: float = Field(0.5, ge=0, le=1, description="weight of the cache term")
+    mix_lambda: float = Field(
+        0.2, ge=0, le=1,
+        description="weight of the cache term; 0.2 measured best on Gowalla (0.5, the paper's, lost; BENCHMARKS.md)",
+    )
+    resampling: Resampler = Field("multinomial", description=_RESAMPLING_HELP)
     occurrence_half_life_steps: float | None = Field(
         1000.0, ge=0, description="o's draw counts halve every this many steps (follows drift); None or 0 = never"
     )
@@ -202,6 +229,20 @@ class CheckpointConfig(_Section):
     )
 
 
+class ExportConfig(_Section):
+    every_checkpoints: int = Field(
+        0, ge=0,
+        description="consume publishes an export after every N-th committed checkpoint (0 = off; the demo uses 1); "
+        "see streamtrain/serving/publish.py",
+    )
+    dir: Path = Field(Path("runs/exports"), description="published exports: <dir>/<run>/v-<id>/ and a latest symlink")
+    keep: int = Field(3, ge=2, description="published versions kept (>= 2, so a reader of the previous one can finish)")
+    index: Literal["hnsw", "flat", "none"] = Field("hnsw", description="FAISS index: HNSW (approximate), flat (exact)")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW links per node")
+    hnsw_ef_construction: int = Field(40, ge=8, description="HNSW candidate list while building")
+    hnsw_ef_search: int = Field(128, ge=1, description="HNSW candidate list per query (recall vs latency)")
+
+
 class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -222,6 +263,7 @@ class Config(_Section):
     frequency: FrequencyConfig = FrequencyConfig()
     trainer: TrainerConfig = TrainerConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    export: ExportConfig = ExportConfig()
     metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="before")
@@ -282,8 +324,19 @@ def _wants_text(path: Sequence[str]) -> bool:
 
 def _parse_scalar(text: str, path: Sequence[str]) -> Any:
     """Read a flag or env value: raw text for text fields, else JSON when it parses
-    (numbers, bools, lists, null), else the raw string for pydantic to judge."""
+    (numbers, bools, lists, null), else the raw string for pydantic to judge.
+
+    A text field given as a JSON string literal (``"123456"`` with the quotes) gets the string
+    inside: quoting is never needed, but whoever quotes a JSON-looking password out of habit must
+    not end up with the quotes in it."""
     if _wants_text(path) and text != "null":  # ``null`` still clears an optional text field
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            try:
+                decoded = json.loads(text)
+            except ValueError:
+                return text
+            if isinstance(decoded, str):
+                return decoded
         return text
     try:
         return json.loads(text)

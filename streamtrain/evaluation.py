@@ -1,5 +1,7 @@
 """Ranking metrics: Recall@K / NDCG@K building blocks, progressive (test-then-train) and offline evaluation.
 
+Overview: docs/algorithms.md, section 5.
+
 Offline protocol (the XIR paper's, Chen et al. NeurIPS 2022): every item known to the model is a
 candidate, the items the user trained on are excluded, and per test user
 

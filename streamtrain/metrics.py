@@ -142,6 +142,14 @@ class Metrics:
             "last_checkpoint_timestamp_seconds", "Unix time of the last successful checkpoint", namespace=ns,
             registry=registry,
         )
+        self.exports = Counter(
+            "exports", "Export publishes after a checkpoint, by outcome (ok, skipped: Redis moved on, failed)",
+            ["outcome"], namespace=ns, registry=registry,
+        )
+        self.last_export_checkpoint_id = Gauge(
+            "last_export_checkpoint_id", "Checkpoint id the served export (latest) was made from", namespace=ns,
+            registry=registry,
+        )
         self.redis_errors = Counter(
             "redis_errors", "Failed Redis operations", ["operation"], namespace=ns, registry=registry
         )

@@ -1,5 +1,6 @@
 """The sampling-bias probe: how far a sampler's loss, gradient and negatives are from the exact
-softmax over all known items, on one probe batch. The trainer calls :func:`probe_sampler` every
+softmax over all known items, on one probe batch (overview: docs/algorithms.md, section 4).
+The trainer calls :func:`probe_sampler` every
 ``trainer.probe_interval_steps`` steps and exports the numbers as metrics.
 
 What it reports (plain floats):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -36,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, default=DEFAULT_EPOCHS,
                    help=f"passes over the sampled events, each in its own seeded shuffle (default {DEFAULT_EPOCHS})")
     p.add_argument("--data", type=Path, default=None,
-                   help="Gowalla folder with train/valid/test.txt (default ../shared/data/gowalla)")
+                   help="Gowalla folder with train/valid/test .txt or .txt.gz (default: the copy shipped in "
+                        "streamtrain/data/gowalla)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--run", default=None, help="run name (default demo-<UTC time>-<random>)")
     p.add_argument("--partitions", type=positive_int, default=1, help="partitions of the demo topic (default 1)")
@@ -68,8 +68,6 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         raise KeyboardInterrupt  # the runner stops the worker cleanly, then the CLI exits 130
 
     signal.signal(signal.SIGTERM, on_term)
-    # kafka-python logs every connection at INFO; the demo's own progress lines are what matter here.
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     report = run_demo(config, options)
     if args.json_out is not None:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from streamtrain.commands.arg_types import add_checkpoint_options
 from streamtrain.config import Config
 
 __all__ = ["register", "print_report"]
@@ -18,15 +19,15 @@ _DESCRIPTION = (
     "(the checkpoint itself does not record them). Raw ids map through the checkpoint's vocabulary; test users "
     "it does not know are scored with the fallback embedding and test items it does not know count as misses, "
     "and both are counted in the report. Files: Gowalla 'user item item ...' or JSONL events (any format "
-    "`streamtrain replay` reads). model.normalize/model.temperature come from the checkpoint (older files: the config)."
+    "`streamtrain replay` reads). model.normalize/model.temperature come from the checkpoint (older files: the config). "
+    "The checkpoint is the one Redis names as committed for the run, or --checkpoint-id."
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="Recall@K / NDCG@K of a checkpoint on a held-out file",
                               description=_DESCRIPTION)
-    p.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
-                   help="a ckpt-<id>.pt file, or a run directory (newest file); default <checkpoint.dir>/<run.name>")
+    add_checkpoint_options(p)
     p.add_argument("--test", type=Path, nargs="+", required=True, metavar="FILE", help="held-out interactions")
     p.add_argument("--exclude", type=Path, nargs="*", default=[], metavar="FILE",
                    help="training interactions whose items are removed from each user's ranking")
@@ -40,12 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace, config: Config) -> int:
     from streamtrain.checkpoint_eval import evaluate_checkpoint
     from streamtrain.data.interactions import read_interactions
-    from streamtrain.serving.checkpoint_model import load_checkpoint, resolve_checkpoint
+    from streamtrain.serving.checkpoint_model import choose_checkpoint, load_checkpoint
 
     if min(args.k) < 1 or (args.max_users is not None and args.max_users < 1):
         print("streamtrain: -k and --max-users must be >= 1", file=sys.stderr)
         return 2
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint, config), config)
+    ckpt = load_checkpoint(choose_checkpoint(args.checkpoint, config, checkpoint_id=args.checkpoint_id), config)
     test = read_interactions(args.test, args.format)
     exclude = read_interactions(args.exclude, args.format) if args.exclude else None
     report = evaluate_checkpoint(ckpt, test, exclude, k_list=sorted(set(args.k)), max_users=args.max_users)
@@ -59,7 +60,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
 def print_report(r: dict[str, Any], out: TextIO) -> None:
     """The text form of an evaluation report (also used by ``streamtrain demo``)."""
     c = r["checkpoint"]
-    print(f"checkpoint  {c['path']} (run {c['run']}, checkpoint {c['checkpoint_id']}, step {c['step']})", file=out)
+    state = "committed" if c.get("committed") else "not the committed one"
+    print(f"checkpoint  {c['path']} (run {c['run']}, checkpoint {c['checkpoint_id']}, step {c['step']}, {state})",
+          file=out)
     print(f"test        {', '.join(r['test_files'])}: {r['test_users']:,} users, "
           f"{r['test_interactions']:,} interactions", file=out)
     if r["exclude_files"]:

@@ -55,17 +55,29 @@ _DESCRIPTION = (
 )
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where it says something: not for None (the help text names what
+    None stands for, e.g. ``run.seed``), flags, or help that already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "replay",
         help="produce historical interaction logs (JSONL, CSV, Parquet, MovieLens, Gowalla) to Kafka",
         description=_DESCRIPTION,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="FILE", help="input files, read in this order")
     inp = p.add_argument_group("input")
     inp.add_argument("--format", choices=("auto", *FORMATS), default="auto",
-                     help="auto: by extension (.jsonl .csv .tsv .parquet .dat), else by the first line")
+                     help="auto: by extension (.jsonl .csv .tsv .parquet .dat .data), else by the first line "
+                          "(tab-separated 4 fields: movielens, e.g. MovieLens 100k u.data)")
     inp.add_argument("--map", action="append", default=[], metavar="FIELD=SOURCE[,...]",
                      help="event field <- source field, e.g. user_id=uid,item_id=movie,event_time=ts,weight=rating")
     inp.add_argument("--delimiter", help="CSV delimiter (default: tab for .tsv, comma otherwise)")
@@ -87,10 +99,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--topic", help="destination topic (default: kafka.topic)")
     out.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", help="default: kafka.bootstrap_servers")
-    out.add_argument("--linger-ms", type=non_negative_int, default=ProducerSettings.linger_ms)
+    out.add_argument("--linger-ms", type=non_negative_int, default=ProducerSettings.linger_ms,
+                     help="producer linger_ms")
     out.add_argument("--batch-bytes", type=non_negative_int, default=ProducerSettings.batch_bytes,
                      help="producer batch_size")
-    out.add_argument("--compression", choices=COMPRESSIONS, default=ProducerSettings.compression)
+    out.add_argument("--compression", choices=COMPRESSIONS, default=ProducerSettings.compression,
+                     help="producer compression")
     out.add_argument("--dry-run", action="store_true", help="read, order and encode, but send nothing")
     out.add_argument("--progress", choices=("auto", "tqdm", "line", "none"), default="auto",
                      help="auto: tqdm on a terminal when installed, else a line every few seconds")
@@ -117,11 +131,13 @@ class _LineProgress:
         self._stream = stream
 
     def __call__(self, p: Progress) -> None:
+        # total is None (or 0) when the length is unknown: no share, no eta, "?" as the total.
         share = f" ({p.sent / p.total:.1%})" if p.total else ""
         eta = ""
         if p.total and p.events_per_s > 0:
             eta = f", eta {(p.total - p.sent) / p.events_per_s:.0f}s"
-        print(f"replay: {p.sent:,}/{p.total or '?':,} events{share}, {p.events_per_s:,.0f} events/s, "
+        total = f"{p.total:,}" if p.total else "?"
+        print(f"replay: {p.sent:,}/{total} events{share}, {p.events_per_s:,.0f} events/s, "
               f"{p.elapsed_s:.1f}s{eta}", file=self._stream, flush=True)
 
     def close(self) -> None:

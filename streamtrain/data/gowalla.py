@@ -1,12 +1,15 @@
-"""Loader of the Gowalla split in ../shared/data/gowalla (``user item item ...`` per line).
+"""Loader of the Gowalla split shipped in the package (``user item item ...`` per line).
 
-Files ``train.txt``, ``valid.txt`` and ``test.txt``; each line is a user id followed by the ids of
-the items that user interacted with in that split (the LightGCN/XIR preprocessing). Used by
-bench/quality.py and by tests that want real data; nothing here downloads anything.
+Files ``train``, ``valid`` and ``test`` (``.txt.gz`` as shipped in ``streamtrain/data/gowalla/``,
+or plain ``.txt`` in a folder passed explicitly); each line is a user id followed by the ids of
+the items that user interacted with in that split (the LightGCN/XIR preprocessing). Source,
+citation and licence: ``streamtrain/data/gowalla/README.md``. Used by the demo, bench/quality.py,
+the replay examples and tests that want real data; nothing here downloads anything.
 """
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +17,12 @@ import numpy as np
 
 from streamtrain.errors import StreamtrainError
 
-__all__ = ["DEFAULT_GOWALLA_DIR", "DatasetError", "GowallaData", "load_gowalla", "read_user_items"]
+__all__ = [
+    "DEFAULT_GOWALLA_DIR", "DatasetError", "GowallaData", "gowalla_file", "load_gowalla", "read_user_items",
+]
 
-DEFAULT_GOWALLA_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/gowalla"
+DEFAULT_GOWALLA_DIR = Path(__file__).resolve().parent / "gowalla"
+"""The copy shipped inside the package (gzip -9); any folder with the same files overrides it."""
 _SPLITS = ("train", "valid", "test")
 
 
@@ -24,15 +30,27 @@ class DatasetError(StreamtrainError):
     """A data file is missing or malformed; the message names the file and line."""
 
 
+def gowalla_file(root: str | Path | None, split: str) -> Path:
+    """The file of ``split`` (train/valid/test) in ``root`` (default: the shipped copy):
+    ``<split>.txt`` when present, else ``<split>.txt.gz``. Raises DatasetError naming both."""
+    base = Path(root) if root is not None else DEFAULT_GOWALLA_DIR
+    for name in (f"{split}.txt", f"{split}.txt.gz"):
+        if (base / name).is_file():
+            return base / name
+    raise DatasetError(f"{base} has neither {split}.txt nor {split}.txt.gz; pass a folder that holds the Gowalla "
+                       f"split (the repository ships one in {DEFAULT_GOWALLA_DIR})")
+
+
 def read_user_items(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read one ``user item item ...`` file into paired (users (n,), items (n,)) int64 arrays,
-    in file order. A line with a user and no items contributes nothing."""
+    """Read one ``user item item ...`` file (plain or ``.gz``) into paired (users (n,), items (n,))
+    int64 arrays, in file order. A line with a user and no items contributes nothing."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path} does not exist; pass the dataset folder explicitly")
     users: list[np.ndarray] = []
     items: list[np.ndarray] = []
-    with path.open() as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as handle:
         for lineno, line in enumerate(handle, 1):
             fields = line.split()
             if not fields:
@@ -66,7 +84,6 @@ class GowallaData:
 
 
 def load_gowalla(root: str | Path | None = None) -> GowallaData:
-    """Read train/valid/test from ``root`` (default: ``DEFAULT_GOWALLA_DIR``)."""
-    base = Path(root) if root is not None else DEFAULT_GOWALLA_DIR
-    splits = {name: read_user_items(base / f"{name}.txt") for name in _SPLITS}
+    """Read train/valid/test from ``root`` (default: ``DEFAULT_GOWALLA_DIR``, the shipped copy)."""
+    splits = {name: read_user_items(gowalla_file(root, name)) for name in _SPLITS}
     return GowallaData(**splits)

@@ -182,10 +182,12 @@ def format_report(r: dict[str, Any], out: TextIO) -> None:
     w(f"    files       {r['report_json']}, {r['steps_csv']}")
     w(f"    checkpoint  {r['checkpoint']}")
     w(f"    export      {r['export']}")
-    data = r["data"]
-    w(f"    try         streamtrain -c {r['config_file']} eval --test {data}/test.txt "
-      f"--exclude {data}/train.txt {data}/valid.txt")
+    if r.get("published_exports"):
+        w(f"    published   {r['published_exports']}/latest (an export after every committed checkpoint)")
+    data = r.get("data_files") or {s: f"{r['data']}/{s}.txt" for s in ("train", "valid", "test")}
+    w(f"    try         streamtrain -c {r['config_file']} eval --test {data['test']} "
+      f"--exclude {data['train']} {data['valid']}")
     if r["example_user"] is not None:
         w(f"                streamtrain recommend --export {r['export']} --user {r['example_user']} -k 10 "
-          f"--exclude-seen {data}/train.txt {data}/valid.txt")
+          f"--exclude-seen {data['train']} {data['valid']}")
     w(f"  wall time   {r['wall_seconds']:.0f} s")

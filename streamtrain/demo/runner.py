@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ import numpy as np
 
 from streamtrain.checkpoint_eval import evaluate_checkpoint
 from streamtrain.config import Config, dump_config
-from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR
+from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR, DatasetError, gowalla_file
 from streamtrain.data.interactions import Interactions, read_interactions
 from streamtrain.demo import report as demo_report
 from streamtrain.demo.recording import StepRecorder
@@ -54,8 +55,9 @@ from streamtrain.errors import StreamtrainError
 from streamtrain.events.batch import object_array
 from streamtrain.localstack import REPO_ROOT, StackAddresses, StackError, register_scrape_target, wait_for_sample
 from streamtrain.replay import EventLog, ProducerSettings, kafka_producer, produce_events, read_log
-from streamtrain.serving.checkpoint_model import load_checkpoint, resolve_checkpoint
-from streamtrain.serving.export_format import write_export
+from streamtrain.serving.ann import IndexSpec
+from streamtrain.serving.checkpoint_model import choose_checkpoint, load_checkpoint
+from streamtrain.serving.export_format import read_export, resolve_export, write_export
 
 __all__ = ["DemoError", "DemoOptions", "run_demo"]
 
@@ -94,12 +96,17 @@ def _natural(user: str) -> tuple[int, str]:
     return (int(user), "") if user.isdigit() else (1 << 62, user)
 
 
+def _split_files(data_dir: Path) -> dict[str, Path]:
+    """train/valid/test files of ``data_dir`` (``.txt`` or the shipped ``.txt.gz``)."""
+    try:
+        return {split: gowalla_file(data_dir, split) for split in ("train", "valid", "test")}
+    except DatasetError as exc:
+        raise DemoError(f"Gowalla files missing: {exc} (see streamtrain/data/gowalla/README.md)") from None
+
+
 def _read_train(data_dir: Path) -> EventLog:
-    paths = [data_dir / "train.txt", data_dir / "valid.txt"]
-    missing = [str(p) for p in paths + [data_dir / "test.txt"] if not p.is_file()]
-    if missing:
-        raise DemoError(f"Gowalla files missing: {', '.join(missing)}; pass --data DIR (see ../shared/data/README.md)")
-    event_log, read = read_log(paths, fmt="gowalla")
+    files = _split_files(data_dir)
+    event_log, read = read_log([files["train"], files["valid"]], fmt="gowalla")
     if read.bad_total:
         log.warning("%d bad lines in %s skipped", read.bad_total, data_dir)
     return event_log
@@ -261,6 +268,20 @@ def _scraped_events(stack: StackAddresses, run: str, events: int) -> float | Non
         return None
 
 
+def _final_export(config: Config, ckpt: Any, export_dir: Path) -> None:
+    """``<run>/export``: a copy of the published ``latest`` when it came from this same checkpoint (the
+    worker published it at the final checkpoint; building the HNSW index again would cost seconds),
+    else a fresh export."""
+    published = Path(config.export.dir) / config.run.name
+    if config.export.every_checkpoints and (published / "latest").exists():
+        source = resolve_export(published)
+        if read_export(source, load_faiss=False).manifest["source"]["checkpoint_id"] == ckpt.checkpoint_id:
+            shutil.rmtree(export_dir, ignore_errors=True)
+            shutil.copytree(source, export_dir)
+            return
+    write_export(ckpt, export_dir, force=True, index=IndexSpec.from_config(config.export))
+
+
 def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
     """Run the demo (module docstring); returns the report (also written to ``<out>/<run>/report.json``)."""
     began = time.monotonic()
@@ -282,11 +303,12 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
         if not options.keep_topic:
             _delete_topics(config)
 
-    log.info("evaluating on %s", options.data_dir / "test.txt")
-    ckpt = load_checkpoint(resolve_checkpoint(None, config), config)
+    files = _split_files(options.data_dir)
+    log.info("evaluating on %s", files["test"])
+    ckpt = load_checkpoint(choose_checkpoint(None, config), config)  # the one Redis names as committed
     known = Interactions(object_array(event_log.users), object_array(event_log.items),
-                         (str(options.data_dir / "train.txt"), str(options.data_dir / "valid.txt")), 0)
-    test = read_interactions([options.data_dir / "test.txt"])
+                         (str(files["train"]), str(files["valid"])), 0)
+    test = read_interactions([files["test"]], "gowalla")
     if len(sampled) < n_users:  # the sampled users' test items only: the others were never trained
         mine = np.fromiter((u in sampled for u in test.users), dtype=bool, count=len(test))
         test = Interactions(test.users[mine], test.items[mine], test.files, test.bad_lines)
@@ -295,7 +317,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = _write_model_config(config, run_dir / "config.yaml")
     export_dir = run_dir / "export"
-    write_export(ckpt, export_dir, force=True)
+    _final_export(config, ckpt, export_dir)
 
     recorder: StepRecorder = trained["recorder"]
     busy_s = recorder.points[-1].seconds if recorder.points else 0.0
@@ -307,6 +329,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
         "topic": config.kafka.topic,
         "topic_kept": options.keep_topic,
         "data": str(options.data_dir),
+        "data_files": {split: str(path) for split, path in files.items()},
         "events_available": len(event_log),
         "users_available": n_users,
         "users_sampled": len(sampled),
@@ -341,6 +364,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
         "grafana_dashboard": str(GRAFANA_DASHBOARD),
         "checkpoint": str(ckpt.path),
         "export": str(export_dir),
+        "published_exports": str(Path(config.export.dir) / run) if config.export.every_checkpoints else None,
         "config_file": str(config_file),
         "example_user": next(iter(sorted(sampled, key=_natural)), None),
         "chart": demo_report.write_chart(recorder.points, offline["metrics"].get("recall@20"), run_dir / "demo.png",

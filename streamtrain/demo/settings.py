@@ -5,8 +5,9 @@ Always set, so every run is separate: ``run.name``, ``kafka.topic``, ``kafka.gro
 Kafka and Redis, XIR, the hyper-parameters ``bench/quality.py`` tuned on Gowalla (D=64, Adam lr 0.05,
 XIR's λ=0.2; τ follows the sampler as in the config: 0.3 for bir/xir, 0.1 otherwise; see
 BENCHMARKS.md, "Retrieval quality"), table capacities sized to the dataset instead of 1M rows (small checkpoints), progressive
-evaluation on a quarter of the steps with a short rolling window (the demo is short), and
-checkpoints under ``<out>/checkpoints``.
+evaluation on a quarter of the steps with a short rolling window (the demo is short),
+checkpoints under ``<out>/checkpoints``, and an export published after every committed checkpoint
+under ``<out>/exports/<run>`` (``latest`` follows training).
 """
 
 from __future__ import annotations
@@ -32,11 +33,6 @@ def run_names(run: str) -> dict[str, str]:
     return {"topic": topic, "group_id": topic, "dead_letter_topic": f"{topic}.dead-letter"}
 
 
-# The cache term helps at λ = 0.2-0.3 and hurts at the spec's default 0.5 (Gowalla, τ = 0.3, 2 epochs:
-# 0.1066 vs 0.0772 Recall@20); the library keeps the spec's default, the demo uses the measured one.
-_XIR_LAMBDA = 0.2
-
-
 def _defaults(n_users: int, n_items: int, out_root: Path) -> dict[str, dict[str, Any]]:
     stack = StackAddresses.from_env()
     return {
@@ -57,6 +53,8 @@ def _defaults(n_users: int, n_items: int, out_root: Path) -> dict[str, dict[str,
             "log_every_steps": 50,
         },
         "checkpoint": {"dir": out_root / "checkpoints"},
+        # Served embeddings follow training: an export after every committed checkpoint.
+        "export": {"every_checkpoints": 1, "dir": out_root / "exports"},
     }
 
 
@@ -68,8 +66,6 @@ def demo_config(base: Config, run: str, *, n_users: int, n_items: int, out_root:
         for key, value in values.items():
             if key not in explicit:
                 tree[section][key] = value
-    if "mix_lambda" not in base.sampler.xir.model_fields_set:
-        tree["sampler"]["xir"]["mix_lambda"] = _XIR_LAMBDA
     tree["run"]["name"] = run
     tree["kafka"].update(run_names(run))
     try:

@@ -11,7 +11,8 @@ Formats:
 * ``csv``: a header row, then one event per row (``.csv``; ``.tsv`` is tab-separated).
 * ``parquet``: one event per row (``.parquet``, ``.pq``); needs the optional ``pyarrow``.
 * ``movielens``: ``user::item::rating::timestamp`` (``.dat``); tab or space separated also
-  read (``u.data``). Fields: ``user_id``, ``item_id``, ``rating``, ``event_time``; the rating
+  read (MovieLens 100k's ``u.data``: ``.data``, or any file whose first line is four
+  tab-separated fields). Fields: ``user_id``, ``item_id``, ``rating``, ``event_time``; the rating
   becomes the weight only with ``--map weight=rating``.
 * ``gowalla``: ``user item item ...`` per line, no timestamps; each line expands to one event
   per item (fields ``user_id``, ``item_id``).
@@ -201,7 +202,7 @@ FORMATS: dict[str, Format] = {
     "jsonl": Format(read_jsonl, "line", (".jsonl", ".ndjson", ".json")),
     "csv": Format(read_csv, "line", (".csv", ".tsv")),
     "parquet": Format(read_parquet, "row", (".parquet", ".pq")),
-    "movielens": Format(read_movielens, "line", (".dat",)),
+    "movielens": Format(read_movielens, "line", (".dat", ".data")),
     "gowalla": Format(read_gowalla, "line", ()),
 }
 
@@ -218,7 +219,7 @@ def _sniff(path: Path) -> str | None:
         line = text.strip()
         if line.startswith("{"):
             return "jsonl"
-        if "::" in line:
+        if "::" in line or len(line.split("\t")) == 4:  # ML-1M ratings.dat / ML-100k u.data, u1.base...
             return "movielens"
         if "," in line:
             return "csv"

@@ -2,7 +2,7 @@
 
 A training step hands a sampler a :class:`SamplerInput` (query embeddings, the positives'
 embeddings, and callables to embed any other item and read its log p̂). The sampler draws its
-negatives, applies its correction and returns the sampled-softmax loss of ../shared/ALGORITHMS.md
+negatives, applies its correction and returns the sampled-softmax loss of docs/algorithms.md
 in a :class:`SamplerOutput`. No gradient flows through a sampling step; gradients do flow through
 the scores of the items drawn.
 

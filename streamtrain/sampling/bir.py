@@ -97,7 +97,7 @@ class BatchImportanceResampler(SeededSampler):
         cls, config: Any, *, batch_size: int, seed: int, device: torch.device | str
     ) -> BatchImportanceResampler:
         """Build from a :class:`~streamtrain.config.SamplerConfig`; R = ``bir.num_samples`` or B."""
-        resampling = getattr(config.bir, "resampling", "multinomial")  # opt-in field, see resampling.py
+        resampling = config.bir.resampling
         return cls(config.bir.num_samples or batch_size, resampling=resampling, seed=seed, device=device)
 
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:

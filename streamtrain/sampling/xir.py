@@ -81,7 +81,7 @@ class CacheImportanceResampler(SeededSampler):
         cache_size: int,
         cache_draws: int,
         batch_draws: int,
-        mix_lambda: float = 0.5,
+        mix_lambda: float = 0.2,
         *,
         occurrence_half_life_steps: float | None = None,
         resampling: str = "multinomial",
@@ -124,7 +124,7 @@ class CacheImportanceResampler(SeededSampler):
             p.batch_draws or max(1, batch_size // 2),
             p.mix_lambda,
             occurrence_half_life_steps=p.occurrence_half_life_steps,
-            resampling=getattr(p, "resampling", "multinomial"),  # opt-in field, see resampling.py
+            resampling=p.resampling,
             seed=seed,
             device=device,
         )

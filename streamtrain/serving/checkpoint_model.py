@@ -11,10 +11,11 @@ scores only), ``model.user_features`` and ``model.history_decay`` (how queries a
 stores them (``model_settings``) and they win; files written before normalize/temperature were
 stored take those from the configuration passed in, and files without a history are id-only.
 
-Which file: an explicit ``.pt`` file, or the newest ``ckpt-<id>.pt`` in a run directory
-(``<checkpoint.dir>/<run>``; given ``<checkpoint.dir>`` the run is ``run.name``). After a clean stop
-the newest file is the committed one; after a crash a newer, uncommitted file can exist (the
-worker's resume ignores it, Redis names the committed id) — pass the file explicitly then.
+Which file (:func:`choose_checkpoint`): an explicit ``.pt`` file; else, in the run directory
+(``<checkpoint.dir>/<run>``; given ``<checkpoint.dir>`` the run is ``run.name``), the checkpoint
+Redis names as committed for that run (:mod:`streamtrain.worker.committed`), never merely the newest
+file (after a crash a newer, uncommitted file can exist); or an older one picked by id. Only when
+Redis has no state for the run, or cannot be reached, is the newest file used, with a warning.
 """
 
 from __future__ import annotations
@@ -32,13 +33,23 @@ from streamtrain.errors import StreamtrainError
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.model.vocabulary import IdVocabulary, VocabularyStateError
 from streamtrain.training.state import torch_tree_to_numpy
-from streamtrain.worker.checkpoint_files import CheckpointFiles
+from streamtrain.worker.committed import (
+    CommittedCheckpoint,
+    CommittedLookup,
+    checkpoint_file_for_id,
+    checkpoint_ids,
+    redis_committed_lookup,
+)
+from streamtrain.worker.errors import StateStoreError
 
-__all__ = ["CheckpointLoadError", "LoadedCheckpoint", "hidden_dims_of", "load_checkpoint", "resolve_checkpoint"]
+__all__ = [
+    "CheckpointChoice", "CheckpointLoadError", "LoadedCheckpoint", "checkpoint_from_state", "choose_checkpoint",
+    "hidden_dims_of", "load_checkpoint", "resolve_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
-_ID_IN_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_ID_IN_NAME = re.compile(r"^ckpt-(\d+)(?:[-.][A-Za-z0-9_.-]+)?\.pt$")
 _HEAD_WEIGHT = re.compile(r"^user\.head\.(\d+)\.weight$")
 
 
@@ -57,6 +68,7 @@ class LoadedCheckpoint:
     model: TwoTowerModel
     user_vocab: IdVocabulary
     item_vocab: IdVocabulary
+    committed: CommittedCheckpoint | None = None  # set when this is the checkpoint Redis names as committed
 
     @property
     def vocabs(self) -> dict[str, IdVocabulary]:
@@ -64,39 +76,93 @@ class LoadedCheckpoint:
         return {"user": self.user_vocab, "item": self.item_vocab}
 
     def describe(self) -> dict[str, Any]:
-        """Where the model came from, for reports and the export manifest."""
-        return {"path": str(self.path), "run": self.run, "checkpoint_id": self.checkpoint_id, "step": self.step}
+        """Where the model came from, for reports and the export manifest: file, run, checkpoint id, step,
+        and, when it is the committed one, the event count and next offsets Redis stored with it."""
+        committed = self.committed is not None and self.committed.checkpoint_id == self.checkpoint_id
+        return {
+            "path": str(self.path), "run": self.run, "checkpoint_id": self.checkpoint_id, "step": self.step,
+            "committed": committed,
+            "events": self.committed.events if committed else None,
+            "offsets": dict(self.committed.offsets) if committed else None,
+        }
 
 
-def _newest(directory: Path) -> Path | None:
-    files = CheckpointFiles(directory.parent, directory.name, keep=1)
-    ids = files.ids()
-    return files.path(ids[-1]) if ids else None
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """The file chosen and why; ``committed`` when Redis named it (it carries offsets and events)."""
+
+    path: Path
+    reason: str
+    committed: CommittedCheckpoint | None = None
 
 
-def resolve_checkpoint(path: Path | None, config: Config) -> Path:
-    """The checkpoint file meant by ``path`` (a file, a run directory, or ``checkpoint.dir``).
+def _run_dir(path: Path | None, config: Config) -> tuple[Path, list[Path]]:
+    """The run directory meant by ``path`` (None: ``<checkpoint.dir>/<run.name>``) and the places tried."""
+    target = Path(path) if path is not None else Path(config.checkpoint.dir) / config.run.name
+    nested = target / config.run.name
+    if checkpoint_ids(target) or not checkpoint_ids(nested):
+        return target, [target, nested]
+    return nested, [target, nested]
 
-    ``None`` means ``<checkpoint.dir>/<run.name>`` of the configuration. Raises CheckpointLoadError
-    naming the places searched.
+
+def choose_checkpoint(
+    path: Path | None,
+    config: Config,
+    *,
+    checkpoint_id: int | None = None,
+    committed: CommittedLookup | None = None,
+) -> CheckpointChoice:
+    """Pick the checkpoint file ``eval``/``export``/the demo read (rules in the module docstring).
+
+    ``checkpoint_id`` picks that checkpoint of the run instead of the committed one. ``committed``
+    looks up a run's committed checkpoint (default: the configured Redis). Raises
+    CheckpointLoadError naming the places searched and the ids found.
     """
-    run_dir = Path(config.checkpoint.dir) / config.run.name
-    target = Path(path) if path is not None else run_dir
-    if target.is_file():
-        return target
-    searched = [target]
-    if target.is_dir():
-        newest = _newest(target)
-        if newest is not None:
-            return newest
-        nested = target / config.run.name
-        searched.append(nested)
-        if nested.is_dir() and (newest := _newest(nested)) is not None:
-            return newest
-    raise CheckpointLoadError(
-        f"no checkpoint file (ckpt-<id>.pt) in {', '.join(map(str, searched))}; pass --checkpoint with a run "
-        "directory (<checkpoint.dir>/<run>) or a .pt file, or set run.name to the run that trained"
-    )
+    if path is not None and Path(path).is_file():
+        if checkpoint_id is not None:
+            raise CheckpointLoadError(f"--checkpoint-id picks a file in a run directory; {path} is a file already")
+        return CheckpointChoice(Path(path), "file given")
+    run_dir, searched = _run_dir(path, config)
+    ids = checkpoint_ids(run_dir)
+    if not ids:
+        raise CheckpointLoadError(
+            f"no checkpoint file (ckpt-<id>.pt) in {', '.join(map(str, searched))}; pass --checkpoint with a run "
+            "directory (<checkpoint.dir>/<run>) or a .pt file, or set run.name to the run that trained"
+        )
+    lookup = committed or redis_committed_lookup(config)
+    try:
+        record = lookup(run_dir.name)
+        unknown = None if record is not None else f"Redis has no committed state for run {run_dir.name!r}"
+    except StateStoreError as exc:
+        record, unknown = None, f"cannot ask Redis which checkpoint is committed ({exc})"
+    if checkpoint_id is not None:
+        found = checkpoint_file_for_id(run_dir, checkpoint_id)
+        if found is None:
+            raise CheckpointLoadError(f"no checkpoint {checkpoint_id} in {run_dir}; it holds ids {ids}")
+        return CheckpointChoice(found, f"checkpoint {checkpoint_id} by id", record)
+    if record is not None:
+        chosen = run_dir / record.file_name
+        if not chosen.is_file():
+            raise CheckpointLoadError(
+                f"Redis names checkpoint {record.checkpoint_id} ({record.file_name}) as committed for run "
+                f"{run_dir.name!r}, but {chosen} is missing (files here: ids {ids}); pick one with --checkpoint-id"
+            )
+        return CheckpointChoice(chosen, f"checkpoint {record.checkpoint_id}, committed in Redis", record)
+    newest = checkpoint_file_for_id(run_dir, ids[-1])
+    assert newest is not None
+    log.warning("%s: using the newest file %s, which may be an uncommitted orphan", unknown, newest.name)
+    return CheckpointChoice(newest, f"newest file ({unknown})")
+
+
+def resolve_checkpoint(
+    path: Path | None,
+    config: Config,
+    *,
+    checkpoint_id: int | None = None,
+    committed: CommittedLookup | None = None,
+) -> Path:
+    """The file :func:`choose_checkpoint` picks."""
+    return choose_checkpoint(path, config, checkpoint_id=checkpoint_id, committed=committed).path
 
 
 def hidden_dims_of(model_state: dict[str, torch.Tensor]) -> list[int]:
@@ -105,13 +171,14 @@ def hidden_dims_of(model_state: dict[str, torch.Tensor]) -> list[int]:
     return [int(w.shape[0]) for _, w in layers[:-1]]
 
 
-def load_checkpoint(path: Path, config: Config) -> LoadedCheckpoint:
+def load_checkpoint(path: Path | CheckpointChoice, config: Config) -> LoadedCheckpoint:
     """Read one checkpoint file on the CPU; called once per command.
 
     Raises:
         CheckpointLoadError: unreadable file, not a Trainer checkpoint, or inconsistent vocabularies.
     """
-    path = Path(path)
+    choice = path if isinstance(path, CheckpointChoice) else CheckpointChoice(Path(path), "file given")
+    path = choice.path
     try:
         # weights_only: the worker writes tensors, lists and numbers only, so no code can run on load.
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,6 +186,26 @@ def load_checkpoint(path: Path, config: Config) -> LoadedCheckpoint:
         raise CheckpointLoadError(f"{path} does not exist") from None
     except Exception as exc:  # a truncated file, or not a torch file at all
         raise CheckpointLoadError(f"cannot read {path} as a checkpoint: {exc}") from exc
+    match = _ID_IN_NAME.match(path.name)
+    checkpoint_id = int(match.group(1)) if match else None
+    return checkpoint_from_state(state, config, path=path, run=path.parent.name, checkpoint_id=checkpoint_id,
+                                 committed=choice.committed)
+
+
+def checkpoint_from_state(
+    state: Any,
+    config: Config,
+    *,
+    path: Path,
+    run: str,
+    checkpoint_id: int | None,
+    committed: CommittedCheckpoint | None = None,
+) -> LoadedCheckpoint:
+    """A model + vocabularies from a Trainer ``file_state`` (a loaded file, or a worker snapshot's copy).
+
+    Raises:
+        CheckpointLoadError: not a Trainer checkpoint, or inconsistent vocabularies.
+    """
     if not isinstance(state, dict) or "model" not in state or "vocab" not in state:
         raise CheckpointLoadError(f"{path} is not a streamtrain checkpoint (no 'model' and 'vocab' entries)")
     weights: dict[str, torch.Tensor] = state["model"]
@@ -158,13 +245,13 @@ def load_checkpoint(path: Path, config: Config) -> LoadedCheckpoint:
     except (RuntimeError, KeyError, VocabularyStateError) as exc:
         raise CheckpointLoadError(f"{path}: inconsistent checkpoint: {exc}") from exc
     model.eval()
-    match = _ID_IN_NAME.match(path.name)
     return LoadedCheckpoint(
         path=path,
-        checkpoint_id=int(match.group(1)) if match else None,
-        run=path.parent.name,
+        checkpoint_id=checkpoint_id,
+        run=run,
         step=int(state.get("step", 0)),
         model=model,
         user_vocab=vocabs["user"],
         item_vocab=vocabs["item"],
+        committed=committed,
     )

@@ -10,14 +10,15 @@
     user_fallback.npy           (D,) float32: the embedding of a user the model has never seen
     user_tower.pt               torch state_dict of the user tower (embedding table [+ MLP head])
     user_rows.npy               (N_users,) int64: each user's row in that table (row 0 = fallback)
-    items.faiss                 optional: a FAISS IndexFlatIP over item_embeddings (only when the
-                                ``faiss`` package was importable at export time)
+    items.faiss                 a FAISS index over item_embeddings: HNSW by default (approximate;
+                                its recall@20 against exact search is in the manifest), or
+                                IndexFlatIP (exact); see streamtrain/serving/ann.py
 
 Scoring is the model's: ``score(u, i) = <user_embedding[u], item_embedding[i]> / temperature``.
 When ``model.normalize`` is true (the default) both embeddings are already L2-normalised, as the
-model scores them, so the inner product is a cosine; ranking by inner product (e.g. FAISS
-``IndexFlatIP``, or ``item_embeddings @ q``) gives the model's ranking. The temperature scales
-scores only, never the order.
+model scores them, so the inner product is a cosine; ranking by inner product (``item_embeddings @ q``,
+or FAISS ``IndexFlatIP``) gives the model's ranking exactly, the HNSW index approximately. The
+temperature scales scores only, never the order.
 
 Users: every user with its own row is in ``user_embeddings``. A user that is not there (new, or
 not admitted yet) is served like the worker serves it: with ``user_fallback``. ``user_tower.pt``
@@ -33,17 +34,29 @@ Items: only items with their own row are candidates (the fallback item row is no
 
     {"format": "streamtrain-export", "format_version": 1, "created_at": "<ISO 8601 UTC>",
      "streamtrain_version": "...",
-     "source": {"path": ".../ckpt-000000000007.pt", "run": "...", "checkpoint_id": 7, "step": 812},
+     "source": {"path": ".../ckpt-000000000007.pt", "run": "...", "checkpoint_id": 7, "step": 812,
+                "committed": true, "events": 831488, "offsets": {"<topic>:<partition>": 831488}},
      "model": {"dim": 64, "temperature": 0.1, "normalize": true, "hidden_dims": [],
                "user_capacity": 32768, "item_capacity": 65536},
      "counts": {"items": 40981, "users": 29858},
      "score": "dot(user_embedding, item_embedding) / temperature",
      "files": {"item_embeddings": "item_embeddings.npy", ...},
-     "faiss": {"file": "items.faiss", "index": "IndexFlatIP"} | null}
+     "faiss": {"file": "items.faiss", "index": "IndexHNSWFlat", "exact": false,
+               "params": {"M": 32, "efConstruction": 40, "efSearch": 128}, "build_seconds": 1.2,
+               "recall_at_20": {"recall": 0.99, "queries": 1000, ...}} | null}
+
+``source.committed`` is true when the checkpoint is the one Redis named as committed when it was
+exported; ``events`` and ``offsets`` (next offset to train per partition) are then what that commit
+stored, else null.
 
 A reader checks ``format`` and ``format_version`` (a reader for version 1 refuses other versions)
 and that array shapes match ``counts`` and ``dim``. The directory is written under a temporary
 name and renamed at the end, so a crash never leaves a half-written export under the final name.
+
+Published exports (``streamtrain consume`` with ``export.every_checkpoints``, see
+:mod:`streamtrain.serving.publish`) live in ``<export.dir>/<run>/v-<checkpoint id>/`` with a
+``latest`` symlink; :func:`read_export` given that folder follows ``latest`` once, so everything it
+reads comes from one version.
 """
 
 from __future__ import annotations
@@ -51,6 +64,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import Iterable
@@ -64,9 +78,11 @@ import torch
 from streamtrain import __version__
 from streamtrain.errors import StreamtrainError
 from streamtrain.model.vocabulary import FALLBACK_ROW
+from streamtrain.serving.ann import IndexSpec, build_index, faiss_module, recall_against_exact
 from streamtrain.serving.checkpoint_model import LoadedCheckpoint, hidden_dims_of
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Export", "ExportError", "faiss_module", "read_export", "write_export"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Export", "ExportError", "faiss_module", "read_export", "resolve_export",
+           "write_export"]
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +105,9 @@ class ExportError(StreamtrainError):
     """An export cannot be written (target exists) or read (missing file, other version, bad shapes)."""
 
 
-def faiss_module() -> Any | None:
-    """The ``faiss`` module when importable, else None (FAISS is optional and never installed by us)."""
-    try:
-        import faiss  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return faiss
+LATEST = "latest"
+RECALL_K = 20
+_RECALL_QUERIES = 1000
 
 
 @torch.no_grad()
@@ -111,14 +123,36 @@ def _owned_rows(vocab: Any) -> tuple[np.ndarray, list[str]]:
     return rows, [str(i) for i in vocab.ids_of(rows)]
 
 
+def _index_entry(items: np.ndarray, users: np.ndarray, spec: IndexSpec, staging: Path) -> dict[str, Any] | None:
+    """Build, measure (recall@20 against exact search for up to 1,000 seeded users) and save the index."""
+    if spec.kind == "none" or len(items) == 0:
+        return None
+    if faiss_module() is None:
+        log.warning("faiss is not importable (pip install faiss-cpu): no items.faiss, recommend uses numpy")
+        return None
+    index, info = build_index(items, spec)
+    rng = np.random.default_rng(0)
+    queries = users[rng.permutation(len(users))[:_RECALL_QUERIES]] if len(users) else users
+    info["recall_at_20"] = recall_against_exact(index, items, queries, RECALL_K)
+    faiss_module().write_index(index, str(staging / FAISS_FILE))
+    return {"file": FAISS_FILE, **info}
+
+
 def write_export(
-    ckpt: LoadedCheckpoint, out_dir: Path, *, force: bool = False, use_faiss: bool = True
+    ckpt: LoadedCheckpoint,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    use_faiss: bool = True,
+    index: IndexSpec | None = None,
 ) -> dict[str, Any]:
     """Write ``ckpt`` to ``out_dir`` in the format above; returns the manifest.
 
-    ``force`` replaces an existing export directory; ``use_faiss`` False skips the index even when
-    faiss is importable. Raises ExportError when ``out_dir`` exists (and is not empty) without ``force``.
+    ``force`` replaces an existing export directory; ``index`` chooses the FAISS index (default HNSW;
+    ``use_faiss`` False is ``IndexSpec(kind="none")``). Raises ExportError when ``out_dir`` exists (and
+    is not empty) without ``force``.
     """
+    spec = IndexSpec(kind="none") if not use_faiss else (index or IndexSpec())
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise ExportError(f"{out_dir} exists and is not empty; pass --force to replace it")
@@ -139,15 +173,7 @@ def write_export(
         (staging / FILES["item_ids"]).write_text(json.dumps(item_ids))
         (staging / FILES["user_ids"]).write_text(json.dumps(user_ids))
         torch.save(model.user.state_dict(), staging / FILES["user_tower"])
-        faiss_info = None
-        faiss = faiss_module() if use_faiss else None
-        if faiss is not None:
-            index = faiss.IndexFlatIP(items.shape[1])
-            index.add(np.ascontiguousarray(items))
-            faiss.write_index(index, str(staging / FAISS_FILE))
-            faiss_info = {"file": FAISS_FILE, "index": "IndexFlatIP"}
-        else:
-            log.info("faiss is not importable: no items.faiss (recommend uses numpy)")
+        faiss_info = _index_entry(items, users, spec, staging)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -214,9 +240,30 @@ class Export:
         return np.unique(np.asarray([index[i] for i in item_ids if i in index], dtype=np.int64))
 
 
-def read_export(path: Path, *, load_faiss: bool = True) -> Export:
-    """Open an export directory; checks the format, version and shapes (raises ExportError)."""
+def resolve_export(path: Path, checkpoint_id: int | None = None) -> Path:
+    """The export directory meant by ``path``: itself, or for a published folder (one holding
+    ``latest``) the version ``latest`` points to now, or ``v-<checkpoint_id>`` when an id is given.
+
+    ``latest`` is read once, so a caller that then reads from the returned directory never mixes
+    two versions even while the worker publishes the next one.
+    """
     path = Path(path)
+    if checkpoint_id is not None:
+        version = path / f"v-{checkpoint_id:012d}"
+        if not version.is_dir():
+            kept = sorted(p.name for p in path.glob("v-*")) if path.is_dir() else []
+            raise ExportError(f"{path} has no export of checkpoint {checkpoint_id}; kept versions: {kept or 'none'}")
+        return version
+    pointer = path / LATEST
+    if pointer.is_symlink():
+        return path / os.readlink(pointer)
+    return path
+
+
+def read_export(path: Path, *, load_faiss: bool = True, checkpoint_id: int | None = None) -> Export:
+    """Open an export directory (or a published folder: see :func:`resolve_export`); checks the format,
+    version and shapes (raises ExportError)."""
+    path = resolve_export(path, checkpoint_id)
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise ExportError(f"{path} is not an export: no manifest.json (create one with `streamtrain export`)")

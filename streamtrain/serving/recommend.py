@@ -1,8 +1,9 @@
 """Top-k items for a user from an export (:mod:`streamtrain.serving.export_format`).
 
-Exact maximum inner product search: with numpy (``item_embeddings @ q``, then a partial sort), or
-with the export's FAISS ``IndexFlatIP`` when it has one and faiss is importable; both rank every
-item, so they return the same items (ties may order differently). Items the user has already seen
+Maximum inner product search: exact with numpy (``item_embeddings @ q``, then a partial sort), or
+with the export's FAISS index when it has one and faiss is importable: ``IndexFlatIP`` is exact too
+(same items; ties may order differently), HNSW is approximate (its recall@20 against exact search
+was measured at export time and is in the manifest). Items the user has already seen
 can be excluded; a user the export does not know gets the fallback embedding, as in the worker.
 Scores are the model's: inner product / temperature.
 """

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -90,6 +91,31 @@ class WorkerParts:
         except Exception as exc:
             log.warning("closing the dead-letter producer failed: %s", exc)
         self.redis.close()
+
+
+def _attach_publisher(config: Config, worker: Worker, runner: CheckpointRunner, store: RedisStateStore,
+                      files: CheckpointFiles, metrics: Metrics) -> None:
+    """``export.every_checkpoints`` > 0: publish exports after committed checkpoints (serving/publish.py)."""
+    e = config.export
+    if not e.every_checkpoints:
+        return
+    from streamtrain.serving.ann import IndexSpec
+    from streamtrain.serving.publish import ExportPublisher
+
+    publisher = ExportPublisher(
+        Path(e.dir) / config.run.name, every=e.every_checkpoints, keep=e.keep, config=config,
+        committed_id=store.checkpoint_id, checkpoint_file=files.path, index=IndexSpec.from_config(e),
+        metrics=metrics,
+    )
+    worker.publisher = publisher
+    after_commit = runner.on_success
+
+    def on_success(snap: Any) -> None:
+        if after_commit is not None:
+            after_commit(snap)
+        publisher.on_commit(snap)
+
+    runner.on_success = on_success
 
 
 def build_worker(
@@ -192,6 +218,7 @@ def build_worker(
         idle_exit_s=idle_exit_s if idle_exit_s is not None else config.trainer.idle_exit_s,
     )
     worker_ref.append(worker)
+    _attach_publisher(config, worker, runner, store, files, metrics)
     metrics.info.info(
         {
             "version": __version__,

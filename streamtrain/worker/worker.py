@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from streamtrain.config import Config
 from streamtrain.events import RejectReason
@@ -31,6 +32,7 @@ from streamtrain.worker.progress import Progress
 from streamtrain.worker.resume import ResumePoint
 from streamtrain.worker.source import KafkaSource
 from streamtrain.worker.state_store import EARLIEST
+from streamtrain.worker.status_line import StatusLine
 from streamtrain.worker.step_metrics import record_step
 
 __all__ = ["Worker"]
@@ -74,6 +76,8 @@ class Worker:
         self.last_step_at: float | None = None
         self.stop_reason = "running"
         self._log_mark = (time.monotonic(), progress.events, engine.step)
+        self.status = StatusLine(config.trainer.eval_k)
+        self.publisher: Any = None  # an ExportPublisher when export.every_checkpoints > 0 (see build.py)
         self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
         runner.on_success = self._on_checkpoint
         self._init_series()
@@ -85,6 +89,8 @@ class Worker:
             m.events_dead_lettered.labels(reason=str(reason))
         for outcome in ("ok", "failed"):
             m.checkpoints.labels(outcome=outcome)
+        for outcome in ("ok", "skipped", "failed"):  # at 0 also when export.every_checkpoints is off
+            m.exports.labels(outcome=outcome)
         for operation in ("load", "commit", "read", "clear"):
             m.redis_errors.labels(operation=operation)
         for operation in ("poll", "commit", "end_offsets", "dead_letter", "dead_letter_flush"):
@@ -263,6 +269,7 @@ class Worker:
 
     def _record_step(self, stats: StepResult, probe: dict[str, float] | None) -> None:
         record_step(self.metrics, stats, self.engine.vocabulary_sizes(), probe)
+        self.status.observe(stats.progressive, stats.sampler_stats, probe)
         if stats.step % self.config.trainer.log_every_steps == 0:
             self._log_progress(stats)
 
@@ -271,10 +278,8 @@ class Worker:
         t0, e0, _ = self._log_mark
         rate = (self.progress.events - e0) / max(now - t0, 1e-9)
         self._log_mark = (now, self.progress.events, stats.step)
-        log.info(
-            "step %d: %.0f events/s, loss %.4f, lag %s messages, %d events trained",
-            stats.step, rate, stats.loss, self.source.lag.pending_messages, self.progress.events,
-        )
+        log.info("%s", self.status.format(stats.step, rate, self.source.lag.pending_messages, stats.loss,
+                                          self.progress.events))
 
     # ------------------------------------------------------------------ checkpoints
     def _snapshot_if_new(self) -> Snapshot | None:

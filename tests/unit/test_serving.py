@@ -28,6 +28,7 @@ from streamtrain.serving.checkpoint_model import (
     load_checkpoint,
     resolve_checkpoint,
 )
+from streamtrain.serving.ann import IndexSpec
 from streamtrain.serving.export_format import ExportError, read_export, write_export
 from streamtrain.serving.recommend import recommend
 from streamtrain.training.trainer import Trainer
@@ -35,8 +36,11 @@ from streamtrain.worker.checkpoint import take_snapshot
 from streamtrain.worker.checkpoint_files import CheckpointFiles
 
 N_USERS, N_ITEMS, N_CLUSTERS, BATCH, STEPS = 40, 80, 4, 64, 40
-SETS = ["run.name=tiny", "run.device=cpu", "model.temperature=0.1", "model.user_capacity=64", "model.user_features=id",
-        "model.item_capacity=128"]
+# A closed port: these tests never reach a Redis, so "which checkpoint is committed" falls back to the
+# newest file (tests/unit/test_committed_checkpoint.py covers the Redis-named choice).
+NO_REDIS = "redis://127.0.0.1:1/0"
+SETS = ["run.name=tiny", "run.device=cpu", "model.temperature=0.1", "model.user_capacity=64",
+        "model.item_capacity=128", "model.user_features=id", f"redis.url={NO_REDIS}"]
 
 
 def _config(ckpt_dir: Path) -> Config:
@@ -49,6 +53,7 @@ def _config(ckpt_dir: Path) -> Config:
         "frequency": {"hash_size": 1024, "alpha": 0.05, "initial_gap": 20.0},
         "trainer": {"batch_size": BATCH, "progressive_eval_fraction": 0.0},
         "checkpoint": {"dir": str(ckpt_dir)},
+        "redis": {"url": NO_REDIS},
     })
 
 
@@ -132,12 +137,15 @@ def test_resolve_checkpoint_picks_the_newest_file(trained: dict[str, Any], tmp_p
     files = CheckpointFiles(tmp_path, "tiny", keep=5)
     for checkpoint_id in (2, 11, 5):
         files.write(checkpoint_id, {"x": torch.zeros(1)})
-    assert resolve_checkpoint(None, config) == files.path(11)  # <checkpoint.dir>/<run.name>
-    assert resolve_checkpoint(tmp_path, config) == files.path(11)  # checkpoint.dir given: run.name inside
-    assert resolve_checkpoint(files.dir, config) == files.path(11)
+    def no_state(run: str) -> None:  # Redis has no committed state for the run
+        return None
+
+    assert resolve_checkpoint(None, config, committed=no_state) == files.path(11)  # <checkpoint.dir>/<run.name>
+    assert resolve_checkpoint(tmp_path, config, committed=no_state) == files.path(11)  # run.name inside
+    assert resolve_checkpoint(files.dir, config, committed=no_state) == files.path(11)
     assert resolve_checkpoint(files.path(2), config) == files.path(2)
     with pytest.raises(CheckpointLoadError, match="no checkpoint file"):
-        resolve_checkpoint(tmp_path / "nothing", config)
+        resolve_checkpoint(tmp_path / "nothing", config, committed=no_state)
     with pytest.raises(CheckpointLoadError, match="not a streamtrain checkpoint"):
         load_checkpoint(files.path(2), config)
 
@@ -165,7 +173,8 @@ def test_export_round_trips_embeddings_exactly(trained: dict[str, Any], tmp_path
     assert manifest["counts"] == {"items": len(trainer.item_vocab), "users": len(trainer.user_vocab)}
     assert manifest["model"] | {} == {"dim": 8, "temperature": 0.1, "normalize": True, "hidden_dims": [],
                                       "user_capacity": 64, "item_capacity": 128, "user_features": "id"}
-    assert manifest["source"]["checkpoint_id"] == 7 and manifest["faiss"] is None
+    assert manifest["source"]["checkpoint_id"] == 7 and manifest["source"]["committed"] is False
+    assert manifest["faiss"]["index"] == "IndexHNSWFlat" and manifest["faiss"]["recall_at_20"]["recall"] == 1.0
     # The user tower file rebuilds the tower: embedding users by row reproduces the export.
     tower = Tower(64, 8, manifest["model"]["hidden_dims"], manifest["model"]["normalize"])
     tower.load_state_dict(torch.load(tmp_path / "exp" / "user_tower.pt", weights_only=True))
@@ -188,7 +197,7 @@ def test_export_refuses_to_overwrite_without_force(trained: dict[str, Any], tmp_
 # ---------------------------------------------------------------- recommend
 def test_recommend_ranks_the_strongly_associated_item_first(trained: dict[str, Any], tmp_path: Path) -> None:
     trainer: Trainer = trained["trainer"]
-    write_export(load_checkpoint(trained["path"], trained["config"]), tmp_path / "exp")
+    write_export(load_checkpoint(trained["path"], trained["config"]), tmp_path / "exp", use_faiss=False)
     export = read_export(tmp_path / "exp")
     rec = recommend(export, "alice", 5)
     assert rec.known_user and rec.backend == "numpy" and rec.items[0] == "star"
@@ -205,7 +214,7 @@ def test_recommend_ranks_the_strongly_associated_item_first(trained: dict[str, A
 
 
 def test_recommend_excludes_seen_items_and_serves_unknown_users(trained: dict[str, Any], tmp_path: Path) -> None:
-    write_export(load_checkpoint(trained["path"], trained["config"]), tmp_path / "exp")
+    write_export(load_checkpoint(trained["path"], trained["config"]), tmp_path / "exp", use_faiss=False)
     export = read_export(tmp_path / "exp")
     full = recommend(export, "alice", 6)
     fewer = recommend(export, "alice", 5, exclude=["star", "not-an-item"])
@@ -241,8 +250,10 @@ def test_faiss_index_is_written_and_used_when_faiss_imports(trained: dict[str, A
         read_index=lambda path: _loaded(pickle.loads(Path(path).read_bytes())),
     )
     monkeypatch.setitem(sys.modules, "faiss", fake)
-    manifest = write_export(load_checkpoint(trained["path"], trained["config"]), tmp_path / "exp")
-    assert manifest["faiss"] == {"file": "items.faiss", "index": "IndexFlatIP"}
+    manifest = write_export(load_checkpoint(trained["path"], trained["config"]), tmp_path / "exp",
+                            index=IndexSpec(kind="flat"))
+    assert manifest["faiss"]["file"] == "items.faiss" and manifest["faiss"]["index"] == "IndexFlatIP"
+    assert manifest["faiss"]["exact"] is True and manifest["faiss"]["recall_at_20"]["recall"] == 1.0
     export = read_export(tmp_path / "exp")
     via_faiss = recommend(export, "u3", 8, exclude=["star"])
     via_numpy = recommend(export, "u3", 8, exclude=["star"], backend="numpy")
@@ -295,7 +306,7 @@ def test_cli_eval_export_recommend(trained: dict[str, Any], tmp_path: Path, caps
     assert "Recall" in text and "NDCG" in text and "1 test users without a row" in text
 
     assert main([*sets, "export", str(tmp_path / "exp"), "--checkpoint", str(trained["path"])]) == 0
-    assert "faiss index: none" in capsys.readouterr().out
+    assert "faiss index: items.faiss (IndexHNSWFlat" in capsys.readouterr().out
     assert main([*sets, "export", str(tmp_path / "exp"), "--checkpoint", str(trained["path"])]) == 1
     assert "--force" in capsys.readouterr().err
     assert main(["recommend", "--export", str(tmp_path / "exp"), "--user", "alice", "--user", "ghost", "-k", "3",
