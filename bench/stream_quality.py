@@ -66,17 +66,10 @@ class Stream:
     note: str
 
     def batches(self, batch_size: int) -> list[EventBatch]:
-        out = []
-        for start in range(0, len(self.users), batch_size):
-            n = len(self.users[start : start + batch_size])
-            if n < 2:  # the trainer needs two events for in-batch negatives
-                break
-            out.append(EventBatch(
-                user_ids=self.users[start : start + batch_size], item_ids=self.items[start : start + batch_size],
-                event_time=self.times[start : start + batch_size], weight=np.ones(n, dtype=np.float32),
-                event_type=np.full(n, None, dtype=object),
-            ))
-        return out
+        # A last batch of one event is dropped: in-batch negatives need two.
+        return [EventBatch.from_ids(self.users[i : i + batch_size], self.items[i : i + batch_size],
+                                    self.times[i : i + batch_size])
+                for i in range(0, len(self.users) - 1, batch_size)]
 
 
 def _str_ids(values: Sequence[Any] | np.ndarray) -> np.ndarray:

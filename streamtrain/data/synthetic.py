@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamtrain.events.batch import EventBatch, object_array
+from streamtrain.events.batch import EventBatch
 from streamtrain.events.decoder import encode_event
 
 __all__ = ["SyntheticSpec", "SyntheticStream", "generate_stream", "stream_stats"]
@@ -95,18 +95,9 @@ class SyntheticStream:
 
     def batches(self, batch_size: int) -> Iterator[EventBatch]:
         """Consecutive micro-batches of ``batch_size`` events (the last may be shorter), in time order."""
-        user_ids = object_array(self.users.astype(str).tolist())
-        item_ids = object_array(self.items.astype(str).tolist())
         for start in range(0, len(self), batch_size):
             stop = start + batch_size
-            n = len(user_ids[start:stop])
-            yield EventBatch(
-                user_ids=user_ids[start:stop],
-                item_ids=item_ids[start:stop],
-                event_time=self.times[start:stop],
-                weight=np.ones(n, dtype=np.float32),
-                event_type=np.full(n, None, dtype=object),
-            )
+            yield EventBatch.from_ids(self.users[start:stop], self.items[start:stop], self.times[start:stop])
 
     def write_jsonl(self, path: str | Path) -> int:
         """Write one version-1 JSON event per line (what ``streamtrain replay`` reads); returns the count."""
