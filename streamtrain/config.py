@@ -208,6 +208,10 @@ class TrainerConfig(_Section):
         256, ge=1, description="events of a batch ranked by the progressive evaluation (bounds its cost)"
     )
     eval_k: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    popularity_half_life_events: float = Field(
+        20_000.0, gt=0,
+        description="half-life, in events, of the counts behind the 'most popular recently' progressive baseline",
+    )
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")

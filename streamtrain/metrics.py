@@ -114,11 +114,15 @@ class Metrics:
             "xir_cache_hit_ratio", "Share of the batch's XIR candidate draws whose item was already in the hot-item cache", namespace=ns, registry=registry
         )
         # --- progressive evaluation ----------------------------------------------
+        # model="model" is the trained model; "popular_all" / "popular_recent" rank by all-time / decayed
+        # item counts on the same batches (streamtrain/popularity_baseline.py): the bar the model must clear.
         self.progressive_recall = Gauge(
-            "progressive_recall_ratio", "Rolling test-then-train Recall@K", ["k"], namespace=ns, registry=registry
+            "progressive_recall_ratio", "Rolling test-then-train Recall@K of the model and of the popularity baselines",
+            ["k", "model"], namespace=ns, registry=registry,
         )
         self.progressive_ndcg = Gauge(
-            "progressive_ndcg_ratio", "Rolling test-then-train NDCG@K", ["k"], namespace=ns, registry=registry
+            "progressive_ndcg_ratio", "Rolling test-then-train NDCG@K of the model and of the popularity baselines",
+            ["k", "model"], namespace=ns, registry=registry,
         )
         # --- checkpoints and faults -----------------------------------------------
         self.checkpoints = Counter(

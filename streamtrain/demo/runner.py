@@ -323,7 +323,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
     busy_s = recorder.points[-1].seconds if recorder.points else 0.0
     per_pass = len(order) // options.epochs
     stack = StackAddresses.from_env()
-    query = f'streamtrain_progressive_recall_ratio{{run="{run}",k="20"}}'
+    query = f'streamtrain_progressive_recall_ratio{{run="{run}",k="20",model="model"}}'
     report: dict[str, Any] = {
         "run": run,
         "topic": config.kafka.topic,

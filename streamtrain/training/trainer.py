@@ -9,11 +9,12 @@ micro-batch, :meth:`Trainer.probe` every few steps, and persists :meth:`Trainer.
 One step, in order (:meth:`Trainer.train_step`):
 1. map user and item ids to rows, admitting new ids;
 2. re-initialise rows the vocabularies (re)assigned, reset their optimizer state, and clear the
-   per-row state that still describes the old id (user histories);
+   per-row state that still describes the old id (user histories, sampler caches, popularity counts);
 3. read each event's causal history (the user's items before it), then fold the batch into the
    stored histories;
-4. on a ``progressive_eval_fraction`` of steps, score the batch before training on it;
-5. update the frequency estimator with the batch's item keys;
+4. on a ``progressive_eval_fraction`` of steps, score the batch before training on it, with the
+   popularity baselines on the same positives;
+5. update the frequency estimator and the popularity counts with the batch's items;
 6. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
 7. sampler loss (bf16 autocast on CUDA), backward, optimizer steps;
 8. read every statistic in one device→host transfer.
@@ -40,6 +41,7 @@ from streamtrain.model.history import BatchOrder
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary
+from streamtrain.popularity_baseline import PopularityBaselines
 from streamtrain.probe import probe_sampler
 from streamtrain.sampling.base import SamplerInput, build_sampler
 from streamtrain.training.device import autocast_context, resolve_device
@@ -74,6 +76,8 @@ class StepStats:
     sampler_stats: dict[str, float]
     progressive: dict[str, float] | None  # rolling Recall@K/NDCG@K when this step was evaluated
     applied: bool = True  # False when the loss was not finite and the update was skipped
+    # baseline name ("popular_all", "popular_recent") -> its rolling Recall@K/NDCG@K, when evaluated
+    baselines: dict[str, dict[str, float]] | None = None
 
 
 class Trainer:
@@ -103,6 +107,10 @@ class Trainer:
         self.frequency = build_frequency_estimator(config.frequency, seed=seed, device=self.device)
         self.progressive = ProgressiveEvaluator(
             tc.eval_k, window=tc.progressive_eval_window, max_queries=tc.progressive_eval_max_queries
+        )
+        self.popularity = PopularityBaselines(
+            mc.item_capacity, tc.eval_k, half_life_events=tc.popularity_half_life_events,
+            window=tc.progressive_eval_window, max_queries=tc.progressive_eval_max_queries, device=self.device,
         )
         self._step = 0
         # The fallback rows are real rows that train; give them their initial values now.
@@ -137,6 +145,7 @@ class Trainer:
             if tower == "item":
                 self._item_keys[assigned_dev] = torch.from_numpy(vocab.row_keys[lookup.assigned]).to(self.device)
                 self.sampler.forget_rows(assigned_dev)  # cache/bank entries of the row's old id
+                self.popularity.forget_rows(assigned_dev)
                 if vocab.evictions_total != evictions_before:  # a fresh row is in no history yet
                     self.model.history.forget_items(assigned_dev)
             else:
@@ -199,14 +208,16 @@ class Trainer:
         history = self._histories(batch, user_rows, item_rows, append=True)  # (B, H) or None
 
         evaluated = self._rng.random() < self.config.trainer.progressive_eval_fraction
-        prog_sums = None
+        prog_sums = base_sums = None
         if evaluated:
             known = self.item_vocab.known_rows(self.device)
             if known.numel():
                 queries = self.model.query(user_rows, history)  # (B, D)
                 prog_sums = self.progressive.score(self.model, queries, item_rows, known)  # (2K+1,)
+                base_sums = self.popularity.score(item_rows, known)  # (2 * (2K+1),) same positives
 
         self.frequency.update(self._item_keys[item_rows])
+        self.popularity.observe(item_rows)
 
         self._zero_grads()
         with autocast_context(self.device, self.config.trainer.mixed_precision):
@@ -225,8 +236,8 @@ class Trainer:
                 log_q.std(unbiased=False).reshape(1),
                 *(out.stats[name].detach().float().reshape(1) for name in names),
             ]
-            if prog_sums is not None:
-                parts.append(prog_sums.float())
+            if prog_sums is not None and base_sums is not None:
+                parts += [prog_sums.float(), base_sums.float()]
             values = torch.cat(parts).tolist()  # the step's only device→host sync
         # The update waits for the sync so a NaN/inf loss never reaches the parameters.
         applied = math.isfinite(values[0])
@@ -239,7 +250,11 @@ class Trainer:
         self._zero_grads()
         self._step += 1
         n_fixed = 3 + len(names)
-        progressive = self.progressive.update(values[n_fixed:]) if prog_sums is not None else None
+        progressive = baselines = None
+        if prog_sums is not None:
+            n_prog = n_fixed + prog_sums.numel()
+            progressive = self.progressive.update(values[n_fixed:n_prog])
+            baselines = self.popularity.update(values[n_prog:])
         return StepStats(
             step=self._step,
             num_events=len(batch),
@@ -250,6 +265,7 @@ class Trainer:
             sampler_stats=dict(zip(names, values[3:n_fixed])),
             progressive=progressive,
             applied=applied,
+            baselines=baselines,
         )
 
     def _weights(self, batch: EventBatch) -> torch.Tensor | None:
@@ -302,6 +318,7 @@ class Trainer:
             },
             "rng": {"numpy": self._rng.bit_generator.state, "torch": self._gen.get_state()},
             "progressive": self.progressive.state_dict(),
+            "popularity": self.popularity.state_dict(),
             # What the tensors cannot tell a reader (eval, export): both change scores, normalize the ranking.
             "model_settings": {
                 "normalize": self.config.model.normalize,
@@ -328,6 +345,13 @@ class Trainer:
         self._rng.bit_generator.state = state["rng"]["numpy"]
         self._gen.set_state(state["rng"]["torch"])
         self.progressive.load_state_dict(state["progressive"])
+        if "popularity" in state:
+            try:
+                self.popularity.load_state_dict(state["popularity"])
+            except ValueError as exc:
+                raise TrainingError(f"checkpoint does not fit the configured model: {exc}") from exc
+        else:  # a checkpoint from before the baselines: they restart from zero counts
+            log.info("checkpoint has no popularity-baseline counts; the progressive baselines start from zero")
         self._step = int(state["step"])
 
     def shared_state(self) -> dict[str, np.ndarray]:

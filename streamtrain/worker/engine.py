@@ -13,7 +13,11 @@ __all__ = ["TrainingEngine", "StepResult"]
 
 @runtime_checkable
 class StepResult(Protocol):
-    """What one ``train_step`` reports (the Trainer's ``StepStats``); read only for metrics and logs."""
+    """What one ``train_step`` reports (the Trainer's ``StepStats``); read only for metrics and logs.
+
+    Optional, read with ``getattr``: ``baselines``, popularity baseline name -> its rolling
+    Recall@K/NDCG@K on the same evaluated batches (None or absent when the step was not evaluated).
+    """
 
     step: int
     num_events: int

@@ -47,11 +47,13 @@ def record_step(
         m.cache_hit_ratio.set(float(stats.sampler_stats["cache_hit_ratio"]))
     for tower, size in vocabulary_sizes.items():
         m.vocabulary_size.labels(tower=tower).set(size)
-    for name, value in (stats.progressive or {}).items():
-        metric, _, k = name.partition("@")
-        gauge = {"recall": m.progressive_recall, "ndcg": m.progressive_ndcg}.get(metric)
-        if gauge is not None and k:
-            gauge.labels(k=k).set(float(value))
+    rankers = {"model": stats.progressive or {}, **(getattr(stats, "baselines", None) or {})}
+    for ranker, values in rankers.items():
+        for name, value in values.items():
+            metric, _, k = name.partition("@")
+            gauge = {"recall": m.progressive_recall, "ndcg": m.progressive_ndcg}.get(metric)
+            if gauge is not None and k:
+                gauge.labels(k=k, model=ranker).set(float(value))
     for name, value in (probe or {}).items():
         attr = _PROBE_GAUGES.get(name)
         if attr is not None:

@@ -23,6 +23,7 @@ from typing import Any
 from streamtrain.config import Config
 from streamtrain.events import RejectReason
 from streamtrain.metrics import Metrics
+from streamtrain.popularity_baseline import BASELINES
 from streamtrain.worker.batcher import MicroBatch, PartitionKey
 from streamtrain.worker.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
 from streamtrain.worker.checkpoint_runner import CheckpointRunner
@@ -98,8 +99,9 @@ class Worker:
         for tower, size in self.engine.vocabulary_sizes().items():
             m.vocabulary_size.labels(tower=tower).set(size)
         for k in self.config.trainer.eval_k:
-            m.progressive_recall.labels(k=str(k))
-            m.progressive_ndcg.labels(k=str(k))
+            for ranker in ("model", *BASELINES):
+                m.progressive_recall.labels(k=str(k), model=ranker)
+                m.progressive_ndcg.labels(k=str(k), model=ranker)
         m.assigned_partitions.set(0)
         # Start time as the baseline: 0 would read as "no step for 56 years" on dashboards and make the
         # staleness alerts true from the first scrape; this way they measure time since start.

@@ -23,6 +23,7 @@ class Stats:
     sampler_stats: dict[str, Any] = field(default_factory=dict)
     progressive: dict[str, Any] | None = None
     applied: bool = True
+    baselines: dict[str, dict[str, float]] | None = None
 
 
 def _value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -41,8 +42,23 @@ def test_applied_step_sets_loss_counters_and_gauges() -> None:
     assert _value(registry, "streamtrain_last_train_timestamp_seconds") == 123.0
     assert _value(registry, "streamtrain_xir_cache_hit_ratio") == 0.25
     assert _value(registry, "streamtrain_vocabulary_size", {"tower": "item"}) == 9
-    assert _value(registry, "streamtrain_progressive_recall_ratio", {"k": "20"}) == 0.1
+    assert _value(registry, "streamtrain_progressive_recall_ratio", {"k": "20", "model": "model"}) == 0.1
     assert _value(registry, "streamtrain_probe_gradient_alignment_ratio") == 0.9
+
+
+def test_popularity_baselines_are_the_same_gauges_with_their_model_label() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry)
+    baselines = {"popular_all": {"recall@20": 0.3, "ndcg@20": 0.2}, "popular_recent": {"recall@20": 0.4}}
+    record_step(m, Stats(progressive={"recall@20": 0.1}, baselines=baselines), {})
+    recall = "streamtrain_progressive_recall_ratio"
+    assert _value(registry, recall, {"k": "20", "model": "model"}) == 0.1
+    assert _value(registry, recall, {"k": "20", "model": "popular_all"}) == 0.3
+    assert _value(registry, recall, {"k": "20", "model": "popular_recent"}) == 0.4
+    assert _value(registry, "streamtrain_progressive_ndcg_ratio", {"k": "20", "model": "popular_all"}) == 0.2
+    # A step that was not evaluated leaves every series where it was.
+    record_step(m, Stats(), {})
+    assert _value(registry, recall, {"k": "20", "model": "popular_all"}) == 0.3
 
 
 def test_skipped_step_is_counted_and_keeps_the_last_finite_loss() -> None:

@@ -1,0 +1,67 @@
+"""bench/stream_quality.py at toy size: variants are override lists, baselines are scored on the same
+batches for every variant, the second half is what is reported, a missing dataset is skipped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("stream_quality", REPO / "bench/stream_quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_variants_rows_and_json(bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "r.json"
+    code = bench.main([
+        "--quick", "--streams", "synthetic-zipf1.2", "movielens", "--synthetic-events", "2000", "--batch-size", "128",
+        "--movielens", str(tmp_path / "absent"),
+        "--variant", "sampler.name=inbatch_logq", "--variant", "sampler.name=xir model.embedding_dim=16", "--out", str(out),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "movielens" in printed and "skipped" in printed
+    result = json.loads(out.read_text())
+    assert list(result["streams"]) == ["synthetic-zipf1.2"]
+    rows = result["streams"]["synthetic-zipf1.2"]["rows"]
+    assert [r["variant"] for r in rows] == ["sampler.name=inbatch_logq", "sampler.name=xir model.embedding_dim=16"]
+    for row in rows:
+        assert row["steps"] == math.ceil(2000 / 128)
+        best = max(row["popular_all"]["recall@20"], row["popular_recent"]["recall@20"])
+        assert row["model_over_best_baseline"] == pytest.approx(row["model"]["recall@20"] / best)
+        for ranker in ("model", "popular_all", "popular_recent"):
+            assert 0 <= row[ranker]["ndcg@20"] <= row[ranker]["recall@20"] <= 1
+    # Popularity does not depend on the model: the same numbers for every variant.
+    assert rows[0]["popular_all"] == rows[1]["popular_all"]
+    assert rows[0]["popular_all"]["recall@20"] > 0.1  # Zipf 1.2: the head is easy to count
+    assert "model / best pop" in printed
+
+
+def test_only_the_second_half_is_reported(bench) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from streamtrain.events.batch import object_array
+
+    # First half: one item over and over (popularity is right every time after the first batch).
+    # Second half: every event a new item, which no count can rank (only the first of those batches
+    # has a few chance hits among zero-count ties). A whole-run average would read ~0.5.
+    n = 2048
+    users = object_array([f"u{i % 300}" for i in range(n)])
+    items = object_array(["a" if i < n // 2 else f"b{i}" for i in range(n)])
+    stream = bench.Stream("toy", users, items, np.arange(n, dtype=np.float64), "toy")
+    row = bench.run_variant(stream, 128, ["sampler.name=inbatch"], seed=0, device="cpu")
+    assert row["steps"] == 16
+    assert row["popular_all"]["recall@20"] < 0.05 and row["popular_recent"]["recall@20"] < 0.05
