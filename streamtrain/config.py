@@ -130,7 +130,7 @@ class ModelConfig(_Section):
     )
     history_length: int = Field(20, ge=1, le=1024, description="items per user kept for the history query")
     history_decay: float = Field(
-        0.9, gt=0, le=1, description="weight of an item k events old is decay^k (0.9 measured best on streams)"
+        0.8, gt=0, le=1, description="weight of an item k events old is decay^k (0.7-0.8 measured best on streams)"
     )
 
 
