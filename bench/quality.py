@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamtrain.config import Config
+from streamtrain.config import Config, validate_tree
 from streamtrain.data.gowalla import load_gowalla
 from streamtrain.evaluation import offline_evaluate
 from streamtrain.events.batch import EventBatch
@@ -65,7 +65,7 @@ def _batch(users: np.ndarray, items: np.ndarray, t: float) -> EventBatch:
 
 
 def _config(args: argparse.Namespace, sampler: str, n_users: int, n_items: int) -> Config:
-    return Config.model_validate(
+    return validate_tree(
         {
             "run": {"seed": args.seed, "device": args.device},
             "model": {
@@ -92,7 +92,8 @@ def _config(args: argparse.Namespace, sampler: str, n_users: int, n_items: int) 
                 "initial_gap": args.initial_gap,
             },
             "trainer": {"batch_size": args.batch_size, "progressive_eval_fraction": 0.0},
-        }
+        },
+        args.set,
     )
 
 
@@ -156,6 +157,21 @@ def run_one(args: argparse.Namespace, sampler: str, data: dict[str, Any]) -> dic
     return row
 
 
+def _merge_result(path: Path, args: argparse.Namespace, sampler: str, row: dict[str, float]) -> None:
+    """Add (or replace) ``sampler``'s row in the results file, the format issue 9 asks for:
+    ``{"dataset", "epochs", "batch_size", "rows": [{"sampler", "recall@20", "ndcg@20", "recall@50",
+    "step_ms", ...}]}``; the settings that differ from the defaults go with each row."""
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    if doc and (doc.get("epochs"), doc.get("batch_size")) != (args.epochs, args.batch_size):
+        raise SystemExit(f"{path} holds epochs={doc.get('epochs')} B={doc.get('batch_size')}; use another file")
+    kept = [r for r in doc.get("rows", []) if r["sampler"] != sampler]
+    new = {"sampler": sampler, **{k: round(row[k], 4) for k in ("recall@20", "ndcg@20", "recall@50", "step_ms")},
+           "settings": {"lr": args.lr, "dim": args.dim, "temperature": args.temperature, "set": list(args.set)}}
+    doc = {"dataset": "gowalla", "epochs": args.epochs, "batch_size": args.batch_size, "rows": [*kept, new]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def _print_table(rows: dict[str, dict[str, float]]) -> None:
     probe_keys = sorted({k for r in rows.values() for k in r if k.startswith("probe.")})
     cols = ["recall@20", "ndcg@20", "recall@10", "recall@50", "step_ms", "steps", "train_s"] + probe_keys
@@ -200,6 +216,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 20 steps, 1000 test users")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override applied last, as `streamtrain --set` (repeat)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="merge each sampler's row into this results file (bench/results/quality-gowalla.json); "
+                        "rows are keyed by sampler, so runs with other --set per sampler can fill one table")
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.max_steps, args.eval_users = 1, args.max_steps or 20, args.eval_users or 1000
@@ -237,6 +258,8 @@ def main() -> None:
         )
         if args.out:  # after every sampler, so a long run that is cut short keeps what it finished
             args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2))
+        if args.results:
+            _merge_result(args.results, args, sampler, rows[sampler])
     print()
     _print_table(rows)
 

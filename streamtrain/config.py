@@ -41,6 +41,7 @@ __all__ = [
     "MetricsConfig",
     "ExportConfig",
     "load_config",
+    "validate_tree",
     "dump_config",
     "ENV_PREFIX",
 ]
@@ -426,6 +427,15 @@ def load_config(
     path = path or environ.get(ENV_PREFIX + "CONFIG")
     tree = _read_file(Path(path)) if path else {}
     tree = _merge(tree, _env_overrides(environ))
+    return validate_tree(tree, overrides)
+
+
+def validate_tree(tree: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """``tree`` (plain nested data) with ``section.key=value`` ``overrides`` applied, validated.
+
+    The last step of :func:`load_config`; benches that build a base tree in code use it to honour
+    ``--set`` exactly like the CLI. Raises :class:`ConfigError` naming every bad key."""
+    tree = dict(tree)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
