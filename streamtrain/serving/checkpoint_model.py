@@ -37,7 +37,7 @@ __all__ = ["CheckpointLoadError", "LoadedCheckpoint", "hidden_dims_of", "load_ch
 
 log = logging.getLogger(__name__)
 
-_ID_IN_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+_ID_IN_NAME = re.compile(r"^ckpt-(\d+)(?:-[0-9a-f]+)?\.pt$")  # ckpt-<id>-<writer>.pt (or the old ckpt-<id>.pt)
 _HEAD_WEIGHT = re.compile(r"^user\.head\.(\d+)\.weight$")
 
 
@@ -68,9 +68,8 @@ class LoadedCheckpoint:
 
 
 def _newest(directory: Path) -> Path | None:
-    files = CheckpointFiles(directory.parent, directory.name, keep=1)
-    ids = files.ids()
-    return files.path(ids[-1]) if ids else None
+    newest = CheckpointFiles(directory.parent, directory.name, keep=1).newest()
+    return newest.path if newest is not None else None
 
 
 def resolve_checkpoint(path: Path | None, config: Config) -> Path:
