@@ -86,6 +86,8 @@ class Worker:
         m = self.metrics
         for reason in RejectReason:
             m.events_dead_lettered.labels(reason=str(reason))
+            for cause in ("too_large", "refused"):
+                m.dead_letters_bounded.labels(reason=str(reason), cause=cause)
         for outcome in ("ok", "failed"):
             m.checkpoints.labels(outcome=outcome)
         for operation in ("load", "commit", "read", "clear"):
@@ -146,6 +148,7 @@ class Worker:
 
     # ------------------------------------------------------------------ source hooks (IO thread)
     def resolve_position(self, key: PartitionKey) -> int | None:
+        self.metrics.offsets_skipped.labels(topic=key[0], partition=str(key[1]))  # the series exists at 0
         position = self.progress.offset(key)
         if position is None and self._fresh:
             self.progress.set_earliest([key])
