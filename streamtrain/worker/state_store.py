@@ -209,7 +209,9 @@ class RedisStateStore:
                         pipe.rpush(self.ranges_key, *ranges)
                 pipe.execute()
         except redis.WatchError as exc:
-            raise FencedError("commit", f"{self.meta_key} changed during the transaction") from exc
+            raise FencedError(
+                "commit", f"{self.meta_key} changed during the transaction: another worker is writing this run"
+            ) from exc
         except redis.RedisError as exc:
             raise StateStoreError("commit", str(exc)) from exc
 

@@ -26,7 +26,7 @@ from streamtrain.worker.batcher import MicroBatch, PartitionKey
 from streamtrain.worker.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
 from streamtrain.worker.checkpoint_runner import CheckpointRunner
 from streamtrain.worker.engine import StepResult, TrainingEngine
-from streamtrain.worker.errors import WorkerError
+from streamtrain.worker.errors import FencedError, WorkerError
 from streamtrain.worker.progress import Progress
 from streamtrain.worker.resume import ResumePoint
 from streamtrain.worker.source import KafkaSource
@@ -222,7 +222,11 @@ class Worker:
         except BaseException as exc:
             self.fatal = exc
             self.stop_reason = f"failed: {exc}"
-            log.exception("training loop failed; no final checkpoint (state may be half-updated)")
+            if isinstance(exc.__cause__, FencedError):
+                # Not a crash: another worker owns the run. Its files and Redis state stay untouched.
+                log.error("fenced off (%s); stopping without a final checkpoint", exc)
+            else:
+                log.exception("training loop failed; no final checkpoint (state may be half-updated)")
 
     def _run_loop(self) -> None:
         batches = self.source.batches
