@@ -80,15 +80,17 @@ class CheckpointFile:
     path: Path
 
 
-@dataclass(frozen=True)
-class WrittenFile:
-    """What :meth:`CheckpointFiles.write` produced."""
+class WrittenFile(type(Path())):  # type: ignore[misc]
+    """The path of a file :meth:`CheckpointFiles.write` produced, carrying its ``digest`` (``sha256:<hex>``).
 
-    path: Path
-    digest: str
+    A Path, so callers that only want the path (eval/export tests, benchmarks) use it as before.
+    """
 
-    def __fspath__(self) -> str:  # usable wherever a path is expected, like the Path it used to be
-        return str(self.path)
+    digest: str = ""
+
+    @property
+    def path(self) -> Path:
+        return Path(self)
 
 
 class CheckpointFiles:
@@ -155,7 +157,9 @@ class CheckpointFiles:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return WrittenFile(final, f"sha256:{writer.hash.hexdigest()}")
+        written = WrittenFile(final)
+        written.digest = f"sha256:{writer.hash.hexdigest()}"
+        return written
 
     def read(self, path: Path | int) -> dict[str, Any]:
         """Load a checkpoint file (a path, or this writer's file of an id) on the CPU."""
