@@ -177,6 +177,13 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        self.redis_connected = Gauge(
+            "redis_connected",
+            "1 when the last Redis operation of the run's state (resume, checkpoint transaction) worked, 0 after "
+            "a failure; updated at each checkpoint attempt",
+            namespace=ns,
+            registry=registry,
+        )
         self.assigned_partitions = Gauge(
             "assigned_partitions", "Input partitions assigned to this worker", namespace=ns, registry=registry
         )

@@ -244,14 +244,17 @@ class Checkpointer:
             )
         except FencedError as exc:
             self._metrics.redis_errors.labels(operation=exc.operation).inc()
+            self._metrics.redis_connected.set(1)  # Redis answered; it said no
             # Another writer owns the run: our file was never committed and nobody else names it.
             self._files.remove(written.path)
             raise CheckpointError(3, str(exc)) from exc
         except StateStoreError as exc:
             self._metrics.redis_errors.labels(operation=exc.operation).inc()
+            self._metrics.redis_connected.set(0)
             # A lost reply may hide an applied EXEC; accept this id as "previous" next time (and keep the file).
             self._uncertain_ids.add(snap.checkpoint_id)
             raise CheckpointError(3, str(exc)) from exc
+        self._metrics.redis_connected.set(1)
         self.committed_file = written.path
         if ranges is not None:
             self.history_ranges = ranges

@@ -100,6 +100,7 @@ class Worker:
             m.progressive_recall.labels(k=str(k))
             m.progressive_ndcg.labels(k=str(k))
         m.assigned_partitions.set(0)
+        m.redis_connected.set(1)  # resume just read the run's state from Redis
         # Start time as the baseline: 0 would read as "no step for 56 years" on dashboards and make the
         # staleness alerts true from the first scrape; this way they measure time since start.
         now = time.time()

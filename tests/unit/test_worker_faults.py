@@ -211,3 +211,18 @@ def test_idle_exit_is_an_error_when_nothing_could_be_read() -> None:
     fine = worker_with(SimpleNamespace(failing=lambda: False, problem=lambda: None))
     fine._run_loop()
     assert fine.exit_error is None and fine.stop_reason == "idle for 0.5 s"
+
+
+def test_a_run_checkpointed_before_restore_points_still_resumes(tmp_path: Path) -> None:
+    cp, store, files, metrics, log = make(tmp_path)
+    engine = FakeEngine()
+    engine.train()
+    files.dir.mkdir(parents=True)
+    legacy = files.dir / "ckpt-000000000004.pt"  # the old name and content: file state alone
+    torch.save(engine.file_state(), legacy)
+    store.commit(checkpoint_id=4, file_name=legacy.name, offsets={TP: 5}, shared=engine.shared_state(),
+                 events=5, step=1)  # format-1 meta: no digest, no writer
+    restored = FakeEngine()
+    point = resume(restored, store, files, fresh=False)  # type: ignore[arg-type]
+    assert point.checkpoint_id == 4 and point.next_checkpoint_id == 5 and restored.step == 1
+    assert [e.checkpoint_id for e in files.entries()] == [4]
