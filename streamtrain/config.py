@@ -86,6 +86,14 @@ class KafkaConfig(_Section):
     )
     session_timeout_s: float = Field(10.0, ge=6, le=300, description="consumer group session timeout")
     lag_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the broker for end offsets")
+    broker_unreachable_s: float = Field(
+        30.0, gt=0, description="/readyz fails when no broker round trip succeeded for this long after a failure, "
+        "or polls kept failing this long; must exceed kafka.lag_interval_s + 2"
+    )
+    dead_letter_max_bytes: int = Field(
+        1 << 20, ge=16384, description="largest dead letter sent in full (producer max_request_size and the "
+        "dead-letter topic's max.message.bytes when the worker creates it); larger ones are sent bounded"
+    )
 
     @field_validator("bootstrap_servers", mode="before")
     @classmethod
@@ -296,6 +304,12 @@ class Config(_Section):
             raise ValueError(
                 "kafka.security_protocol is SASL_* but kafka.sasl_mechanism, kafka.sasl_username and "
                 "kafka.sasl_password are not all set"
+            )
+        if self.kafka.broker_unreachable_s <= self.kafka.lag_interval_s + 2:
+            raise ValueError(
+                f"kafka.broker_unreachable_s ({self.kafka.broker_unreachable_s:g}) must exceed kafka.lag_interval_s "
+                f"+ 2 s ({self.kafka.lag_interval_s + 2:g}): the end-offsets query every lag_interval_s (2 s "
+                "timeout) is what proves the broker reachable; raise broker_unreachable_s or lower lag_interval_s"
             )
         return self
 

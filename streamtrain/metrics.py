@@ -39,6 +39,22 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        self.dead_letters_bounded = Counter(
+            "dead_letters_bounded",
+            "Dead letters the producer or broker refused in full (too large, or otherwise), sent instead as a "
+            "bounded record (headers, digest, value prefix); by reject reason and cause (too_large, refused)",
+            ["reason", "cause"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.offsets_skipped = Counter(
+            "offsets_skipped",
+            "Offsets never trained because the log no longer held them (retention or deleted records "
+            "overtook the stored offset)",
+            ["topic", "partition"],
+            namespace=ns,
+            registry=registry,
+        )
         self.consumer_lag_messages = Gauge(
             "consumer_lag_messages",
             "Messages between the end of a partition and the next offset to train",
@@ -159,6 +175,26 @@ class Metrics:
         )
         self.kafka_errors = Counter(
             "kafka_errors", "Failed Kafka operations", ["operation"], namespace=ns, registry=registry
+        )
+        self.broker_connected = Gauge(
+            "broker_connected",
+            "1 when the last round trip to the Kafka broker (fetch with records, end offsets, commit) worked, "
+            "0 after a failure",
+            namespace=ns,
+            registry=registry,
+        )
+        self.broker_last_success_timestamp = Gauge(
+            "broker_last_success_timestamp_seconds",
+            "Unix time of the last successful round trip to the Kafka broker",
+            namespace=ns,
+            registry=registry,
+        )
+        self.redis_connected = Gauge(
+            "redis_connected",
+            "1 when the last Redis operation of the run's state (resume, checkpoint transaction) worked, 0 after "
+            "a failure; updated at each checkpoint attempt",
+            namespace=ns,
+            registry=registry,
         )
         self.assigned_partitions = Gauge(
             "assigned_partitions", "Input partitions assigned to this worker", namespace=ns, registry=registry

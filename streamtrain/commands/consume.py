@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="discard this run's Redis state and checkpoint files; start every partition at its beginning",
     )
+    parser.add_argument(
+        "--restore",
+        metavar="CHECKPOINT",
+        default=None,
+        help="resume exactly from one kept checkpoint file (an id or a path) instead of the one Redis names: "
+        "after Redis lost its data, or when the newest file is corrupt; logs what it rewinds",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="exit (with a checkpoint) at this many total steps")
     parser.add_argument(
         "--idle-exit",
@@ -62,6 +69,7 @@ def _consume(args: argparse.Namespace, config: Config) -> int:
         config,
         engine_factory=_engine_factory,
         fresh=args.fresh,
+        restore=args.restore,
         max_steps=args.max_steps,
         idle_exit_s=args.idle_exit,
     )
@@ -89,6 +97,9 @@ def _consume(args: argparse.Namespace, config: Config) -> int:
         return 1
     if worker.source.fatal is not None:
         print(f"streamtrain: error: {worker.source.fatal}", file=sys.stderr)
+        return 1
+    if worker.exit_error is not None:
+        print(f"streamtrain: error: {worker.exit_error}", file=sys.stderr)
         return 1
     log.info("stopped (%s) after %d events, step %d", worker.stop_reason, worker.progress.events, worker.engine.step)
     return 0

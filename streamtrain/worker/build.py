@@ -23,10 +23,11 @@ from streamtrain.config import Config
 from streamtrain.metrics import Metrics
 from streamtrain.worker.backoff import Backoff
 from streamtrain.worker.batcher import Batcher
+from streamtrain.worker.broker_health import BrokerHealth
 from streamtrain.worker.checkpoint import Checkpointer
 from streamtrain.worker.checkpoint_files import CheckpointFiles
 from streamtrain.worker.checkpoint_runner import CheckpointRunner
-from streamtrain.worker.dead_letter import DeadLetterSink
+from streamtrain.worker.dead_letter import DeadLetterSink, ensure_dead_letter_topic
 from streamtrain.worker.engine import TrainingEngine
 from streamtrain.worker.http import MetricsServer
 from streamtrain.worker.lag import LagTracker
@@ -118,11 +119,27 @@ def _attach_publisher(config: Config, worker: Worker, runner: CheckpointRunner, 
     runner.on_success = on_success
 
 
+def _create_dead_letter_topic(config: Config) -> None:
+    """The dead-letter topic with a size limit matching the producer's (kept if it exists)."""
+    from kafka.admin import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(**kafka_client_options(config), request_timeout_ms=10_000)
+    except Exception as exc:  # no broker yet: the consumer's bootstrap reports it
+        log.warning("cannot reach the broker to create %s: %s", config.kafka.dead_letter_topic, exc)
+        return
+    try:
+        ensure_dead_letter_topic(admin, config.kafka.dead_letter_topic, config.kafka.dead_letter_max_bytes)
+    finally:
+        admin.close()
+
+
 def build_worker(
     config: Config,
     *,
     engine_factory: Callable[[Config], TrainingEngine],
     fresh: bool = False,
+    restore: str | None = None,
     max_steps: int | None = None,
     idle_exit_s: float | None = None,
     registry: CollectorRegistry | None = None,
@@ -142,8 +159,9 @@ def build_worker(
     client = redis_client(config)
     store = state_store(config, client)
     files = CheckpointFiles(config.checkpoint.dir, config.run.name, config.checkpoint.keep)
-    start = resume(engine, store, files, fresh=fresh)
-    progress = Progress(start.offsets, start.events, record_ranges=config.checkpoint.record_trained_ranges)
+    record = config.checkpoint.record_trained_ranges
+    start = resume(engine, store, files, fresh=fresh, restore=restore, record_ranges=record)
+    progress = Progress(start.offsets, start.events, record_ranges=record, skipped=start.skipped)
 
     k = config.kafka
     common = kafka_client_options(config)
@@ -158,7 +176,8 @@ def build_worker(
         session_timeout_ms=int(k.session_timeout_s * 1000),
         heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 4)),
     )
-    producer = KafkaProducer(**common, linger_ms=5, max_request_size=max(1 << 20, 2 * k.max_message_bytes))
+    _create_dead_letter_topic(config)
+    producer = KafkaProducer(**common, linger_ms=5, max_request_size=k.dead_letter_max_bytes)
     dead_letters = DeadLetterSink(producer, k.dead_letter_topic, metrics)
     worker_ref: list[Worker] = []
 
@@ -175,6 +194,9 @@ def build_worker(
         def last_event_times(self) -> Any:
             return progress.last_event_times()
 
+        def on_offset_reset(self, key: Any, stored: int, new: int) -> None:
+            worker_ref[0].on_offset_reset(key, stored, new)
+
     source = KafkaSource(
         consumer,
         k.topic,
@@ -187,6 +209,7 @@ def build_worker(
         max_message_bytes=k.max_message_bytes,
         max_poll_records=k.max_poll_records,
         assignment_timeout_s=max(30.0, 5 * k.session_timeout_s),
+        health=BrokerHealth(metrics, k.broker_unreachable_s),
     )
     checkpointer = Checkpointer(
         files=files,
@@ -196,6 +219,7 @@ def build_worker(
         metrics=metrics,
         committed_id=start.checkpoint_id,
         committed_offsets=start.offsets,
+        history_ranges=start.trained_ranges if record else None,
     )
     c = config.checkpoint
     runner = CheckpointRunner(

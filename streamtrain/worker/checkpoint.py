@@ -3,17 +3,31 @@
 :meth:`Checkpointer.commit` runs these steps; each step starts only when the previous one succeeded:
 
 0. Refuse offsets that go backwards (smaller than the last committed next offset of a partition).
-1. Flush the dead-letter producer, so every rejected message before the new offsets is durable.
-2. Write model + optimizer + vocabulary to ``<dir>/<run>/ckpt-<id>.pt`` atomically
-   (temp file, fsync, rename, fsync directory).
-3. One Redis MULTI/EXEC: shared-state arrays, next offset per partition, checkpoint id, event count,
-   step, timestamp (and, in test mode, the trained offset ranges). This is the commit point: a
-   restart resumes from exactly what this transaction stored.
+1. Flush the dead-letter producer, so every rejected message before the new offsets is durable. A
+   letter the producer or broker refuses is replaced by a bounded record of it (see
+   :mod:`streamtrain.worker.dead_letter`), so a refused letter cannot block checkpoints for good.
+2. Write one self-contained restore point to ``<dir>/<run>/ckpt-<id>-<writer>.pt`` atomically (temp
+   file, fsync, rename, fsync directory): model, optimizer and vocabulary, and also the shared state
+   (frequency arrays, XIR cache), the next offset per partition, event count, step and skipped
+   offsets (:mod:`streamtrain.worker.restore_point`). The name is unique per writer and attempt, so
+   this step never touches a file another writer committed. A failure of any kind (a full disk
+   raises RuntimeError from ``torch.save``) removes the temp file at once and counts as a failed
+   checkpoint.
+3. One Redis MULTI/EXEC: the same shared-state arrays and offsets, the checkpoint id, the file's
+   name, writer and sha256 digest, event count, step, timestamp (and, in test mode, the trained
+   offset ranges). This is the commit point: a restart resumes from exactly what this transaction
+   stored, and verifies that the file it loads is the one named here (id, step, events, digest).
+   A writer fenced off here deletes the file it wrote in step 2 (its own, never committed).
 4. Commit the same offsets to Kafka (only for lag tools; a failure here is counted, not fatal).
-5. Prune old files, keeping the newest ``checkpoint.keep``.
+5. Prune old files, keeping the newest ``checkpoint.keep`` and always the one just committed.
+
+Changed from the first version: step 2 used to write the model alone to ``ckpt-<id>.pt`` (replacing
+any file of that name), so Redis was the only place the shared state and offsets lived. Now every
+kept file can restart the run by itself (``streamtrain consume --restore``) when Redis lost its data
+or the newest file is corrupt; Redis still decides which file is current.
 
 A crash or error before step 3 leaves the previous checkpoint in force (a file written in step 2 is
-an orphan, ignored at resume because Redis names an older id). Kafka offsets are therefore never
+an orphan, ignored at resume because Redis names another file). Kafka offsets are therefore never
 committed past state that was not persisted.
 
 The snapshot (:func:`take_snapshot`) is taken by the training thread between steps; ``commit`` may
@@ -27,6 +41,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,8 +50,9 @@ import torch
 from streamtrain.metrics import Metrics
 from streamtrain.worker.batcher import PartitionKey
 from streamtrain.worker.checkpoint_files import CheckpointFiles
+from streamtrain.worker.restore_point import RestorePoint, pack
 from streamtrain.worker.errors import CheckpointError, FencedError, OffsetsBackwardsError, StateStoreError
-from streamtrain.worker.state_store import RedisStateStore, TrainedRange
+from streamtrain.worker.state_store import RedisStateStore, TrainedRange, encode_array
 
 __all__ = ["Snapshot", "Checkpointer", "take_snapshot", "detached_copy"]
 
@@ -89,6 +105,7 @@ class Snapshot:
     step: int
     trained_ranges: list[TrainedRange] = field(default_factory=list)
     copy_seconds: float = 0.0
+    skipped: dict[PartitionKey, int] = field(default_factory=dict)  # offsets lost to retention, cumulative
 
 
 def take_snapshot(
@@ -98,6 +115,7 @@ def take_snapshot(
     events: int,
     trained_ranges: list[TrainedRange],
     reuse: Snapshot | None = None,
+    skipped: Mapping[PartitionKey, int] | None = None,
 ) -> Snapshot:
     """Copy the engine's state; called by the thread that trains, between steps (this is the pause).
 
@@ -112,6 +130,7 @@ def take_snapshot(
         events=events,
         step=int(engine.step),
         trained_ranges=list(trained_ranges),
+        skipped=dict(skipped or {}),
     )
     snap.copy_seconds = time.perf_counter() - start
     return snap
@@ -132,7 +151,9 @@ class Checkpointer:
         committed_offsets: Mapping[PartitionKey, int],
         flush_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        history_ranges: list[TrainedRange] | None = None,
     ) -> None:
+        """``history_ranges``: test mode only, the committed trained ranges so far (None: not recording)."""
         self._files = files
         self._store = store
         self._flush_dead_letters = flush_dead_letters
@@ -144,6 +165,17 @@ class Checkpointer:
         self.committed_offsets: dict[PartitionKey, int] = dict(committed_offsets)
         # Ids whose Redis transaction may or may not have applied (timeout after EXEC was sent).
         self._uncertain_ids: set[int] = set()
+        self.history_ranges = None if history_ranges is None else list(history_ranges)
+        self.committed_file: Path | None = None
+
+    def accept_offset_reset(self, key: PartitionKey, offset: int) -> None:
+        """Let the next checkpoint store ``offset`` for ``key`` although it is below the committed one.
+
+        Called when the stored offset lies past the end of the log (the topic was truncated or
+        recreated): the only place left to read is the log's end, and step 0 must not refuse it.
+        """
+        if self.committed_offsets.get(key, -1) > offset:
+            self.committed_offsets[key] = offset
 
     def commit(self, snap: Snapshot, *, kafka: bool = True) -> float:
         """Persist ``snap`` (steps in the module docstring); returns the seconds it took.
@@ -162,6 +194,9 @@ class Checkpointer:
         except CheckpointError:
             self._metrics.checkpoints.labels(outcome="failed").inc()
             raise
+        except Exception as exc:  # whatever the type, a failed attempt is a counted failure, not a crash
+            self._metrics.checkpoints.labels(outcome="failed").inc()
+            raise CheckpointError(0, f"unexpected {type(exc).__name__}: {exc}") from exc
         elapsed = time.perf_counter() - start + snap.copy_seconds
         self._metrics.checkpoints.labels(outcome="ok").inc()
         # End to end (snapshot + steps 1-5); the training pause alone is snap.copy_seconds.
@@ -181,32 +216,48 @@ class Checkpointer:
         if not self._flush_dead_letters(self._flush_timeout_s):
             raise CheckpointError(1, "dead-letter producer did not acknowledge every record")
 
-        # Step 2: the model file, atomically.
+        # Step 2: the restore point, atomically, under a name no other writer uses.
+        ranges = None if self.history_ranges is None else [*self.history_ranges, *snap.trained_ranges]
+        encoded = {name: encode_array(array) for name, array in snap.shared_state.items()}
+        point = RestorePoint(snap.checkpoint_id, self._files.writer, snap.step, snap.events, snap.offsets,
+                             snap.shared_state, snap.skipped, ranges)
+        target = self._files.path(snap.checkpoint_id)
         try:
-            self._files.write(snap.checkpoint_id, snap.file_state)
-        except OSError as exc:
-            raise CheckpointError(2, f"cannot write {self._files.path(snap.checkpoint_id)}: {exc}") from exc
+            written = self._files.write(snap.checkpoint_id, pack(snap.file_state, point, encoded))
+        except Exception as exc:  # OSError, or RuntimeError from torch.save on a full disk
+            raise CheckpointError(2, f"cannot write {target}: {type(exc).__name__}: {exc}") from exc
 
         # Step 3: the Redis transaction (the commit point).
         try:
             self._store.commit(
                 checkpoint_id=snap.checkpoint_id,
                 previous_ids=[self.committed_id, *self._uncertain_ids],
-                file_name=self._files.name(snap.checkpoint_id),
+                file_name=written.path.name,
                 offsets=snap.offsets,
-                shared=snap.shared_state,
+                shared=encoded,
                 events=snap.events,
                 step=snap.step,
-                trained_ranges=snap.trained_ranges,
+                trained_ranges=ranges,
+                digest=written.digest,
+                writer=self._files.writer,
+                skipped=snap.skipped,
             )
         except FencedError as exc:
             self._metrics.redis_errors.labels(operation=exc.operation).inc()
+            self._metrics.redis_connected.set(1)  # Redis answered; it said no
+            # Another writer owns the run: our file was never committed and nobody else names it.
+            self._files.remove(written.path)
             raise CheckpointError(3, str(exc)) from exc
         except StateStoreError as exc:
             self._metrics.redis_errors.labels(operation=exc.operation).inc()
-            # A lost reply may hide an applied EXEC; accept this id as "previous" next time.
+            self._metrics.redis_connected.set(0)
+            # A lost reply may hide an applied EXEC; accept this id as "previous" next time (and keep the file).
             self._uncertain_ids.add(snap.checkpoint_id)
             raise CheckpointError(3, str(exc)) from exc
+        self._metrics.redis_connected.set(1)
+        self.committed_file = written.path
+        if ranges is not None:
+            self.history_ranges = ranges
         self.committed_id = snap.checkpoint_id
         self._uncertain_ids.clear()
         self.committed_offsets.update(snap.offsets)
@@ -223,6 +274,6 @@ class Checkpointer:
 
         # Step 5: prune.
         try:
-            self._files.prune()
+            self._files.prune(protect=written.path)
         except OSError as exc:
             log.warning("cannot prune old checkpoints in %s: %s", self._files.dir, exc)

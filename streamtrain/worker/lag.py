@@ -38,6 +38,7 @@ class LagTracker:
         self._next_at = 0.0
         self.end_offsets: dict[PartitionKey, int] = {}
         self.pending_messages: int | None = None  # None until the first successful refresh
+        self.health: Any = None  # a BrokerHealth, set by the source: end_offsets doubles as its probe
 
     def maybe_update(
         self,
@@ -58,9 +59,14 @@ class LagTracker:
         try:
             ends = consumer.end_offsets(partitions, timeout_ms=2000)
         except Exception as exc:  # broker restarting: keep the old values
-            self._metrics.kafka_errors.labels(operation="end_offsets").inc()
+            if self.health is not None:
+                self.health.failure("end_offsets", exc)
+            else:
+                self._metrics.kafka_errors.labels(operation="end_offsets").inc()
             log.debug("end_offsets failed: %s", exc)
             return
+        if self.health is not None:
+            self.health.success()
         self.end_offsets = {(tp[0], tp[1]): int(end) for tp, end in ends.items()}
         self.refresh(trained, last_event_times)
 

@@ -21,8 +21,16 @@ log = logging.getLogger(__name__)
 class Progress:
     """Trained offsets of one worker; the in-memory counterpart of the committed Redis offsets."""
 
-    def __init__(self, offsets: Mapping[PartitionKey, int], events: int, *, record_ranges: bool = False) -> None:
+    def __init__(
+        self,
+        offsets: Mapping[PartitionKey, int],
+        events: int,
+        *,
+        record_ranges: bool = False,
+        skipped: Mapping[PartitionKey, int] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
+        self._skipped: dict[PartitionKey, int] = dict(skipped or {})
         self._offsets: dict[PartitionKey, int] = dict(offsets)
         self._last_event_time: dict[PartitionKey, float] = {}
         self.events = events
@@ -39,6 +47,25 @@ class Progress:
         with self._lock:
             for key in keys:
                 self._offsets.setdefault(key, EARLIEST)
+
+    def reset_offset(self, key: PartitionKey, offset: int) -> int:
+        """Move ``key`` to ``offset`` because the log no longer holds the stored one; returns offsets skipped.
+
+        Below the log start (retention, deleted records) the offsets in between are lost and counted;
+        past the log end (a truncated or recreated topic) nothing is skipped, the position moves back.
+        """
+        with self._lock:
+            old = self._offsets.get(key)
+            lost = max(0, offset - old) if old is not None and old >= 0 else 0
+            self._offsets[key] = offset
+            if lost:
+                self._skipped[key] = self._skipped.get(key, 0) + lost
+            return lost
+
+    def skipped(self) -> dict[PartitionKey, int]:
+        """Offsets lost to retention per partition over the run's history (stored with each checkpoint)."""
+        with self._lock:
+            return dict(self._skipped)
 
     def offsets(self) -> dict[PartitionKey, int]:
         with self._lock:

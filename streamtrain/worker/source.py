@@ -25,12 +25,13 @@ from typing import Any, Protocol
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
 from streamtrain.events import decode_values
 from streamtrain.metrics import Metrics
 from streamtrain.worker.batcher import Batcher, MicroBatch, PartitionKey
+from streamtrain.worker.broker_health import BrokerHealth
 from streamtrain.worker.dead_letter import DeadLetterSink
 from streamtrain.worker.errors import WorkerError
 from streamtrain.worker.lag import LagTracker
@@ -55,6 +56,10 @@ class SourceHooks(Protocol):
         ...
 
     def trained_offsets(self) -> Mapping[PartitionKey, int]: ...
+
+    def on_offset_reset(self, key: PartitionKey, stored: int, new: int) -> None:
+        """The log no longer holds ``stored``; reading resumes at ``new`` (log start or end)."""
+        ...
 
     def last_event_times(self) -> Mapping[PartitionKey, float]: ...
 
@@ -91,6 +96,7 @@ class KafkaSource:
         max_poll_records: int,
         assignment_timeout_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        health: BrokerHealth | None = None,
     ) -> None:
         self._consumer = consumer
         self.topic = topic
@@ -98,6 +104,8 @@ class KafkaSource:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self.lag = lag
+        self.health = health if health is not None else BrokerHealth(metrics, 30.0)
+        lag.health = self.health
         self._hooks = hooks
         self._max_bytes = max_message_bytes
         self._max_records = max_poll_records
@@ -200,6 +208,7 @@ class KafkaSource:
             self._consumer.commit(
                 {TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in mine.items()}
             )
+            self.health.success()
         except Exception as exc:  # rebalance in progress, broker down: the next checkpoint commits again
             self._metrics.kafka_errors.labels(operation="commit").inc()
             log.warning("Kafka offset commit failed: %s", exc)
@@ -253,12 +262,18 @@ class KafkaSource:
         try:
             polled = self._consumer.poll(timeout_ms=int(timeout * 1000), max_records=self._max_records)
             self._error_backoff_s = 0.0
+            self.health.poll_ok()
+        except OffsetOutOfRangeError as exc:
+            self._resolve_out_of_range(exc)
+            return
         except KafkaError as exc:
-            self._metrics.kafka_errors.labels(operation="poll").inc()
+            self.health.failure("poll", exc)
             self._error_backoff_s = min(5.0, max(0.1, self._error_backoff_s * 2))
             log.warning("poll failed (%s); retrying in %.1f s", exc, self._error_backoff_s)
             self._stop.wait(self._error_backoff_s)
             return
+        if any(polled.values()):
+            self.health.success(poll=True)
         # kafka-python runs rebalance callbacks only inside poll()/close() on this thread's behalf, so
         # records returned by a poll were fetched from the positions its callbacks set: none are stale.
         ready: list[MicroBatch] = []
@@ -274,6 +289,33 @@ class KafkaSource:
                 ready.append(due)
         for batch in ready:
             self._put(batch)
+
+    def _resolve_out_of_range(self, exc: OffsetOutOfRangeError) -> None:
+        """The stored offset is gone (retention, deleted records) or past the end: move on at once, loudly.
+
+        Below the log start: resume at the start; the offsets in between are lost, and the worker logs
+        and counts them (``streamtrain_offsets_skipped_total``) and the next checkpoint records them.
+        Past the end (a truncated or recreated topic): resume at the end.
+        """
+        positions = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        self._metrics.kafka_errors.labels(operation="offset_out_of_range").inc()
+        with self._lock:
+            tps = [tp for tp in positions if (tp[0], tp[1]) in self.assigned]
+        if not tps:
+            log.warning("offset out of range for partitions not assigned here: %s", exc)
+            return
+        try:
+            starts = self._consumer.beginning_offsets(tps)
+            ends = self._consumer.end_offsets(tps)
+        except Exception as lookup_exc:  # broker down: the next poll raises again and we retry
+            self.health.failure("end_offsets", lookup_exc)
+            self._stop.wait(min(5.0, max(0.1, self._error_backoff_s * 2)))
+            return
+        for tp in tps:
+            stored, start, end = int(positions[tp]), int(starts[tp]), int(ends[tp])
+            new = start if stored < start else end if stored > end else stored
+            self._consumer.seek(tp, new)
+            self._hooks.on_offset_reset((tp[0], tp[1]), stored, new)
 
     def _decode(self, tp: Any, records: list[Any], now: float) -> list[MicroBatch]:
         values = [r.value for r in records]

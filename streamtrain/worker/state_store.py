@@ -3,7 +3,8 @@
 Keys (``ns`` = ``<redis.key_prefix>:<run.name>``):
 
 =========================  ====  ==============================================================
-``ns:meta``                hash  checkpoint_id, file, events, step, timestamp, format
+``ns:meta``                hash  checkpoint_id, file, digest (sha256 of the file), writer, events, step,
+                                 timestamp, skipped (JSON: offsets lost to retention per partition), format
 ``ns:offsets``             hash  ``<topic>:<partition>`` → next offset to train (-2: earliest)
 ``ns:state``               hash  shared-state name → ``.npy`` bytes (dtype + shape + data)
 ``ns:trained_ranges``      list  debug: ``topic,partition,first,next,events`` per trained batch
@@ -22,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ EARLIEST = -2
 
 log = logging.getLogger(__name__)
 
-_FORMAT = "1"
+_FORMAT = "2"  # 2: adds digest, writer, skipped
 
 TrainedRange = tuple[str, int, int, int, int]
 """(topic, partition, first_offset, next_offset, events) of one trained micro-batch."""
@@ -70,6 +71,9 @@ class StoredState:
     timestamp: float
     offsets: dict[PartitionKey, int]
     shared: dict[str, np.ndarray]
+    digest: str | None = None  # sha256 of the committed file; None for state written before digests
+    writer: str | None = None
+    skipped: dict[PartitionKey, int] = field(default_factory=dict)
 
 
 def _offset_field(key: PartitionKey) -> str:
@@ -113,6 +117,9 @@ class RedisStateStore:
                 timestamp=float(m["timestamp"]),
                 offsets={_parse_offset_field(k.decode()): int(v) for k, v in offsets.items()},
                 shared={k.decode(): decode_array(v) for k, v in state.items()},
+                digest=m.get("digest"),
+                writer=m.get("writer"),
+                skipped={_parse_offset_field(k): int(v) for k, v in json.loads(m.get("skipped", "{}")).items()},
             )
         except (KeyError, ValueError) as exc:
             raise StateStoreError("load", f"state under {self.namespace} is malformed: {exc}") from exc
@@ -132,11 +139,14 @@ class RedisStateStore:
         previous_ids: Iterable[int | None],
         file_name: str,
         offsets: Mapping[PartitionKey, int],
-        shared: Mapping[str, np.ndarray],
+        shared: Mapping[str, np.ndarray | bytes],
         events: int,
         step: int,
-        trained_ranges: Iterable[TrainedRange] = (),
+        trained_ranges: Iterable[TrainedRange] | None = None,
         timestamp: float | None = None,
+        digest: str | None = None,
+        writer: str | None = None,
+        skipped: Mapping[PartitionKey, int] | None = None,
     ) -> None:
         """Replace the committed state in one transaction; called by checkpoint step 3.
 
@@ -144,13 +154,18 @@ class RedisStateStore:
             previous_ids: checkpoint ids this worker may find in Redis (the last one it committed, plus
                 ids whose commit outcome was unknown). Anything else means another writer: FencedError.
                 No id at all means Redis lost the keys; the commit then restores them.
+            shared: arrays, or their :func:`encode_array` bytes (the checkpoint file already encoded them).
+            trained_ranges: test mode: the run's whole list of trained ranges, which replaces the stored
+                one (so a rewrite after Redis lost its keys, or a restore, keeps the history exact);
+                None leaves the list alone.
+            digest, writer: identify the committed file; resume verifies the file against them.
 
         Raises:
             FencedError: another writer committed in between; nothing was written.
             StateStoreError: Redis failed; the transaction was either fully applied or not at all.
         """
         allowed = set(previous_ids)
-        encoded = {name: encode_array(array) for name, array in shared.items()}
+        encoded = {name: a if isinstance(a, bytes) else encode_array(a) for name, a in shared.items()}
         meta = {
             "checkpoint_id": str(checkpoint_id),
             "file": file_name,
@@ -158,8 +173,13 @@ class RedisStateStore:
             "step": str(step),
             "timestamp": repr(time.time() if timestamp is None else timestamp),
             "format": _FORMAT,
+            "skipped": json.dumps({_offset_field(k): int(v) for k, v in (skipped or {}).items()}),
         }
-        ranges = [json.dumps(list(r)) for r in trained_ranges]
+        if digest is not None:
+            meta["digest"] = digest
+        if writer is not None:
+            meta["writer"] = writer
+        ranges = None if trained_ranges is None else [json.dumps(list(r)) for r in trained_ranges]
         try:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.watch(self.meta_key)
@@ -181,12 +201,17 @@ class RedisStateStore:
                     pipe.hset(self.state_key, mapping=encoded)
                 if offsets:
                     pipe.hset(self.offsets_key, mapping={_offset_field(k): str(v) for k, v in offsets.items()})
+                pipe.delete(self.meta_key)  # no field of an older format survives (e.g. a digest)
                 pipe.hset(self.meta_key, mapping=meta)
-                if ranges:
-                    pipe.rpush(self.ranges_key, *ranges)
+                if ranges is not None:
+                    pipe.delete(self.ranges_key)
+                    if ranges:
+                        pipe.rpush(self.ranges_key, *ranges)
                 pipe.execute()
         except redis.WatchError as exc:
-            raise FencedError("commit", f"{self.meta_key} changed during the transaction") from exc
+            raise FencedError(
+                "commit", f"{self.meta_key} changed during the transaction: another worker is writing this run"
+            ) from exc
         except redis.RedisError as exc:
             raise StateStoreError("commit", str(exc)) from exc
 

@@ -28,7 +28,7 @@ from streamtrain.worker.batcher import MicroBatch, PartitionKey
 from streamtrain.worker.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
 from streamtrain.worker.checkpoint_runner import CheckpointRunner
 from streamtrain.worker.engine import StepResult, TrainingEngine
-from streamtrain.worker.errors import WorkerError
+from streamtrain.worker.errors import FencedError, WorkerError
 from streamtrain.worker.progress import Progress
 from streamtrain.worker.resume import ResumePoint
 from streamtrain.worker.source import KafkaSource
@@ -74,6 +74,9 @@ class Worker:
         self._last_snapshot: Snapshot | None = None
         self._stop = threading.Event()
         self.fatal: BaseException | None = None
+        # Set when the loop ended on purpose but not in success (idle exit while nothing could be read):
+        # the final checkpoint still runs, and the command exits non-zero.
+        self.exit_error: str | None = None
         self.last_step_at: float | None = None
         self.stop_reason = "running"
         self._log_mark = (time.monotonic(), progress.events, engine.step)
@@ -88,13 +91,15 @@ class Worker:
         m = self.metrics
         for reason in RejectReason:
             m.events_dead_lettered.labels(reason=str(reason))
+            for cause in ("too_large", "refused"):
+                m.dead_letters_bounded.labels(reason=str(reason), cause=cause)
         for outcome in ("ok", "failed"):
             m.checkpoints.labels(outcome=outcome)
         for outcome in ("ok", "skipped", "failed"):  # at 0 also when export.every_checkpoints is off
             m.exports.labels(outcome=outcome)
         for operation in ("load", "commit", "read", "clear"):
             m.redis_errors.labels(operation=operation)
-        for operation in ("poll", "commit", "end_offsets", "dead_letter", "dead_letter_flush"):
+        for operation in ("poll", "commit", "end_offsets", "dead_letter", "dead_letter_flush", "offset_out_of_range"):
             m.kafka_errors.labels(operation=operation)
         for tower, size in self.engine.vocabulary_sizes().items():
             m.vocabulary_size.labels(tower=tower).set(size)
@@ -103,6 +108,7 @@ class Worker:
                 m.progressive_recall.labels(k=str(k), model=ranker)
                 m.progressive_ndcg.labels(k=str(k), model=ranker)
         m.assigned_partitions.set(0)
+        m.redis_connected.set(1)  # resume just read the run's state from Redis
         # Start time as the baseline: 0 would read as "no step for 56 years" on dashboards and make the
         # staleness alerts true from the first scrape; this way they measure time since start.
         now = time.time()
@@ -151,6 +157,7 @@ class Worker:
 
     # ------------------------------------------------------------------ source hooks (IO thread)
     def resolve_position(self, key: PartitionKey) -> int | None:
+        self.metrics.offsets_skipped.labels(topic=key[0], partition=str(key[1]))  # the series exists at 0
         position = self.progress.offset(key)
         if position is None and self._fresh:
             self.progress.set_earliest([key])
@@ -173,6 +180,21 @@ class Worker:
     def trained_offsets(self) -> Mapping[PartitionKey, int]:
         return self.progress.offsets()
 
+    def on_offset_reset(self, key: PartitionKey, stored: int, new: int) -> None:
+        """The log no longer holds ``stored`` (source thread): record the jump, loudly and counted."""
+        with self._engine_lock:
+            lost = self.progress.reset_offset(key, new)
+            if new < stored:
+                self.checkpointer.accept_offset_reset(key, new)
+        if lost:
+            self.metrics.offsets_skipped.labels(topic=key[0], partition=str(key[1])).inc(lost)
+            log.error("%s[%d]: stored offset %d is below the log start %d (retention or deleted records): "
+                      "%d offsets were never trained and are skipped; resuming at %d",
+                      key[0], key[1], stored, new, lost, new)
+        else:
+            log.error("%s[%d]: stored offset %d is past the log end %d (topic truncated or recreated); "
+                      "resuming at %d", key[0], key[1], stored, new, new)
+
     def last_event_times(self) -> Mapping[PartitionKey, float]:
         return self.progress.last_event_times()
 
@@ -188,6 +210,9 @@ class Worker:
     def ready(self) -> tuple[bool, str]:
         if not self.loop_thread.is_alive():
             return False, "training loop is not running"
+        problem = self.source.health.problem()
+        if problem is not None:
+            return False, problem
         if not self.source.assigned:
             return False, "no partitions assigned"
         stale_s = self.config.metrics.ready_stale_s
@@ -206,7 +231,11 @@ class Worker:
         except BaseException as exc:
             self.fatal = exc
             self.stop_reason = f"failed: {exc}"
-            log.exception("training loop failed; no final checkpoint (state may be half-updated)")
+            if isinstance(exc.__cause__, FencedError):
+                # Not a crash: another worker owns the run. Its files and Redis state stay untouched.
+                log.error("fenced off (%s); stopping without a final checkpoint", exc)
+            else:
+                log.exception("training loop failed; no final checkpoint (state may be half-updated)")
 
     def _run_loop(self) -> None:
         batches = self.source.batches
@@ -224,9 +253,19 @@ class Worker:
             except queue.Empty:
                 self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
                 if self._idle_done():
-                    self.stop_reason = f"idle for {self._idle_exit_s:g} s"
-                    log.info("no events for %.1f s: exiting", self._idle_exit_s)
-                    return
+                    health = self.source.health
+                    if not health.failing():
+                        self.stop_reason = f"idle for {self._idle_exit_s:g} s"
+                        log.info("no events for %.1f s: exiting", self._idle_exit_s)
+                        return
+                    problem = health.problem()
+                    if problem is not None:
+                        # Idle because nothing could be read is not "drained": say so and exit non-zero.
+                        self.stop_reason = f"idle for {self._idle_exit_s:g} s, broker unusable"
+                        self.exit_error = f"no events for {self._idle_exit_s:g} s because {problem}"
+                        log.error("%s", self.exit_error)
+                        return
+                    # A failure not yet past the bound: wait for the broker rather than guess.
                 self._maybe_checkpoint()
                 continue
             self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
@@ -292,7 +331,7 @@ class Worker:
             # Only called when no commit runs, so the previous snapshot's buffers are free to reuse.
             snap = take_snapshot(
                 self.engine, self._next_id, offsets, self.progress.events, self.progress.pending_ranges(),
-                reuse=self._last_snapshot,
+                reuse=self._last_snapshot, skipped=self.progress.skipped(),
             )
             self._last_snapshot = snap
             self._next_id += 1

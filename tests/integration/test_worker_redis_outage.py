@@ -92,11 +92,13 @@ def test_redis_outage_does_not_lose_or_overcommit(
         assert worker.progress.events > events_at_stop, "training stopped during the outage"
         assert (registry.get_sample_value("streamtrain_checkpoints_total", {"outcome": "failed"}) or 0) >= 1
         assert (registry.get_sample_value("streamtrain_redis_errors_total", {"operation": "commit"}) or 0) >= 1
+        assert registry.get_sample_value("streamtrain_redis_connected") == 0
 
         redis_proc = _start_redis(port, tmp_path)  # back, and empty: the worker writes its state again
         producer_thread.join(60)
         stop_worker(parts, timeout_s=120)
         assert worker.fatal is None and worker.source.fatal is None
+        assert registry.get_sample_value("streamtrain_redis_connected") == 1
         stored = state_store(config, redis_client(config)).load()
         assert stored is not None
         assert stored.offsets == {(topic, 0): len(values)} and stored.events == len(values)

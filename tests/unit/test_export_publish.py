@@ -22,6 +22,8 @@ from streamtrain.worker.checkpoint import take_snapshot
 from streamtrain.worker.checkpoint_files import CheckpointFiles
 from streamtrain.worker.committed import CommittedCheckpoint
 
+WRITER = "0123abcd"  # fixed writer id: file names are ckpt-<id>-<writer>.pt
+
 BATCH = 32
 
 
@@ -51,7 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config = _config(root)
     torch.manual_seed(0)
     trainer = Trainer(config)
-    files = CheckpointFiles(config.checkpoint.dir, config.run.name, keep=10)
+    files = CheckpointFiles(config.checkpoint.dir, config.run.name, keep=10, writer=WRITER)
     snaps = []
     for checkpoint_id in (3, 4, 5):  # three checkpoints with different weights
         _train(trainer, 5, checkpoint_id)
@@ -62,7 +64,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _committed(checkpoint_id: int, events: int = 480) -> CommittedCheckpoint:
-    return CommittedCheckpoint(checkpoint_id, f"ckpt-{checkpoint_id:012d}.pt", events, 15, {"t:0": events})
+    return CommittedCheckpoint(checkpoint_id, f"ckpt-{checkpoint_id:012d}-{WRITER}.pt", events, 15, {"t:0": events})
 
 
 # ---------------------------------------------------------------- which checkpoint
@@ -123,7 +125,7 @@ def test_latest_follows_commits_and_the_newest_k_versions_are_kept(run: dict[str
     source = read_export(tmp_path / "pub").manifest["source"]
     assert (source["checkpoint_id"], source["committed"], source["events"], source["offsets"]) == (
         5, True, 800, {"t:0": 800})
-    assert str(source["path"]).endswith("ckpt-000000000005.pt")
+    assert str(source["path"]).endswith(f"ckpt-000000000005-{WRITER}.pt")
     assert read_export(tmp_path / "pub", checkpoint_id=4).manifest["source"]["checkpoint_id"] == 4
     with pytest.raises(ExportError, match="kept versions"):
         read_export(tmp_path / "pub", checkpoint_id=3)  # pruned: keep=2

@@ -71,8 +71,12 @@ class FakeStore:
         if self.committed is None:
             return None
         c = self.committed
+        shared = {k: decode_array(v) if isinstance(v, bytes) else v for k, v in c["shared"].items()}
         return StoredState(c["checkpoint_id"], c["file_name"], c["events"], c["step"], 0.0, dict(c["offsets"]),
-                           dict(c["shared"]))
+                           shared, c.get("digest"), c.get("writer"), dict(c.get("skipped") or {}))
+
+    def trained_ranges(self) -> list[Any]:
+        return list((self.committed or {}).get("trained_ranges") or [])
 
     def clear(self) -> None:
         self.committed = None
@@ -83,7 +87,7 @@ class LoggingFiles(CheckpointFiles):
         super().__init__(root, "run", keep=2)
         self.log = log
 
-    def write(self, checkpoint_id: int, state: dict[str, Any]) -> Path:
+    def write(self, checkpoint_id: int, state: dict[str, Any]) -> Any:
         self.log.append("file")
         return super().write(checkpoint_id, state)
 

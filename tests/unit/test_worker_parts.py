@@ -7,6 +7,7 @@ import urllib.request
 from types import SimpleNamespace
 from typing import Any
 
+from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
 from streamtrain.events import EventBatch, RejectReason, Rejection
@@ -24,19 +25,23 @@ class FakeFuture:
     def __init__(self, fail: bool) -> None:
         self.is_done = True
         self._fail = fail
+        self.exception = KafkaTimeoutError("broker said no") if fail else None
 
     def failed(self) -> bool:
         return self._fail
 
 
 class FakeProducer:
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, max_request_size: int = 1 << 20) -> None:
         self.sent: list[dict[str, Any]] = []
         self.failures = failures
+        self.max_request_size = max_request_size
 
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None) -> Any:
         if value is None and key is None:
             raise ValueError("Need at least one: key or value")  # what kafka-python does
+        if len(value or b"") > self.max_request_size:
+            raise MessageSizeTooLargeError("larger than max_request_size")  # what kafka-python does
         self.sent.append({"topic": topic, "value": value, "key": key, "headers": dict(headers)})
         fail = self.failures > 0
         self.failures -= 1
@@ -66,17 +71,43 @@ def test_dead_letters_carry_original_bytes_and_headers() -> None:
     assert m.registry.get_sample_value("streamtrain_events_dead_lettered_total", {"reason": "not_json"}) == 1
 
 
-def test_a_refused_dead_letter_is_resent_and_blocks_the_flush() -> None:
+def test_a_refused_dead_letter_is_sent_bounded_and_then_retried_until_acknowledged() -> None:
     m = metrics()
-    producer = FakeProducer(failures=1)
+    producer = FakeProducer(failures=2)
     sink = DeadLetterSink(producer, "dlq", m)
     sink.send_rejects("src", 0, [Rejection(0, RejectReason.NOT_OBJECT, "[]")],
                       [SimpleNamespace(value=b"[]", key=None, offset=7)])
-    assert not sink.flush(1.0)  # refused once: sent again, the checkpoint must wait
-    assert len(producer.sent) == 2 and producer.sent[1]["value"] == b"[]"
+    assert not sink.flush(1.0)  # refused in full: the bounded form goes out, the checkpoint waits for it
+    bounded = producer.sent[1]
+    assert bounded["value"] == b"[]" and bounded["headers"]["truncated"] == b"1"
+    assert bounded["headers"]["source_offset"] == b"7" and bounded["headers"]["refused"].startswith(b"KafkaTimeout")
+    assert not sink.flush(1.0)  # the bounded one failed too (broker down): sent again, as it is
+    assert len(producer.sent) == 3 and producer.sent[2]["headers"] == bounded["headers"]
     assert sink.flush(1.0)
-    assert m.registry.get_sample_value("streamtrain_kafka_errors_total", {"operation": "dead_letter"}) == 1
+    assert m.registry.get_sample_value("streamtrain_kafka_errors_total", {"operation": "dead_letter"}) == 2
     assert m.registry.get_sample_value("streamtrain_events_dead_lettered_total", {"reason": "not_object"}) == 1
+    assert m.registry.get_sample_value("streamtrain_dead_letters_bounded_total",
+                                       {"reason": "not_object", "cause": "refused"}) == 1
+
+
+def test_an_oversized_dead_letter_never_blocks_the_flush() -> None:
+    import hashlib
+
+    m = metrics()
+    producer = FakeProducer(max_request_size=16384)
+    sink = DeadLetterSink(producer, "dlq", m)
+    big = b"x" * 5_000_000
+    sink.send_rejects("src", 2, [Rejection(0, RejectReason.OVERSIZED, "5000000 bytes")],
+                      [SimpleNamespace(value=big, key=b"k" * 50_000, offset=9)])
+    assert sink.flush(1.0)  # refused synchronously, bounded at once: nothing left to wait for
+    (letter,) = producer.sent
+    h = letter["headers"]
+    assert letter["value"] == big[:1024] and len(letter["key"]) == 1024
+    assert h["original_bytes"] == b"5000000" and h["sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert h["reason"] == b"oversized" and h["source_partition"] == b"2" and h["source_offset"] == b"9"
+    assert sum(len(k) + len(v) for k, v in h.items()) + len(letter["value"]) + len(letter["key"]) < 16384
+    assert m.registry.get_sample_value("streamtrain_dead_letters_bounded_total",
+                                       {"reason": "oversized", "cause": "too_large"}) == 1
 
 
 def batch(first: int, nxt: int, events: int, last_time: float | None = None) -> MicroBatch:
