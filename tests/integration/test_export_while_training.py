@@ -99,13 +99,14 @@ def test_reader_polling_latest_sees_only_complete_committed_exports(
 
     # A newer file that Redis never committed (a crash between file and transaction) is not served.
     files = CheckpointFiles(config.checkpoint.dir, config.run.name, keep=10)
-    orphan = files.path(final.checkpoint_id + 1)
-    orphan.write_bytes(files.path(final.checkpoint_id).read_bytes())
+    committed_file = files.dir / final.file_name  # ckpt-<id>-<writer>.pt: the worker's writer id
+    orphan = files.dir / final.file_name.replace(f"{final.checkpoint_id:012d}", f"{final.checkpoint_id + 1:012d}")
+    orphan.write_bytes(committed_file.read_bytes())
     choice = choose_checkpoint(None, config)
-    assert choice.path == files.path(final.checkpoint_id) and choice.committed is not None
+    assert choice.path == committed_file and choice.committed is not None
     described = load_checkpoint(choice, config).describe()
     assert (described["checkpoint_id"], described["events"]) == (final.checkpoint_id, EVENTS)
-    older = min(files.ids())
-    assert choose_checkpoint(None, config, checkpoint_id=older).path == files.path(older)
+    older = files.entries()[0]
+    assert choose_checkpoint(None, config, checkpoint_id=older.checkpoint_id).path == older.path
     assert json.loads((root / "latest" / "manifest.json").read_text())["faiss"]["index"] == "IndexHNSWFlat"
     assert os.readlink(root / "latest") == publish.version_name(final.checkpoint_id)
