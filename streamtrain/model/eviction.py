@@ -1,12 +1,15 @@
 """Which vocabulary rows to evict: the least recently seen stale rows, found without a per-batch scan.
 
 The queue holds up to ``limit`` rows (the least recently seen when it was built), sorted by (last
-sighting, row). Rows are taken from its head while they are stale; an entry whose row was seen
-since it was queued (its ``last_seen`` changed) or that the current batch refers to is skipped and
-dropped. The queue is rebuilt, one pass over the owned rows, only when it is used up and some row
-outside it may be stale: ``floor`` is a lower bound on the last sighting of every row outside the
-queue (the partition bound at build time, lowered by every batch's earliest event time). With event
-time moving forward this is exactly least-recently-seen order; out-of-order time makes it close.
+sighting, row). ``floor`` is a lower bound on the last sighting of every row *outside* the queue:
+the partition bound at build time, lowered by each batch's earliest event time (rows seen since
+their entry was queued are outside it in effect). Entries queued as seen before both the staleness
+cutoff and ``floor`` therefore precede every other row, and are taken from the head in order;
+entries whose row was seen since (its ``last_seen`` changed) or that the current batch refers to are
+skipped and dropped. When that runs out while some row outside may be stale (``floor`` < cutoff),
+the queue is rebuilt with one pass over the owned rows. So the order is exactly least recently seen
+(ties: lowest row), and the pass happens about once per ``limit`` evictions while event time moves
+forward; an old event time lowers ``floor`` and costs one more pass.
 """
 
 from __future__ import annotations
@@ -40,33 +43,49 @@ class EvictionQueue:
         least recently seen first; their ``last_seen`` is set to ``now`` (they are being reused)."""
         cutoff = now - ttl
         victims: list[np.ndarray] = []
-        rebuilt = False
+        just_rebuilt = False
         while k:
-            if not self.rows.size:
-                if rebuilt or not self.floor < cutoff:
-                    break
-                self._rebuild(owned_rows(), last_seen)
-                rebuilt = True
-                continue
+            # Queued rows seen before `floor` precede every row outside the queue: safe to take.
+            bound = min(cutoff, self.floor)
             chunk, seen = self.rows[: 2 * k + 64], self.seen[: 2 * k + 64]
-            stale = int(np.searchsorted(seen, cutoff, side="left"))  # queued rows seen before cutoff
-            ok = (last_seen[chunk[:stale]] == seen[:stale]) & ~np.isin(chunk[:stale], batch_rows)
-            take = np.flatnonzero(ok)[:k]
-            used = int(take[-1]) + 1 if len(take) == k else stale  # skipped entries are dropped
-            victims.append(chunk[take])
-            last_seen[victims[-1]] = now  # taken: a queue rebuilt below must not offer them again
-            k -= len(take)
-            self.rows, self.seen = self.rows[used:], self.seen[used:]
-            if stale < len(chunk):  # the rest of the queue is not stale yet
-                break
+            usable = int(np.searchsorted(seen, bound, side="left"))
+            if usable:
+                ok = (last_seen[chunk[:usable]] == seen[:usable]) & ~np.isin(chunk[:usable], batch_rows)
+                take = np.flatnonzero(ok)[:k]
+                used = int(take[-1]) + 1 if len(take) == k else usable  # skipped entries are dropped
+                victims.append(chunk[take])
+                last_seen[victims[-1]] = now  # taken: a queue rebuilt below must not offer them again
+                k -= len(take)
+                self.rows, self.seen = self.rows[used:], self.seen[used:]
+                just_rebuilt = just_rebuilt and not len(take)
+                if k and usable == len(chunk) and self.rows.size:
+                    continue  # the next part of the queue
+            if not k or self.floor >= cutoff or just_rebuilt:
+                break  # done; nothing outside the queue is stale; or a fresh queue had nothing more
+            self._rebuild(owned_rows(), last_seen, batch_rows)
+            just_rebuilt = True
         return np.concatenate(victims) if victims else np.empty(0, dtype=np.int64)
 
-    def _rebuild(self, rows: np.ndarray, last_seen: np.ndarray) -> None:
+    def _rebuild(self, rows: np.ndarray, last_seen: np.ndarray, batch_rows: np.ndarray) -> None:
+        """Queue the owned ``rows`` (sorted) seen before the ``limit``-th smallest last sighting (all
+        of them when ties leave none), so that every row left out was seen at or after ``floor``.
+        The batch's rows are left out (they cannot be taken now, and this batch's earliest time
+        lowers ``floor`` for them when it ends)."""
+        referred = np.unique(batch_rows)
+        at = np.minimum(np.searchsorted(rows, referred), max(len(rows) - 1, 0))
+        if len(rows) and len(referred):
+            keep = np.ones(len(rows), dtype=bool)
+            keep[at[rows[at] == referred]] = False
+            rows = rows[keep]
         seen = last_seen[rows]
         if len(rows) > self.limit:
-            part = np.argpartition(seen, self.limit)
-            self.floor = float(seen[part[self.limit]])  # every row left out was seen at or after this
-            rows, seen = rows[part[: self.limit]], seen[part[: self.limit]]
+            bound = np.partition(seen, self.limit)[self.limit]
+            inside = seen < bound
+            if not inside.any():
+                inside = seen <= bound
+            left_out = seen[~inside]
+            self.floor = float(left_out.min()) if left_out.size else np.inf
+            rows, seen = rows[inside], seen[inside]
         else:
             self.floor = np.inf
         order = np.lexsort((rows, seen))

@@ -294,6 +294,8 @@ class IdVocabulary:
             parts.append(fresh)
             k -= len(fresh)
         if k and self.eviction_after_s is not None:
+            for part in parts:  # rows just taken are no eviction candidates
+                self.last_seen[part] = now
             victims = self._evictions.take(
                 k, now, self.eviction_after_s, self.last_seen, batch_rows, self._known_rows_np
             )
