@@ -250,3 +250,42 @@ def test_memory_per_id_is_a_few_dozen_bytes() -> None:
     assert len(v) == n
     per_id = v.memory_bytes() / n
     assert per_id < 45 + 2 * 12  # arrays + index + 12 id bytes (the arena may hold 2x while growing)
+
+
+def test_trainer_resuming_a_format1_checkpoint_restarts_frequency_statistics(caplog: pytest.LogCaptureFixture) -> None:
+    from streamtrain.config import Config
+    from streamtrain.events.batch import EventBatch
+    from streamtrain.training.trainer import Trainer
+
+    config = Config.model_validate({"run": {"device": "cpu"}, "model": {"user_capacity": 50, "item_capacity": 50,
+                                                                         "embedding_dim": 8},
+                                    "trainer": {"batch_size": 16, "progressive_eval_fraction": 0.0}})
+    original = Trainer(config)
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        original.train_step(EventBatch.from_ids(rng.integers(0, 30, 16), rng.integers(0, 30, 16)))
+    state = original.file_state()
+    for tower in ("user", "item"):  # what a checkpoint of the previous version held
+        vocab = getattr(original, f"{tower}_vocab")
+        rows = vocab.known_rows().numpy()
+        state["vocab"][tower] = {
+            "capacity": 50, "ids": vocab.ids_of(rows), "rows": torch.from_numpy(rows),
+            "row_keys": torch.zeros(50, dtype=torch.int64), "last_seen": torch.from_numpy(vocab.last_seen.copy()),
+            "next_row": int(rows.max()) + 1, "free": torch.zeros(0, dtype=torch.int64), "pending_ids": [],
+            "pending_counts": torch.zeros(0, dtype=torch.int64),
+            "counters": {"fallback_total": 0, "evictions_total": 0, "admissions_total": len(rows)},
+        }
+    resumed = Trainer(config)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # the checkpoint file, read back as the worker does
+    buffer.seek(0)
+    resumed.load_file_state(torch.load(buffer, weights_only=True))
+    fresh_frequency = {k: v.copy() for k, v in resumed.shared_state().items() if k.startswith("frequency.")}
+    with caplog.at_level("WARNING"):
+        resumed.load_shared_state(original.shared_state())
+    assert "frequency statistics start afresh" in caplog.text
+    for name, value in fresh_frequency.items():
+        np.testing.assert_array_equal(resumed.shared_state()[name], value, err_msg=name)
+    np.testing.assert_array_equal(resumed.item_vocab.row_keys, original.item_vocab.row_keys)
+    np.testing.assert_array_equal(resumed._item_keys.numpy(), original._item_keys.numpy())
+    assert resumed.item_vocab.ids_of(rows) == original.item_vocab.ids_of(rows)
