@@ -303,9 +303,17 @@ def run_checks(p: dict[str, Any], device: str) -> list[dict[str, Any]]:
     budget = Budget(p["budget_s"])
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="streamtrain-gpu-check-") as tmp:
-        train_section(p, device, budget, rows)
-        worker_section(p, device, budget, rows, Path(tmp))
-        checkpoint_and_eval_sections(p, device, budget, rows, Path(tmp))
+        sections: list[tuple[str, Callable[[], None]]] = [
+            ("train", lambda: train_section(p, device, budget, rows)),
+            ("worker", lambda: worker_section(p, device, budget, rows, Path(tmp))),
+            ("checkpoint", lambda: checkpoint_and_eval_sections(p, device, budget, rows, Path(tmp))),
+        ]
+        for name, section in sections:
+            try:
+                section()
+            except Exception as exc:  # noqa: BLE001 - set-up outside a cell failed: one row, go on
+                traceback.print_exc(file=sys.stderr)
+                rows.append({"section": name, "case": "set-up", "error": f"{type(exc).__name__}: {exc}"[:300]})
     return rows
 
 
