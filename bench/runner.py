@@ -7,7 +7,8 @@
 Suites: decode (in-memory decoder strategies), ingest (real broker → ready batches; decoders side by
 side; 1 vs N consumer processes), train (steps/s, examples/s, memory per sampler × B × catalogue),
 scaling (step time vs catalogue and batch size, side by side), e2e (replay → Kafka → `streamtrain
-consume` vs the trainer alone), checkpoint (pause and resume), replay (producer settings).
+consume` vs the trainer alone), checkpoint (pause and resume), replay (producer settings), vocab (id
+vocabulary lookups/s per core and bytes per id, old vs new).
 Sizes default to the full run; ``--quick`` shrinks every default, and explicit flags win over both.
 """
 
@@ -33,6 +34,7 @@ _SUITE_MODULES = {
     "e2e": ("suite_e2e", "e2e_tables"),
     "checkpoint": ("suite_misc", "checkpoint_tables"),
     "replay": ("suite_misc", "replay_tables"),
+    "vocab": ("suite_misc", "vocab_tables"),
 }
 SUITES = list(_SUITE_MODULES)
 
@@ -47,6 +49,7 @@ FULL: dict[str, Any] = {
     "e2e_capacity": 100_000,
     "checkpoint_capacity": 1_000_000, "checkpoint_repeats": 3,
     "replay_events": 200_000, "replay_repeat": 2,
+    "vocab_ids": 10_000_000, "vocab_seconds": 3.0,
 }
 QUICK: dict[str, Any] = {
     **FULL,
@@ -57,6 +60,7 @@ QUICK: dict[str, Any] = {
     "e2e_events": 10_000, "e2e_samplers": ["xir"],
     "checkpoint_capacity": 100_000, "checkpoint_repeats": 2,
     "replay_events": 20_000, "replay_repeat": 1,
+    "vocab_ids": 1_000_000, "vocab_seconds": 1.0,
 }
 
 
@@ -98,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-repeats", type=int)
     g.add_argument("--replay-events", type=int)
     g.add_argument("--replay-repeat", type=int)
+    g = p.add_argument_group("vocab")
+    g.add_argument("--vocab-ids", type=int, help="ids the vocabularies are filled with")
+    g.add_argument("--vocab-seconds", type=float, help="timed seconds per lookup cell")
     return p
 
 

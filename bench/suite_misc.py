@@ -1,5 +1,6 @@
-"""``decode``, ``checkpoint`` and ``replay`` suites of ``bench/run``: thin table wrappers over the
-measure() functions of bench_decode.py, bench_checkpoint.py and bench_replay.py."""
+"""``decode``, ``checkpoint``, ``replay`` and ``vocab`` suites of ``bench/run``: thin table wrappers
+over the measure() functions of bench_decode.py, bench_checkpoint.py, bench_replay.py and
+bench_vocabulary.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from report import Table, fmt_rate, fmt_ratio
 
 from streamtrain.data.gowalla import gowalla_file
 
-__all__ = ["decode_tables", "checkpoint_tables", "replay_tables", "one_core"]
+__all__ = ["decode_tables", "checkpoint_tables", "replay_tables", "vocab_tables", "one_core"]
 
 GOWALLA = Path(os.environ.get("STREAMTRAIN_BENCH_GOWALLA", gowalla_file(None, "train")))
 
@@ -80,4 +81,31 @@ def replay_tables(opts: Any) -> list[Table]:
     default = result["rows"]["linger 20 ms, 256 KiB, none (default)"][0]
     for name, (rate, cpu) in result["rows"].items():
         table.add(name, fmt_rate(rate), f"{cpu:.1f}", fmt_ratio(rate / default))
+    return [table]
+
+
+def vocab_tables(opts: Any) -> list[Table]:
+    from bench_vocabulary import LEGACY_COMMIT, measure
+
+    n = opts.vocab_ids
+    old, new = measure(n, [4096, 16384], opts.vocab_seconds)
+    table = Table(
+        f"vocab: id vocabulary filled with {n:,} ids, one core each (old = OrderedDict of strings at "
+        f"{LEGACY_COMMIT}, new = vectorised keys)",
+        ["measure", "B", "old", "new", "new/old"],
+    )
+    table.add("fill (admissions/s)", 100_000, fmt_rate(old["fill_ids_s"]), fmt_rate(new["fill_ids_s"]),
+              fmt_ratio(new["fill_ids_s"] / old["fill_ids_s"]))
+    for o, c in zip(old["cells"], new["cells"]):
+        b = c["batch"]
+        table.add("string id lookups/s", b, fmt_rate(o["id_lookups_s"]), fmt_rate(c["id_lookups_s"]),
+                  fmt_ratio(c["id_lookups_s"] / o["id_lookups_s"]))
+        table.add("key lookups/s (keys from the source)", b, "-", fmt_rate(c["key_lookups_s"]),
+                  fmt_ratio(c["key_lookups_s"] / o["id_lookups_s"]))
+        table.add("hash ids -> keys/s", b, "-", fmt_rate(c["hash_ids_s"]), "-")
+    table.add("bytes per id (RSS)", "-", f"{old['bytes_per_id']:.0f}", f"{new['bytes_per_id']:.0f}",
+              fmt_ratio(new["bytes_per_id"] / old["bytes_per_id"]))
+    table.notes.append(f"new vocabulary's own arrays: {new['accounted_bytes_per_id']:.0f} B/id; lookups with "
+                       "admit=True and event times, ids uniform over all N (cache-unfriendly); target >= 5M key "
+                       "lookups/s per core at 10M ids")
     return [table]

@@ -1,28 +1,36 @@
-"""Online id vocabulary: external string ids → embedding rows, growing (and evicting) as events arrive.
+"""Online id vocabulary: external ids → embedding rows, growing (and evicting) as events arrive.
 
 Row 0 is the shared *fallback* row. It serves ids that are not admitted yet (seen fewer than
 ``admission_threshold`` times), ids that arrive while the table is full and nothing is old enough to
 evict, and unknown ids at query time (``lookup(ids, admit=False)``); so an unseen id never crashes a
 caller, it gets a clear, trained "unknown" embedding.
 
-Rows are handed out in order 1, 2, ...; when the table is full the least-recently-seen id is
-evicted if it has been unseen for more than ``eviction_after_s`` (event time when the batch carries
-it, else the clock passed in), and its row is reused. Each lookup tells the caller which rows were
-(re)assigned so the model re-initialises their embeddings and resets their optimizer state.
+Ids are handled as stable 64-bit keys (:mod:`streamtrain.model.id_keys`: a hash of the UTF-8
+bytes, the same in every process), and every step of a lookup is a numpy operation over the whole
+batch: keys → rows through an open-addressing index (:mod:`streamtrain.model.key_table`), pending
+sightings counted by key, new rows handed out in batch order, last-seen times updated with one
+scatter. A source that hashed the ids already passes ``keys=`` and the strings are touched only for
+the ids this batch admits (their bytes are stored per row for export and serving,
+:mod:`streamtrain.model.id_store`). At 10M ids that is ~56 resident bytes per id against
+~190 for the ``OrderedDict`` of strings it replaced, and 6-15M lookups/s on one core (BENCHMARKS.md).
 
-Each row also caches a stable 64-bit key of its id (blake2b, independent of the process and of the
-row) that the streaming frequency estimator hashes; two processes agree on it without sharing state.
+Rows are handed out in order 1, 2, ...; when the table is full, rows unseen for more than
+``eviction_after_s`` (event time when the batch carries it, else the clock passed in) are evicted,
+least recently seen first, and reused; a row the batch itself refers to is never evicted by it.
+Candidates come from :class:`~streamtrain.model.eviction.EvictionQueue` (no scan per batch).
+Each lookup tells the caller which rows were (re)assigned so the model re-initialises them.
 
-The whole mapping (ids per row, keys, last-seen times, LRU order, pending sightings, counters) is
-plain Python/numpy in :meth:`IdVocabulary.state_dict`, so a restart maps every id to the same row.
+:meth:`IdVocabulary.state_dict` holds everything (keys, ids, last-seen times, pending sightings,
+eviction queue, counters), so a restart maps every id to the same row and continues identically.
+States written before format 2 (a list of id strings and blake2b keys) are migrated on load: the
+keys are recomputed with the current function and :attr:`IdVocabulary.keys_migrated` is set, so the
+trainer knows that frequency statistics keyed by the old keys no longer apply.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,13 +39,24 @@ import numpy as np
 import torch
 
 from streamtrain.errors import StreamtrainError
+from streamtrain.model.eviction import EvictionQueue
+from streamtrain.model.id_keys import KEY_FUNCTION, EncodedIds, encode_ids, id_keys, keys_of_encoded
+from streamtrain.model.id_store import IdStore
+from streamtrain.model.key_table import KeyIndex
+from streamtrain.model.pending import PendingSightings
 
 __all__ = ["FALLBACK_ROW", "IdVocabulary", "VocabLookup", "VocabularyStateError", "stable_key"]
 
 log = logging.getLogger(__name__)
 
 FALLBACK_ROW = 0
+STATE_FORMAT = 2
 _FALLBACK_KEY_ID = "\x00streamtrain-fallback"
+
+
+def _uint8(raw: bytes | np.ndarray) -> np.ndarray:
+    """Bytes saved as ``bytes`` (a state dict) or a uint8 array (read back from a checkpoint file)."""
+    return np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, bytes) else np.asarray(raw, dtype=np.uint8)
 
 
 class VocabularyStateError(StreamtrainError):
@@ -45,8 +64,8 @@ class VocabularyStateError(StreamtrainError):
 
 
 def stable_key(item_id: str) -> int:
-    """A 64-bit signed key of ``item_id`` that is the same in every process (blake2b, 8 bytes)."""
-    return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+    """A 64-bit signed key of ``item_id`` that is the same in every process (see ``id_keys``)."""
+    return int(id_keys([item_id])[0])
 
 
 @dataclass(frozen=True)
@@ -84,19 +103,19 @@ class IdVocabulary:
         self.admission_threshold = admission_threshold
         self.eviction_after_s = eviction_after_s
         self._clock = clock
-        # Pending sightings of not-yet-admitted ids are bounded: beyond this the oldest half is
-        # forgotten (a long tail of one-off ids must not grow memory without limit).
         self.max_pending = max_pending if max_pending is not None else max(1024, capacity)
-        # id -> row; insertion/move order is the LRU order (oldest first) when eviction is on.
-        self._index: OrderedDict[str, int] = OrderedDict()
-        self._pending: OrderedDict[str, int] = OrderedDict()
-        self._row_ids: list[str | None] = [None] * capacity
         self.row_keys = np.zeros(capacity, dtype=np.int64)  # (capacity,) stable key per row
         self.row_keys[FALLBACK_ROW] = stable_key(_FALLBACK_KEY_ID)
         self.last_seen = np.full(capacity, -np.inf, dtype=np.float64)  # (capacity,) time of last sighting
+        self._index = KeyIndex(capacity)  # key -> row, for rows that own an id
+        self._ids = IdStore(capacity)
+        self._pending = PendingSightings(self.max_pending)
         self._next_row = 1  # rows [1, _next_row) have been handed out at least once
-        self._free: list[int] = []  # rows released and not yet reused (only via load_state_dict)
+        self._free = np.zeros(0, dtype=np.int64)  # rows released and not yet reused (only via migration)
+        self._sightings = 0  # events looked up with admit=True: the order pending ids are forgotten in
+        self._evictions = EvictionQueue(max(4096, capacity // 64))
         self._arange: dict[str, torch.Tensor] = {}  # device -> (capacity-1,) rows 1.., for known_rows
+        self.keys_migrated = False  # set when a pre-format-2 state was loaded (its keys were blake2b)
         self.fallback_total = 0  # lookups that ended on the fallback row (admit=True ones)
         self.evictions_total = 0
         self.admissions_total = 0
@@ -104,23 +123,22 @@ class IdVocabulary:
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
         """Ids that own a row (the fallback row is not counted)."""
-        return len(self._index)
+        return self._index.live
 
     def __contains__(self, item_id: object) -> bool:
-        return item_id in self._index
+        return isinstance(item_id, str) and self.row_of(item_id) != FALLBACK_ROW
 
     def row_of(self, item_id: str) -> int:
         """The row of one id, ``FALLBACK_ROW`` if it has none; no state change."""
-        return self._index.get(item_id, FALLBACK_ROW)
+        return int(self.lookup([item_id], admit=False).rows[0])
 
     def id_of(self, row: int) -> str | None:
         """The id that owns ``row`` (None for the fallback row and free rows)."""
-        return self._row_ids[row]
+        return self._ids.get(int(row))
 
     def ids_of(self, rows: np.ndarray | Sequence[int]) -> list[str | None]:
         """Ids for many rows (for recommendations: rows → external ids)."""
-        row_ids = self._row_ids
-        return [row_ids[int(r)] for r in rows]
+        return self._ids.get_many(np.asarray(rows, dtype=np.int64))
 
     def known_rows(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(N,) int64 sorted rows owned by an id (fallback excluded), on ``device``; read-only.
@@ -129,26 +147,33 @@ class IdVocabulary:
         reused only right after an eviction) it is a view of an ``arange`` cached per device, so it
         costs nothing whatever the capacity and needs no host→device copy.
         """
-        if not self._free:
+        if not self._free.size:
             # A view of a cached arange: building a fresh 10M-row arange each step costs ~40 ms.
             key = str(torch.device(device) if device is not None else torch.device("cpu"))
             cached = self._arange.get(key)
             if cached is None:
                 cached = self._arange[key] = torch.arange(1, self.capacity, dtype=torch.int64, device=device)
             return cached[: self._next_row - 1]
-        free = np.asarray(self._free, dtype=np.int64)
-        rows = np.setdiff1d(np.arange(1, self._next_row, dtype=np.int64), free, assume_unique=True)
-        return torch.from_numpy(rows).to(device)
+        return torch.from_numpy(self._known_rows_np()).to(device)
+
+    def _known_rows_np(self) -> np.ndarray:
+        rows = np.arange(1, self._next_row, dtype=np.int64)
+        return np.setdiff1d(rows, self._free, assume_unique=True) if self._free.size else rows
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: ids with a row, pending ids, fallbacks, evictions, admissions."""
         return {
-            "size": len(self._index),
+            "size": len(self),
             "pending": len(self._pending),
             "fallback_total": self.fallback_total,
             "evictions_total": self.evictions_total,
             "admissions_total": self.admissions_total,
         }
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the arrays of this vocabulary (for benchmarks)."""
+        arrays = self.row_keys.nbytes + self.last_seen.nbytes + self._free.nbytes + self._evictions.nbytes
+        return int(arrays + self._index.nbytes + self._ids.nbytes + self._pending.nbytes)
 
     # ------------------------------------------------------------------ the hot path
     def lookup(
@@ -157,21 +182,28 @@ class IdVocabulary:
         *,
         admit: bool = True,
         event_time: np.ndarray | None = None,
+        keys: np.ndarray | None = None,
     ) -> VocabLookup:
         """Map ``ids`` to rows; called once per micro-batch per tower (``admit=True``) and at query
         time (``admit=False``: a pure read, unknown ids get ``FALLBACK_ROW``, nothing changes).
 
         ``event_time`` (n,) seconds, if given, drives last-seen times and eviction; otherwise the
-        clock passed at construction does.
+        clock passed at construction does. ``keys`` (n,) int64, if given, are the ids' keys computed
+        by the source (:func:`streamtrain.model.id_keys.id_keys`); then ``ids`` is read only at the
+        positions of ids this call admits.
         """
-        n = len(ids)
-        index = self._index
+        encoded: EncodedIds | None = None
+        if keys is None:
+            encoded = encode_ids(ids)
+            keys = keys_of_encoded(encoded)
+        else:
+            keys = np.asarray(keys, dtype=np.int64)
+            if len(keys) != len(ids):
+                raise ValueError(f"{len(keys)} keys for {len(ids)} ids")
+        n = len(keys)
+        rows = self._index.find(keys, self.row_keys)  # (n,) -1 where the key has no row
         if not admit:
-            get = index.get
-            return VocabLookup(
-                rows=np.fromiter((get(i, FALLBACK_ROW) for i in ids), dtype=np.int64, count=n),
-                assigned=np.empty(0, dtype=np.int64),
-            )
+            return VocabLookup(rows=np.maximum(rows, FALLBACK_ROW), assigned=np.empty(0, dtype=np.int64))
         if event_time is not None:
             times = np.asarray(event_time, dtype=np.float64)
             if times.shape != (n,):
@@ -180,86 +212,120 @@ class IdVocabulary:
         else:
             times = None
             now = self._clock()
-        rows = np.empty(n, dtype=np.int64)
-        assigned: list[int] = []
-        track_lru = self.eviction_after_s is not None
-        fallbacks = 0
-        for pos, item_id in enumerate(ids):
-            row = index.get(item_id)
-            if row is not None:
-                if track_lru:
-                    index.move_to_end(item_id)
-                rows[pos] = row
-                continue
-            if self.admission_threshold > 1 and not self._sighted_enough(item_id):
-                rows[pos] = FALLBACK_ROW
-                fallbacks += 1
-                continue
-            row = self._take_row(now)
-            if row is None:
-                rows[pos] = FALLBACK_ROW
-                fallbacks += 1
-                continue
-            index[item_id] = row
-            self._row_ids[row] = item_id
-            self.row_keys[row] = stable_key(item_id)
-            # A fresh row counts as seen now even before the vectorised update below, so a later
-            # id of this same batch cannot evict it.
-            self.last_seen[row] = now
-            self.admissions_total += 1
-            assigned.append(row)
-            rows[pos] = row
-        self.fallback_total += fallbacks
+        assigned = np.empty(0, dtype=np.int64)
+        missing = np.flatnonzero(rows < 0)
+        if missing.size:
+            rows[missing] = FALLBACK_ROW
+            assigned = self._admit(ids, encoded, keys, rows, missing, now)
         owned = rows != FALLBACK_ROW
+        self.fallback_total += n - int(np.count_nonzero(owned))
         if times is None:
             self.last_seen[rows[owned]] = now
-        else:
+        elif n:
             np.maximum.at(self.last_seen, rows[owned], times[owned])
-        return VocabLookup(rows=rows, assigned=np.asarray(assigned, dtype=np.int64))
+            self._evictions.note_seen(float(times.min()))  # seen rows' new last_seen is at least this
+        self._evictions.note_seen(now)  # rows assigned by this call
+        self._sightings += n
+        return VocabLookup(rows=rows, assigned=assigned)
 
-    def _sighted_enough(self, item_id: str) -> bool:
-        """Count one sighting of a not-admitted id; True once it reaches the admission threshold."""
-        seen = self._pending.pop(item_id, 0) + 1
-        if seen >= self.admission_threshold:
-            return True
-        self._pending[item_id] = seen
-        if len(self._pending) > self.max_pending:
-            for _ in range(len(self._pending) // 2):
-                self._pending.popitem(last=False)
-        return False
+    def _admit(
+        self, ids: Any, encoded: EncodedIds | None, keys: np.ndarray, rows: np.ndarray, missing: np.ndarray,
+        now: float,
+    ) -> np.ndarray:
+        """Count sightings of the ``missing`` positions' ids, give rows to those that reach the
+        admission threshold (in batch order), write them into ``rows``; returns the rows assigned."""
+        uniq, inverse, counts = np.unique(keys[missing], return_inverse=True, return_counts=True)  # (u,)
+        # Rank of each missing position among the positions of its id, in batch order.
+        order = np.argsort(inverse, kind="stable")
+        group_start = np.cumsum(counts) - counts  # (u,)
+        rank = np.empty(len(missing), dtype=np.int64)
+        rank[order] = np.arange(len(missing)) - group_start[inverse[order]]
+        threshold = self.admission_threshold
+        prior = self._pending.counts_of(uniq) if threshold > 1 else np.zeros(len(uniq), np.int64)
+        need = np.maximum(threshold - 1 - prior, 0)  # (u,) rank of the sighting that admits the id
+        admitting = np.flatnonzero(rank == need[inverse])  # positions in `missing`, batch order
+        admitted_u = inverse[admitting]  # (a,) ids in admission order
+        new_rows = self._take_rows(len(admitting), now, rows[rows != FALLBACK_ROW])
+        got = len(new_rows)
+        row_of_u = np.zeros(len(uniq), dtype=np.int64)
+        row_of_u[admitted_u[:got]] = new_rows
+        rows[missing] = np.where(rank >= need[inverse], row_of_u[inverse], FALLBACK_ROW)
+        if got:
+            new_keys = uniq[admitted_u[:got]]
+            self.row_keys[new_rows] = new_keys
+            self.last_seen[new_rows] = now  # so a later id of this batch cannot evict it
+            self._index.insert(new_keys, new_rows, self.row_keys)
+            positions = missing[admitting[:got]]
+            if encoded is None:
+                picked = [ids[int(p)] for p in positions]  # only the admitted few
+                encoded_new = encode_ids(np.asarray(picked, dtype=object) if picked else [])
+            else:
+                encoded_new = encoded.take(positions)
+            self._ids.put(new_rows, encoded_new)
+            self.admissions_total += got
+        if threshold > 1:
+            self._count_pending(uniq, counts, prior, admitted_u, got, missing, order, group_start)
+        return new_rows
 
-    def _take_row(self, now: float) -> int | None:
-        """A row for a new id: a free one, a never-used one, or the LRU id's if it is stale enough."""
-        if self._free:
-            return self._free.pop()
-        if self._next_row < self.capacity:
-            row = self._next_row
-            self._next_row += 1
-            return row
-        if self.eviction_after_s is None or not self._index:
-            return None
-        oldest_id, oldest_row = next(iter(self._index.items()))
-        if now - self.last_seen[oldest_row] <= self.eviction_after_s:
-            return None
-        del self._index[oldest_id]
-        self._row_ids[oldest_row] = None
-        self.evictions_total += 1
-        return oldest_row
+    def _count_pending(
+        self, uniq: np.ndarray, counts: np.ndarray, prior: np.ndarray, admitted_u: np.ndarray, got: int,
+        missing: np.ndarray, order: np.ndarray, group_start: np.ndarray,
+    ) -> None:
+        """Pending sightings after a batch: admitted ids leave, ids that reached the threshold but
+        found no row keep threshold − 1 (their next sighting retries), the others add theirs."""
+        last_pos = missing[order[group_start + counts - 1]]  # (u,) batch position of each id's last sighting
+        total = prior + counts
+        total[admitted_u[got:]] = self.admission_threshold - 1
+        stays = np.ones(len(uniq), dtype=bool)
+        stays[admitted_u[:got]] = False
+        self._pending.remove(uniq[~stays])
+        self._pending.set(uniq[stays], total[stays], self._sightings + last_pos[stays])
+
+    def _take_rows(self, k: int, now: float, batch_rows: np.ndarray) -> np.ndarray:
+        """Up to ``k`` rows for new ids: free ones, never-used ones, then stale ones (evicted)."""
+        parts = []
+        if k and self._free.size:
+            parts.append(self._free[:k])
+            self._free = self._free[k:]
+            k -= len(parts[-1])
+        if k and self._next_row < self.capacity:
+            fresh = np.arange(self._next_row, min(self.capacity, self._next_row + k), dtype=np.int64)
+            self._next_row += len(fresh)
+            parts.append(fresh)
+            k -= len(fresh)
+        if k and self.eviction_after_s is not None:
+            for part in parts:  # rows just taken are no eviction candidates
+                self.last_seen[part] = now
+            victims = self._evictions.take(
+                k, now, self.eviction_after_s, self.last_seen, batch_rows, self._known_rows_np
+            )
+            if victims.size:
+                self._index.remove(self.row_keys[victims], self.row_keys)
+                self._ids.drop(victims)
+                self.evictions_total += len(victims)
+            parts.append(victims)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python/numpy state; with :meth:`load_state_dict` a restart maps ids to the same rows."""
-        lru_ids = list(self._index.keys())
+        """Plain numpy/bytes state; with :meth:`load_state_dict` a restart maps ids to the same rows
+        and continues identically. ``ids`` is the UTF-8 bytes of the ids of ``id_rows``
+        concatenated (``id_lengths`` each); ``pending_ids`` the pending ids' keys (int64 bytes)."""
+        ids = self._ids.state_dict()
         return {
+            "format": STATE_FORMAT,
+            "key_function": KEY_FUNCTION,
             "capacity": self.capacity,
-            "ids": lru_ids,  # in LRU order (oldest first)
-            "rows": np.fromiter(self._index.values(), dtype=np.int64, count=len(self._index)),
+            "ids": ids["id_bytes"].tobytes(),
+            "id_rows": ids["id_rows"],
+            "id_lengths": ids["id_lengths"],
             "row_keys": self.row_keys.copy(),
             "last_seen": self.last_seen.copy(),
             "next_row": self._next_row,
-            "free": np.asarray(self._free, dtype=np.int64),
-            "pending_ids": list(self._pending.keys()),
-            "pending_counts": np.fromiter(self._pending.values(), dtype=np.int64, count=len(self._pending)),
+            "free": self._free.copy(),
+            **self._pending.state_dict(),
+            "sightings": self._sightings,
+            **self._evictions.state_dict(),
             "counters": {
                 "fallback_total": self.fallback_total,
                 "evictions_total": self.evictions_total,
@@ -268,30 +334,38 @@ class IdVocabulary:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; called once at resume. Raises VocabularyStateError on mismatch."""
+        """Restore a :meth:`state_dict` (or migrate a pre-format-2 one); called once at resume.
+        Raises VocabularyStateError on mismatch."""
+        from streamtrain.model.vocabulary_migration import check_state, migrate_state
+
         if int(state["capacity"]) != self.capacity:
             raise VocabularyStateError(
                 f"saved vocabulary has capacity {int(state['capacity'])}, this one {self.capacity}; "
                 "keep model.*_capacity unchanged across restarts"
             )
-        ids = list(state["ids"])
-        rows = np.asarray(state["rows"], dtype=np.int64)
-        if len(ids) != len(rows) or (len(rows) and (rows.min() < 1 or rows.max() >= self.capacity)):
-            raise VocabularyStateError("saved vocabulary ids/rows are inconsistent")
-        self._index = OrderedDict(zip(ids, rows.tolist()))
-        self._row_ids = [None] * self.capacity
-        for item_id, row in self._index.items():
-            self._row_ids[row] = item_id
+        migrated = "format" not in state
+        if migrated:
+            state = migrate_state(state)
+        check_state(state, self.capacity)
         self.row_keys = np.asarray(state["row_keys"], dtype=np.int64).copy()
         self.last_seen = np.asarray(state["last_seen"], dtype=np.float64).copy()
-        if self.row_keys.shape != (self.capacity,) or self.last_seen.shape != (self.capacity,):
-            raise VocabularyStateError("saved vocabulary arrays do not match its capacity")
-        self._next_row = int(state["next_row"])
-        self._free = [int(r) for r in np.asarray(state["free"], dtype=np.int64)]
-        self._pending = OrderedDict(
-            zip(list(state["pending_ids"]), np.asarray(state["pending_counts"], dtype=np.int64).tolist())
+        self._ids = IdStore(self.capacity)
+        self._ids.load_state_dict(
+            {"id_rows": state["id_rows"], "id_lengths": state["id_lengths"],
+             "id_bytes": _uint8(state["ids"])}
         )
+        owned = np.asarray(state["id_rows"], dtype=np.int64)
+        self._index = KeyIndex(self.capacity)
+        self._index.insert(self.row_keys[owned], owned, self.row_keys)
+        self._next_row = int(state["next_row"])
+        self._free = np.asarray(state["free"], dtype=np.int64).copy()
+        self._pending = PendingSightings(self.max_pending)
+        self._pending.load_state_dict(state)
+        self._sightings = int(state["sightings"])
+        self._evictions = EvictionQueue(max(4096, self.capacity // 64))
+        self._evictions.load_state_dict(state)
         counters = state["counters"]
         self.fallback_total = int(counters["fallback_total"])
         self.evictions_total = int(counters["evictions_total"])
         self.admissions_total = int(counters["admissions_total"])
+        self.keys_migrated = migrated

@@ -57,9 +57,13 @@ def unflatten_state(prefix: str, flat: Mapping[str, np.ndarray]) -> dict[str, An
 
 
 def numpy_tree_to_torch(tree: Any) -> Any:
-    """Numeric numpy arrays → tensors, recursively through dicts (lists of str stay lists)."""
+    """Numeric numpy arrays → tensors, recursively through dicts (lists of str stay lists);
+    ``bytes`` → uint8 tensors (``weights_only`` loading refuses an empty ``bytes``), which come
+    back as uint8 arrays."""
     if isinstance(tree, dict):
         return {k: numpy_tree_to_torch(v) for k, v in tree.items()}
+    if isinstance(tree, bytes):
+        return torch.frombuffer(bytearray(tree), dtype=torch.uint8) if tree else torch.zeros(0, dtype=torch.uint8)
     if isinstance(tree, np.ndarray) and tree.dtype != object:
         return torch.from_numpy(tree.copy())
     return tree

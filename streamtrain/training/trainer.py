@@ -362,5 +362,10 @@ class Trainer:
 
     def load_shared_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`shared_state`; called once at resume."""
-        self.frequency.load_state_dict(unflatten_state("frequency", state))
+        if self.item_vocab.keys_migrated:
+            # The saved statistics hash the item keys of an older key function (blake2b before
+            # vocabulary state format 2): they would credit each item with other items' counts.
+            log.warning("item keys were migrated to a new key function: frequency statistics start afresh")
+        else:
+            self.frequency.load_state_dict(unflatten_state("frequency", state))
         self.sampler.load_state_dict(unflatten_state("sampler", state))
