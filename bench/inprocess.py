@@ -20,7 +20,7 @@ import numpy as np
 
 from streamtrain.events.decoder import decode_values, encode_event
 from streamtrain.worker.batcher import Batcher, MicroBatch, PartitionKey
-from streamtrain.worker.state_store import StoredState
+from streamtrain.worker.state_store import StoredState, decode_array
 
 __all__ = ["InProcessSource", "MemoryStateStore", "synthetic_messages"]
 
@@ -117,13 +117,16 @@ class MemoryStateStore:
 
     def commit(
         self, *, checkpoint_id: int, previous_ids: Iterable[int | None], file_name: str,
-        offsets: Mapping[PartitionKey, int], shared: Mapping[str, np.ndarray], events: int, step: int,
-        trained_ranges: Iterable[Any] = (), timestamp: float | None = None,
+        offsets: Mapping[PartitionKey, int], shared: Mapping[str, np.ndarray | bytes], events: int, step: int,
+        trained_ranges: Iterable[Any] | None = None, timestamp: float | None = None, digest: str | None = None,
+        writer: str | None = None, skipped: Mapping[PartitionKey, int] | None = None,
     ) -> None:
         self._state = StoredState(
             checkpoint_id=checkpoint_id, file_name=file_name, events=events, step=step,
             timestamp=time.time() if timestamp is None else timestamp, offsets=dict(offsets),
-            shared={k: np.array(v, copy=True) for k, v in shared.items()},
+            # The checkpoint hands arrays already encoded for Redis (the file holds the same bytes).
+            shared={k: decode_array(v) if isinstance(v, bytes) else np.array(v, copy=True) for k, v in shared.items()},
+            digest=digest, writer=writer, skipped=dict(skipped or {}),
         )
 
     def clear(self) -> None:
