@@ -41,7 +41,7 @@ from report import Table, machine_info, machine_line, render  # noqa: E402
 
 from streamtrain.config import load_config  # noqa: E402
 from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR, read_user_items  # noqa: E402
-from streamtrain.data.synthetic import SyntheticSpec, generate_stream, stream_stats  # noqa: E402
+from streamtrain.data.synthetic import SyntheticSpec, generate_stream, oracle_recall, stream_stats  # noqa: E402
 from streamtrain.events.batch import EventBatch, object_array  # noqa: E402
 from streamtrain.popularity_baseline import BASELINES  # noqa: E402
 from streamtrain.replay import read_log  # noqa: E402
@@ -64,6 +64,9 @@ class Stream:
     items: np.ndarray  # (n,) object str
     times: np.ndarray  # (n,) float64
     note: str
+    # Synthetic streams only: Recall@20 over the second half of the Bayes-optimal ranking (the
+    # generator's true logits) and of true popularity (data.synthetic.oracle_recall).
+    ceiling: dict[str, float] | None = None
 
     def batches(self, batch_size: int) -> list[EventBatch]:
         # A last batch of one event is dropped: in-batch negatives need two.
@@ -81,7 +84,8 @@ def synthetic_stream(skew: float, events: int, seed: int) -> Stream:
     spec = SyntheticSpec(num_events=events, zipf_skew=skew, seed=seed)
     s = generate_stream(spec)
     return Stream(f"synthetic-zipf{skew:g}", _str_ids(s.users), _str_ids(s.items), s.times,
-                  f"{spec.num_users} users, {spec.num_items} items, sessions of ~{spec.session_events:g}, drift {spec.drift}")
+                  f"{spec.num_users} users, {spec.num_items} items, sessions of ~{spec.session_events:g}, drift {spec.drift}",
+                  ceiling=oracle_recall(s, K, start=len(s) // 2))
 
 
 def movielens_stream(root: Path, events: int | None) -> Stream | None:
@@ -163,6 +167,13 @@ def _table(name: str, stream: Stream, stats: dict[str, float], rows: list[dict[s
         f"median micro-batches per user {stats['median_batches_per_user']:.0f}, "
         f"top 1% items hold {stats['top1pct_item_share']:.2f} of events"
     )
+    if stream.ceiling:
+        c = stream.ceiling
+        table.notes.append(
+            f"ceiling from the generator's ground truth (second half): Bayes-optimal ranking R@{K} "
+            f"{c['oracle']:.4f}, true popularity R@{K} {c['true_popularity']:.4f}; so no model exceeds "
+            f"{c['oracle'] / max(r['popular_recent'][f'recall@{K}'] for r in rows):.2f}x the recent-popularity baseline here"
+        )
     return table
 
 
@@ -210,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {name} [{row['variant']}]: model R@{K} {row['model'][f'recall@{K}']:.4f}, popular all "
                   f"{row['popular_all'][f'recall@{K}']:.4f} / recent {row['popular_recent'][f'recall@{K}']:.4f} "
                   f"({row['train_s']:.0f} s)", flush=True)
-        results["streams"][name] = {"note": stream.note, "stats": stats, "rows": rows}
+        results["streams"][name] = {"note": stream.note, "stats": stats, "rows": rows, "ceiling": stream.ceiling}
         tables.append(_table(name, stream, stats, rows, args.batch_size))
         if out:  # after every stream, so a run cut short keeps what it finished
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import numpy as np
 from streamtrain.events.batch import EventBatch
 from streamtrain.events.decoder import encode_event
 
-__all__ = ["SyntheticSpec", "SyntheticStream", "generate_stream", "stream_stats"]
+__all__ = ["SyntheticSpec", "SyntheticStream", "generate_stream", "oracle_recall", "stream_stats"]
 
 _SESSION_CHUNK = 256  # sessions whose item distributions are built at once: (chunk, num_items) floats
 
@@ -89,6 +89,11 @@ class SyntheticStream:
     item_arrival: np.ndarray  # (num_items,) float64 time each item becomes available
     item_vectors: np.ndarray  # (num_items, taste_dim) float64 unit latent vectors
     spec: SyntheticSpec
+    # Ground truth per session, for the Bayes ceiling (:func:`oracle_recall`):
+    item_log_popularity: np.ndarray | None = None  # (num_items,) Zipf log-weights
+    session_of: np.ndarray | None = None  # (n,) int64 session of each event
+    session_taste: np.ndarray | None = None  # (S, taste_dim) the user's taste during the session
+    session_start: np.ndarray | None = None  # (S,) seconds after the start
 
     def __len__(self) -> int:
         return len(self.users)
@@ -138,18 +143,15 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
     session_user = rng.choice(spec.num_users, size=n_sessions, p=user_p / user_p.sum())  # (S,)
     session_start = rng.uniform(0, spec.duration_s, size=n_sessions)  # (S,)
 
-    users, items, times = [], [], []
+    users, items, times, sessions, session_taste = [], [], [], [], []
     for lo in range(0, n_sessions, _SESSION_CHUNK):
         hi = min(lo + _SESSION_CHUNK, n_sessions)
         u, t0, n_ev = session_user[lo:hi], session_start[lo:hi], lengths[lo:hi]  # (s,)
         blend = (spec.drift * t0 / spec.duration_s)[:, None]  # (s, 1)
         taste = (1 - blend) * taste_from[u] + blend * taste_to[u]  # (s, d)
         taste /= np.linalg.norm(taste, axis=1, keepdims=True)
-        logits = item_logpop + spec.taste_strength * (taste @ item_vec.T)  # (s, I)
-        age = t0[:, None] - arrival  # (s, I)
-        if spec.item_lifetime_s is not None:
-            logits = logits - np.maximum(age, 0) / spec.item_lifetime_s
-        logits[age < 0] = -np.inf  # not arrived yet
+        session_taste.append(taste)
+        logits = _true_logits(spec, item_logpop, item_vec, arrival, taste, t0)  # (s, I)
         # Gumbel top-k: the first n_ev of each row are a draw without replacement (a user does not
         # rate the same movie twice in a session); at least (1 - new_item_fraction) I items are alive.
         keys = logits + rng.gumbel(size=logits.shape)  # (s, I)
@@ -160,7 +162,8 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
         users.append(np.broadcast_to(u[:, None], top.shape)[take])
         items.append(top[take])
         times.append((t0[:, None] + np.cumsum(gaps, axis=1))[take])
-    user_arr, item_arr, time_arr = (np.concatenate(x) for x in (users, items, times))
+        sessions.append(np.broadcast_to(np.arange(lo, hi)[:, None], top.shape)[take])
+    user_arr, item_arr, time_arr, session_arr = (np.concatenate(x) for x in (users, items, times, sessions))
     order = np.argsort(time_arr, kind="stable")
     return SyntheticStream(
         users=user_arr[order].astype(np.int64),
@@ -169,7 +172,46 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
         item_arrival=spec.start_time + arrival,
         item_vectors=item_vec,
         spec=spec,
+        item_log_popularity=item_logpop,
+        session_of=session_arr[order].astype(np.int64),
+        session_taste=np.concatenate(session_taste),
+        session_start=session_start,
     )
+
+
+def _true_logits(
+    spec: SyntheticSpec, item_logpop: np.ndarray, item_vec: np.ndarray, arrival: np.ndarray,
+    taste: np.ndarray, t0: np.ndarray,
+) -> np.ndarray:
+    """(s, I) the logits sessions starting at ``t0`` (s,) with ``taste`` (s, d) draw their items from."""
+    logits = item_logpop + spec.taste_strength * (taste @ item_vec.T)  # (s, I)
+    age = t0[:, None] - arrival  # (s, I)
+    if spec.item_lifetime_s is not None:
+        logits = logits - np.maximum(age, 0) / spec.item_lifetime_s
+    logits[age < 0] = -np.inf  # not arrived yet
+    return logits
+
+
+def oracle_recall(stream: SyntheticStream, k: int, start: int = 0) -> dict[str, float]:
+    """Recall@``k`` of two rankers that know the generator, over events ``start:``: ``oracle`` ranks
+    by each event's true logits (taste, popularity, age: the Bayes-optimal ranking, a ceiling no
+    learner can beat on average), ``true_popularity`` by popularity and age alone (the best any
+    counting baseline can do). Benches report a model's and a baseline's share of this ceiling."""
+    assert stream.session_of is not None and stream.session_taste is not None and stream.session_start is not None
+    spec = stream.spec
+    arrival = stream.item_arrival - spec.start_time
+    no_taste = np.zeros_like(stream.session_taste[:1])
+    hits = {"oracle": 0, "true_popularity": 0}
+    sessions, items = stream.session_of[start:], stream.items[start:]
+    for lo in range(0, len(sessions), 4096):
+        sess, item = sessions[lo : lo + 4096], items[lo : lo + 4096]
+        t0 = stream.session_start[sess]
+        for name, taste in (("oracle", stream.session_taste[sess]), ("true_popularity", no_taste)):
+            logits = _true_logits(spec, stream.item_log_popularity, stream.item_vectors, arrival, taste, t0)
+            kth = np.partition(logits, -k, axis=1)[:, -k]  # (s,) k-th largest logit
+            hits[name] += int((logits[np.arange(len(item)), item] >= kth).sum())
+    n = max(len(items), 1)
+    return {name: value / n for name, value in hits.items()}
 
 
 def stream_stats(users: np.ndarray, items: np.ndarray, batch_size: int) -> dict[str, float]:
