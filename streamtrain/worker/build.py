@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain import __version__
 from streamtrain.config import Config
+from streamtrain.distributed.lease import RunLease
 from streamtrain.metrics import Metrics
 from streamtrain.worker.backoff import Backoff
 from streamtrain.worker.batcher import Batcher
@@ -37,7 +38,7 @@ from streamtrain.worker.source import KafkaSource
 from streamtrain.worker.state_store import RedisStateStore
 from streamtrain.worker.worker import Worker
 
-__all__ = ["WorkerParts", "build_worker", "kafka_client_options", "redis_client", "state_store"]
+__all__ = ["WorkerParts", "build_worker", "take_lease", "kafka_client_options", "redis_client", "state_store"]
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +83,14 @@ class WorkerParts:
     producer: Any
     redis: redis.Redis
     start_seconds: float
+    lease: RunLease | None = None
 
     def close(self) -> None:
-        """Stop the HTTP server and close the clients; called after the worker stopped."""
+        """Stop the HTTP server, release the run's lease and close the clients; called after the worker stopped."""
         if self.http is not None:
             self.http.stop()
+        if self.lease is not None:
+            self.lease.release()
         try:
             self.producer.close(timeout=5)
         except Exception as exc:
@@ -155,9 +159,52 @@ def build_worker(
         log.warning("the crc32c package is not installed: kafka-python checks CRCs in pure Python, "
                     "which halves ingest throughput (pip install crc32c)")
     metrics = Metrics(registry or CollectorRegistry())
-    engine = engine_factory(config)
     client = redis_client(config)
     store = state_store(config, client)
+    lease = take_lease(config, client, store.namespace)  # before --fresh clears anything
+    try:
+        parts = _build(config, client, store, metrics, engine_factory=engine_factory, fresh=fresh, restore=restore,
+                       max_steps=max_steps, idle_exit_s=idle_exit_s)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        client.close()
+        raise
+    parts.lease = lease
+    if lease is not None:
+        lease._on_lost = parts.worker.request_stop
+        lease.start_heartbeat()
+    parts.start_seconds = time.perf_counter() - t0
+    return parts
+
+
+def take_lease(config: Config, client: redis.Redis, namespace: str) -> RunLease | None:
+    """The run's lease (one job per run), or None when ``distributed.lease`` is off.
+
+    Raises:
+        LeaseHeldError: another job holds it; the message names the holder and the expiry.
+    """
+    d = config.distributed
+    if not d.lease:
+        return None
+    lease = RunLease(client, namespace, ttl_s=d.lease_ttl_s)
+    lease.acquire(d.lease_wait_s)
+    return lease
+
+
+def _build(
+    config: Config,
+    client: redis.Redis,
+    store: RedisStateStore,
+    metrics: Metrics,
+    *,
+    engine_factory: Callable[[Config], TrainingEngine],
+    fresh: bool,
+    restore: str | None,
+    max_steps: int | None,
+    idle_exit_s: float | None,
+) -> WorkerParts:
+    engine = engine_factory(config)
     files = CheckpointFiles(config.checkpoint.dir, config.run.name, config.checkpoint.keep)
     record = config.checkpoint.record_trained_ranges
     start = resume(engine, store, files, fresh=fresh, restore=restore, record_ranges=record)
@@ -256,4 +303,4 @@ def build_worker(
             metrics.registry, config.metrics.host, config.metrics.port, healthy=worker.healthy, ready=worker.ready
         )
         http.start()
-    return WorkerParts(worker, http, producer, client, time.perf_counter() - t0)
+    return WorkerParts(worker, http, producer, client, 0.0)
