@@ -75,7 +75,7 @@ class RunLease:
             "holder": self.holder, "host": socket.gethostname(), "pid": os.getpid(),
             "world_size": world_size, "since": time.time(),
         }, sort_keys=True)
-        self._on_lost = on_lost
+        self.on_lost = on_lost  # called on the heartbeat thread when another job took the lease
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.held = False
@@ -139,8 +139,8 @@ class RunLease:
             self.held = False
             reason = f"lost the run's lease {self.key} to another job"
             log.error("%s", reason)
-            if self._on_lost is not None:
-                self._on_lost(reason)
+            if self.on_lost is not None:
+                self.on_lost(reason)
             return
 
     def release(self) -> None:

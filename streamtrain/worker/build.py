@@ -20,7 +20,11 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain import __version__
 from streamtrain.config import Config
+from streamtrain.distributed.assignment import partitions_for_rank
+from streamtrain.distributed.context import DistContext
+from streamtrain.distributed.exchange import StepExchange
 from streamtrain.distributed.lease import RunLease
+from streamtrain.distributed.startup import on_main, share_resume
 from streamtrain.metrics import Metrics
 from streamtrain.worker.backoff import Backoff
 from streamtrain.worker.batcher import Batcher
@@ -123,6 +127,23 @@ def _attach_publisher(config: Config, worker: Worker, runner: CheckpointRunner, 
     runner.on_success = on_success
 
 
+def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, consumer: KafkaConsumer) -> None:
+    """Under torchrun: partition p to rank p mod W, and every rank knows every partition's offset."""
+
+    def mine(partitions: list[int]) -> list[int]:
+        # Every rank resolves every partition (fresh: all at the beginning) so the replicated progress,
+        # and so rank 0's checkpoint, covers the partitions of all ranks, also the ones that stay empty.
+        for p in partitions:
+            worker.resolve_position((source.topic, p))
+        keys = partitions_for_rank(partitions, ctx.rank, ctx.world_size)
+        log.info("rank %d of %d reads partitions %s of %s", ctx.rank, ctx.world_size, keys, source.topic)
+        return keys
+
+    source.static_partitions = mine
+    if ctx.is_main:  # rank 0's checkpoint commits every partition's offset to Kafka, for lag tools
+        source.commit_keys = {(source.topic, p) for p in (consumer.partitions_for_topic(source.topic) or ())}
+
+
 def _create_dead_letter_topic(config: Config) -> None:
     """The dead-letter topic with a size limit matching the producer's (kept if it exists)."""
     from kafka.admin import KafkaAdminClient
@@ -147,6 +168,7 @@ def build_worker(
     max_steps: int | None = None,
     idle_exit_s: float | None = None,
     registry: CollectorRegistry | None = None,
+    ctx: DistContext | None = None,
 ) -> WorkerParts:
     """Resume the run's state into a new engine and wire a worker ready to ``start``.
 
@@ -161,10 +183,12 @@ def build_worker(
     metrics = Metrics(registry or CollectorRegistry())
     client = redis_client(config)
     store = state_store(config, client)
-    lease = take_lease(config, client, store.namespace)  # before --fresh clears anything
+    ctx = ctx if ctx is not None else DistContext()
+    # Before --fresh clears anything; one lease per job, held by rank 0.
+    lease = on_main(ctx, "take the run's lease", lambda: take_lease(config, client, store.namespace))
     try:
         parts = _build(config, client, store, metrics, engine_factory=engine_factory, fresh=fresh, restore=restore,
-                       max_steps=max_steps, idle_exit_s=idle_exit_s)
+                       max_steps=max_steps, idle_exit_s=idle_exit_s, ctx=ctx)
     except BaseException:
         if lease is not None:
             lease.release()
@@ -172,8 +196,7 @@ def build_worker(
         raise
     parts.lease = lease
     if lease is not None:
-        lease._on_lost = parts.worker.request_stop
-        lease.start_heartbeat()
+        lease.on_lost = parts.worker.request_stop
     parts.start_seconds = time.perf_counter() - t0
     return parts
 
@@ -189,6 +212,7 @@ def take_lease(config: Config, client: redis.Redis, namespace: str) -> RunLease 
         return None
     lease = RunLease(client, namespace, ttl_s=d.lease_ttl_s)
     lease.acquire(d.lease_wait_s)
+    lease.start_heartbeat()  # from now: resuming a large checkpoint can outlast the TTL
     return lease
 
 
@@ -203,11 +227,14 @@ def _build(
     restore: str | None,
     max_steps: int | None,
     idle_exit_s: float | None,
+    ctx: DistContext,
 ) -> WorkerParts:
     engine = engine_factory(config)
     files = CheckpointFiles(config.checkpoint.dir, config.run.name, config.checkpoint.keep)
     record = config.checkpoint.record_trained_ranges
-    start = resume(engine, store, files, fresh=fresh, restore=restore, record_ranges=record)
+    start = on_main(ctx, "resume", lambda: resume(engine, store, files, fresh=fresh, restore=restore,
+                                                  record_ranges=record))
+    start = share_resume(ctx, engine, start)
     progress = Progress(start.offsets, start.events, record_ranges=record, skipped=start.skipped)
 
     k = config.kafka
@@ -287,7 +314,10 @@ def _build(
         metrics=metrics,
         max_steps=max_steps if max_steps is not None else config.trainer.max_steps,
         idle_exit_s=idle_exit_s if idle_exit_s is not None else config.trainer.idle_exit_s,
+        exchange=StepExchange(ctx),
     )
+    if ctx.launched:
+        _assign_statically(source, worker, ctx, consumer)
     worker_ref.append(worker)
     _attach_publisher(config, worker, runner, store, files, metrics)
     metrics.info.info(
@@ -300,7 +330,9 @@ def _build(
     http = None
     if config.metrics.enabled:
         http = MetricsServer(
-            metrics.registry, config.metrics.host, config.metrics.port, healthy=worker.healthy, ready=worker.ready
+            # One port per local rank (0 stays "pick a free one").
+            metrics.registry, config.metrics.host, config.metrics.port and config.metrics.port + ctx.local_rank,
+            healthy=worker.healthy, ready=worker.ready
         )
         http.start()
     return WorkerParts(worker, http, producer, client, 0.0)
