@@ -6,6 +6,7 @@ The only module that constructs clients; everything else receives them. Called b
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain import __version__
 from streamtrain.config import Config
-from streamtrain.distributed.assignment import partitions_for_rank
+from streamtrain.distributed.assignment import partition_map, partitions_for_rank
 from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.exchange import StepExchange
 from streamtrain.distributed.lease import RunLease
@@ -39,6 +40,7 @@ from streamtrain.worker.lag import LagTracker
 from streamtrain.worker.progress import Progress
 from streamtrain.worker.resume import resume
 from streamtrain.worker.source import KafkaSource
+from streamtrain.worker.errors import StateStoreError
 from streamtrain.worker.state_store import RedisStateStore
 from streamtrain.worker.worker import Worker
 
@@ -127,8 +129,13 @@ def _attach_publisher(config: Config, worker: Worker, runner: CheckpointRunner, 
     runner.on_success = on_success
 
 
-def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, consumer: KafkaConsumer) -> None:
-    """Under torchrun: partition p to rank p mod W, and every rank knows every partition's offset."""
+def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, consumer: KafkaConsumer,
+                       store: RedisStateStore) -> None:
+    """Under torchrun: partition p to rank p mod W, and every rank knows every partition's offset.
+
+    Another world size than the last checkpoint's re-deals the partitions: correct, because every rank
+    holds the whole model and every partition's committed offset (nothing is per rank but the reading).
+    """
 
     def mine(partitions: list[int]) -> list[int]:
         # Every rank resolves every partition (fresh: all at the beginning) so the replicated progress,
@@ -136,6 +143,16 @@ def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, co
         for p in partitions:
             worker.resolve_position((source.topic, p))
         keys = partitions_for_rank(partitions, ctx.rank, ctx.world_size)
+        if ctx.is_main:
+            layout = json.dumps(partition_map(partitions, ctx.world_size), sort_keys=True)
+            try:
+                before = store.load_layout()
+            except StateStoreError as exc:  # only for the log line; the commit reports Redis trouble
+                before = {"world_size": f"unknown ({exc})"}
+            if before.get("world_size", str(ctx.world_size)) != str(ctx.world_size):
+                log.warning("world size %s -> %d: partitions re-dealt %s (every rank resumes every partition "
+                            "from the global checkpoint)", before["world_size"], ctx.world_size, layout)
+            store.layout = {"world_size": str(ctx.world_size), "partition_map": layout}
         log.info("rank %d of %d reads partitions %s of %s", ctx.rank, ctx.world_size, keys, source.topic)
         return keys
 
@@ -316,8 +333,9 @@ def _build(
         idle_exit_s=idle_exit_s if idle_exit_s is not None else config.trainer.idle_exit_s,
         exchange=StepExchange(ctx),
     )
+    store.layout = {"world_size": str(ctx.world_size), "partition_map": '"group"'}
     if ctx.launched:
-        _assign_statically(source, worker, ctx, consumer)
+        _assign_statically(source, worker, ctx, consumer, store)
     worker_ref.append(worker)
     _attach_publisher(config, worker, runner, store, files, metrics)
     metrics.info.info(

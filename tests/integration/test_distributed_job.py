@@ -83,6 +83,7 @@ def test_two_ranks_four_partitions_one_empty(
         assert state is not None and state.events == sum(PER_PARTITION.values())
         assert state.offsets == {**{(topic, p): n for p, n in PER_PARTITION.items()}, (topic, 3): EARLIEST}
         _audit(store, topic, {**PER_PARTITION, 3: 0})
+        assert store.load_layout() == {"world_size": "2", "partition_map": '{"0": [0, 2], "1": [1, 3]}'}
         assert redis_client.get(key) is None  # released on the clean stop
 
         # Another world size: a plain process (W = 1) resumes every partition from the global checkpoint.
@@ -92,6 +93,7 @@ def test_two_ranks_four_partitions_one_empty(
         assert single.wait(timeout=120) == 0, (tmp_path / "single.log").read_text()[-3000:]
         state = store.load()
         assert state is not None and state.events == len(values)
+        assert store.load_layout()["world_size"] == "1"
         _audit(store, topic, {0: PER_PARTITION[0] + 150, 1: PER_PARTITION[1], 2: PER_PARTITION[2], 3: 250})
     finally:
         store.clear()
