@@ -40,6 +40,7 @@ __all__ = [
     "CheckpointConfig",
     "MetricsConfig",
     "ExportConfig",
+    "DistributedConfig",
     "load_config",
     "validate_tree",
     "dump_config",
@@ -242,6 +243,25 @@ class CheckpointConfig(_Section):
     )
 
 
+class DistributedConfig(_Section):
+    """Ranks under torchrun and the one-job-per-run lease (streamtrain/distributed/)."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: NCCL on CUDA, gloo on CPU")
+    collective_timeout_s: float = Field(
+        300.0, gt=0, description="a collective waiting this long fails the rank (a dead peer); torchrun restarts the job"
+    )
+    lease: bool = Field(
+        True, description="one job per run: a Redis lease refuses a second consume at start; false only to "
+        "exercise the checkpoint fence behind it (tests)",
+    )
+    lease_ttl_s: float = Field(
+        30.0, ge=0.5, le=3600, description="a holder killed without releasing blocks a restart for at most this long"
+    )
+    lease_wait_s: float = Field(
+        0.0, ge=0, description="a starting job waits this long for a held lease to expire before refusing"
+    )
+
+
 class ExportConfig(_Section):
     every_checkpoints: int = Field(
         0, ge=0,
@@ -278,6 +298,7 @@ class Config(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     export: ExportConfig = ExportConfig()
     metrics: MetricsConfig = MetricsConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -60,13 +60,26 @@ def _engine_factory(config: Config) -> Any:
 
 def _consume(args: argparse.Namespace, config: Config) -> int:
     t0 = time.perf_counter()
-    from streamtrain.worker.build import build_worker
-
     if args.max_steps is not None and args.max_steps < 1:
         print("streamtrain: --max-steps must be >= 1", file=sys.stderr)
         return 2
+    from streamtrain.distributed.context import init_context
+
+    d = config.distributed
+    # torchrun's ranks join one process group here; a plain process is W = 1 of the same code.
+    ctx = init_context(d.backend, config.run.device, d.collective_timeout_s)
+    try:
+        return _run(args, config, ctx, t0)
+    finally:
+        ctx.close()
+
+
+def _run(args: argparse.Namespace, config: Config, ctx: Any, t0: float) -> int:
+    from streamtrain.worker.build import build_worker
+
     parts = build_worker(
         config,
+        ctx=ctx,
         engine_factory=_engine_factory,
         fresh=args.fresh,
         restore=args.restore,

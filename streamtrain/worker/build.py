@@ -6,6 +6,7 @@ The only module that constructs clients; everything else receives them. Called b
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,11 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain import __version__
 from streamtrain.config import Config
+from streamtrain.distributed.assignment import partition_map, partitions_for_rank
+from streamtrain.distributed.context import DistContext
+from streamtrain.distributed.exchange import StepExchange
+from streamtrain.distributed.lease import RunLease
+from streamtrain.distributed.startup import on_main, share_resume
 from streamtrain.metrics import Metrics
 from streamtrain.worker.backoff import Backoff
 from streamtrain.worker.batcher import Batcher
@@ -34,10 +40,11 @@ from streamtrain.worker.lag import LagTracker
 from streamtrain.worker.progress import Progress
 from streamtrain.worker.resume import resume
 from streamtrain.worker.source import KafkaSource
+from streamtrain.worker.errors import StateStoreError
 from streamtrain.worker.state_store import RedisStateStore
 from streamtrain.worker.worker import Worker
 
-__all__ = ["WorkerParts", "build_worker", "kafka_client_options", "redis_client", "state_store"]
+__all__ = ["WorkerParts", "build_worker", "take_lease", "kafka_client_options", "redis_client", "state_store"]
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +89,14 @@ class WorkerParts:
     producer: Any
     redis: redis.Redis
     start_seconds: float
+    lease: RunLease | None = None
 
     def close(self) -> None:
-        """Stop the HTTP server and close the clients; called after the worker stopped."""
+        """Stop the HTTP server, release the run's lease and close the clients; called after the worker stopped."""
         if self.http is not None:
             self.http.stop()
+        if self.lease is not None:
+            self.lease.release()
         try:
             self.producer.close(timeout=5)
         except Exception as exc:
@@ -119,6 +129,38 @@ def _attach_publisher(config: Config, worker: Worker, runner: CheckpointRunner, 
     runner.on_success = on_success
 
 
+def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, consumer: KafkaConsumer,
+                       store: RedisStateStore) -> None:
+    """Under torchrun: partition p to rank p mod W, and every rank knows every partition's offset.
+
+    Another world size than the last checkpoint's re-deals the partitions: correct, because every rank
+    holds the whole model and every partition's committed offset (nothing is per rank but the reading).
+    """
+
+    def mine(partitions: list[int]) -> list[int]:
+        # Every rank resolves every partition (fresh: all at the beginning) so the replicated progress,
+        # and so rank 0's checkpoint, covers the partitions of all ranks, also the ones that stay empty.
+        for p in partitions:
+            worker.resolve_position((source.topic, p))
+        keys = partitions_for_rank(partitions, ctx.rank, ctx.world_size)
+        if ctx.is_main:
+            layout = json.dumps(partition_map(partitions, ctx.world_size), sort_keys=True)
+            try:
+                before = store.load_layout()
+            except StateStoreError as exc:  # only for the log line; the commit reports Redis trouble
+                before = {"world_size": f"unknown ({exc})"}
+            if before.get("world_size", str(ctx.world_size)) != str(ctx.world_size):
+                log.warning("world size %s -> %d: partitions re-dealt %s (every rank resumes every partition "
+                            "from the global checkpoint)", before["world_size"], ctx.world_size, layout)
+            store.layout = {"world_size": str(ctx.world_size), "partition_map": layout}
+        log.info("rank %d of %d reads partitions %s of %s", ctx.rank, ctx.world_size, keys, source.topic)
+        return keys
+
+    source.static_partitions = mine
+    if ctx.is_main:  # rank 0's checkpoint commits every partition's offset to Kafka, for lag tools
+        source.commit_keys = {(source.topic, p) for p in (consumer.partitions_for_topic(source.topic) or ())}
+
+
 def _create_dead_letter_topic(config: Config) -> None:
     """The dead-letter topic with a size limit matching the producer's (kept if it exists)."""
     from kafka.admin import KafkaAdminClient
@@ -143,6 +185,7 @@ def build_worker(
     max_steps: int | None = None,
     idle_exit_s: float | None = None,
     registry: CollectorRegistry | None = None,
+    ctx: DistContext | None = None,
 ) -> WorkerParts:
     """Resume the run's state into a new engine and wire a worker ready to ``start``.
 
@@ -155,12 +198,60 @@ def build_worker(
         log.warning("the crc32c package is not installed: kafka-python checks CRCs in pure Python, "
                     "which halves ingest throughput (pip install crc32c)")
     metrics = Metrics(registry or CollectorRegistry())
-    engine = engine_factory(config)
     client = redis_client(config)
     store = state_store(config, client)
+    ctx = ctx if ctx is not None else DistContext()
+    # Before --fresh clears anything; one lease per job, held by rank 0.
+    lease = on_main(ctx, "take the run's lease", lambda: take_lease(config, client, store.namespace))
+    try:
+        parts = _build(config, client, store, metrics, engine_factory=engine_factory, fresh=fresh, restore=restore,
+                       max_steps=max_steps, idle_exit_s=idle_exit_s, ctx=ctx)
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        client.close()
+        raise
+    parts.lease = lease
+    if lease is not None:
+        lease.on_lost = parts.worker.request_stop
+    parts.start_seconds = time.perf_counter() - t0
+    return parts
+
+
+def take_lease(config: Config, client: redis.Redis, namespace: str) -> RunLease | None:
+    """The run's lease (one job per run), or None when ``distributed.lease`` is off.
+
+    Raises:
+        LeaseHeldError: another job holds it; the message names the holder and the expiry.
+    """
+    d = config.distributed
+    if not d.lease:
+        return None
+    lease = RunLease(client, namespace, ttl_s=d.lease_ttl_s)
+    lease.acquire(d.lease_wait_s)
+    lease.start_heartbeat()  # from now: resuming a large checkpoint can outlast the TTL
+    return lease
+
+
+def _build(
+    config: Config,
+    client: redis.Redis,
+    store: RedisStateStore,
+    metrics: Metrics,
+    *,
+    engine_factory: Callable[[Config], TrainingEngine],
+    fresh: bool,
+    restore: str | None,
+    max_steps: int | None,
+    idle_exit_s: float | None,
+    ctx: DistContext,
+) -> WorkerParts:
+    engine = engine_factory(config)
     files = CheckpointFiles(config.checkpoint.dir, config.run.name, config.checkpoint.keep)
     record = config.checkpoint.record_trained_ranges
-    start = resume(engine, store, files, fresh=fresh, restore=restore, record_ranges=record)
+    start = on_main(ctx, "resume", lambda: resume(engine, store, files, fresh=fresh, restore=restore,
+                                                  record_ranges=record))
+    start = share_resume(ctx, engine, start)
     progress = Progress(start.offsets, start.events, record_ranges=record, skipped=start.skipped)
 
     k = config.kafka
@@ -240,7 +331,11 @@ def build_worker(
         metrics=metrics,
         max_steps=max_steps if max_steps is not None else config.trainer.max_steps,
         idle_exit_s=idle_exit_s if idle_exit_s is not None else config.trainer.idle_exit_s,
+        exchange=StepExchange(ctx),
     )
+    store.layout = {"world_size": str(ctx.world_size), "partition_map": '"group"'}
+    if ctx.launched:
+        _assign_statically(source, worker, ctx, consumer, store)
     worker_ref.append(worker)
     _attach_publisher(config, worker, runner, store, files, metrics)
     metrics.info.info(
@@ -253,7 +348,9 @@ def build_worker(
     http = None
     if config.metrics.enabled:
         http = MetricsServer(
-            metrics.registry, config.metrics.host, config.metrics.port, healthy=worker.healthy, ready=worker.ready
+            # One port per local rank (0 stays "pick a free one").
+            metrics.registry, config.metrics.host, config.metrics.port and config.metrics.port + ctx.local_rank,
+            healthy=worker.healthy, ready=worker.ready
         )
         http.start()
-    return WorkerParts(worker, http, producer, client, time.perf_counter() - t0)
+    return WorkerParts(worker, http, producer, client, 0.0)

@@ -125,10 +125,17 @@ class KafkaSource:
         # Set while a group join is pending (start, after a revoke); see _check_join.
         self._assignment_timeout_s = assignment_timeout_s
         self._joining_since: float | None = clock()
+        # Under torchrun: topic partitions -> this rank's (streamtrain.distributed.assignment); None = group.
+        self.static_partitions: Callable[[list[int]], list[int]] | None = None
+        self.commit_keys: set[PartitionKey] = set()  # also committed though not read here (rank 0: all)
 
     # ------------------------------------------------------------------ called by the worker
     def start(self) -> None:
-        """Subscribe and start polling on the source thread."""
+        """Subscribe (or assign, under torchrun) and start polling on the source thread."""
+        if self.static_partitions is not None:
+            self._assign_static(self.static_partitions)
+            self._thread.start()
+            return
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         # Fetch the topic's metadata after subscribing and before the first poll joins the group, so the
         # leader's first assignment already sees the partitions. Otherwise kafka-python 3.0 assigns from
@@ -137,6 +144,15 @@ class KafkaSource:
         if not self._consumer.partitions_for_topic(self.topic):
             log.warning("topic %s has no partitions yet (does it exist?)", self.topic)
         self._thread.start()
+
+    def _assign_static(self, mine: Callable[[list[int]], list[int]]) -> None:
+        """``assign()`` this rank's partitions and seek them; no group membership, no rebalances."""
+        partitions = self._consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            raise WorkerError(f"topic {self.topic} has no partitions (does it exist?); a job needs them at start")
+        tps = [TopicPartition(self.topic, p) for p in mine(sorted(partitions))]
+        self._consumer.assign(tps)
+        self._on_assigned(tps)
 
     @property
     def joining(self) -> bool:
@@ -201,7 +217,7 @@ class KafkaSource:
 
     def _commit(self, offsets: Mapping[PartitionKey, int]) -> None:
         with self._lock:
-            mine = {k: v for k, v in offsets.items() if k in self.assigned}
+            mine = {k: v for k, v in offsets.items() if k in self.assigned or k in self.commit_keys}
         if not mine:
             return  # revoked meanwhile: the new owner commits
         try:

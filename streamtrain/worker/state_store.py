@@ -4,9 +4,11 @@ Keys (``ns`` = ``<redis.key_prefix>:<run.name>``):
 
 =========================  ====  ==============================================================
 ``ns:meta``                hash  checkpoint_id, file, digest (sha256 of the file), writer, events, step,
-                                 timestamp, skipped (JSON: offsets lost to retention per partition), format
+                                 timestamp, skipped (JSON: offsets lost to retention per partition), format,
+                                 world_size and partition_map (JSON rank -> partitions; "group" for W = 1)
 ``ns:offsets``             hash  ``<topic>:<partition>`` → next offset to train (-2: earliest)
 ``ns:state``               hash  shared-state name → ``.npy`` bytes (dtype + shape + data)
+``ns:lease``               str   the job holding the run (streamtrain/distributed/lease.py)
 ``ns:trained_ranges``      list  debug: ``topic,partition,first,next,events`` per trained batch
 =========================  ====  ==============================================================
 
@@ -96,6 +98,8 @@ class RedisStateStore:
         self.offsets_key = f"{namespace}:offsets"
         self.state_key = f"{namespace}:state"
         self.ranges_key = f"{namespace}:trained_ranges"
+        # Extra ns:meta fields of every commit: the job's layout (world_size, partition_map; see distributed/).
+        self.layout: dict[str, str] = {}
 
     def load(self) -> StoredState | None:
         """The committed state, or None when this run has none; called once at start."""
@@ -175,6 +179,7 @@ class RedisStateStore:
             "format": _FORMAT,
             "skipped": json.dumps({_offset_field(k): int(v) for k, v in (skipped or {}).items()}),
         }
+        meta.update(self.layout)
         if digest is not None:
             meta["digest"] = digest
         if writer is not None:
@@ -214,6 +219,14 @@ class RedisStateStore:
             ) from exc
         except redis.RedisError as exc:
             raise StateStoreError("commit", str(exc)) from exc
+
+    def load_layout(self) -> dict[str, str]:
+        """world_size and partition_map of the last commit ({} before the first, or state before them)."""
+        try:
+            raw = self._client.hmget(self.meta_key, ["world_size", "partition_map"])
+        except redis.RedisError as exc:
+            raise StateStoreError("read", str(exc)) from exc
+        return {k: v.decode() for k, v in zip(("world_size", "partition_map"), raw, strict=True) if v is not None}
 
     def clear(self) -> None:
         """Delete the run's state (``--fresh``)."""

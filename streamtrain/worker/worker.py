@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamtrain.config import Config
+from streamtrain.distributed.context import DistContext
+from streamtrain.distributed.exchange import StepExchange
 from streamtrain.events import RejectReason
 from streamtrain.metrics import Metrics
 from streamtrain.popularity_baseline import BASELINES
@@ -58,8 +60,12 @@ class Worker:
         metrics: Metrics,
         max_steps: int | None = None,
         idle_exit_s: float | None = None,
+        exchange: StepExchange | None = None,
     ) -> None:
         self.config = config
+        # The lockstep with the other ranks; rank 0 alone writes checkpoints (every rank holds the same state).
+        self.exchange = exchange if exchange is not None else StepExchange(DistContext())
+        self.writes_checkpoints = self.exchange.ctx.is_main
         self.engine = engine
         self.source = source
         self.checkpointer = checkpointer
@@ -125,7 +131,7 @@ class Worker:
 
     def start(self) -> None:
         """Start consuming and training on background threads."""
-        if self.runner.try_acquire():
+        if self.writes_checkpoints and self.runner.try_acquire():
             threading.Thread(target=self._warm_snapshot_buffers, name="streamtrain-warmup", daemon=True).start()
         self.source.start()
         self.loop_thread.start()
@@ -238,43 +244,87 @@ class Worker:
                 log.exception("training loop failed; no final checkpoint (state may be half-updated)")
 
     def _run_loop(self) -> None:
-        batches = self.source.batches
-        while not self._stop.is_set():
-            if self.source.fatal is not None:
-                # What was trained is consistent: stop consuming but still take the final checkpoint.
-                self.stop_reason = f"source failed: {self.source.fatal}"
-                log.error("%s", self.stop_reason)
+        """Turns in lockstep with the other ranks (for W = 1 the agreement is this rank's own flags).
+
+        Each turn: take a batch if one is ready, agree with every rank (one small all-reduce), then
+        all train the global batch, or all stop, or all wait.
+        """
+        stepped = False
+        while True:
+            stop_reason, failure = self._local_stop()
+            batch = None
+            if stop_reason is None and failure is None:
+                batch = self._next_batch(0.1 if stepped is False or not self.exchange.ctx.distributed else 0.005)
+            idle = batch is None and stop_reason is None and failure is None and self._idle_ready()
+            agreed = self.exchange.agree(has_batch=batch is not None, stop=stop_reason is not None, idle=idle,
+                                         failed=failure is not None)
+            if agreed.failed:
+                if failure is not None:
+                    raise failure
+                raise WorkerError("another rank failed; stopping without a checkpoint (the job restarts from the last one)")
+            if agreed.stop:
+                self.stop_reason = stop_reason or "another rank stopped"
                 return
-            if self.runner.fatal is not None:
-                raise self.runner.fatal
-            waited = time.perf_counter()
-            try:
-                batch = batches.get(timeout=0.1)
-            except queue.Empty:
-                self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
-                if self._idle_done():
-                    health = self.source.health
-                    if not health.failing():
-                        self.stop_reason = f"idle for {self._idle_exit_s:g} s"
-                        log.info("no events for %.1f s: exiting", self._idle_exit_s)
-                        return
-                    problem = health.problem()
-                    if problem is not None:
-                        # Idle because nothing could be read is not "drained": say so and exit non-zero.
-                        self.stop_reason = f"idle for {self._idle_exit_s:g} s, broker unusable"
-                        self.exit_error = f"no events for {self._idle_exit_s:g} s because {problem}"
-                        log.error("%s", self.exit_error)
-                        return
-                    # A failure not yet past the bound: wait for the broker rather than guess.
+            if agreed.step:
+                self._train(self.exchange.global_batch(batch, self.source.generation))
                 self._maybe_checkpoint()
+                stepped = True
+                if self._max_steps is not None and self.engine.step >= self._max_steps:
+                    self.stop_reason = f"max steps {self._max_steps}"
+                    log.info("reached %d steps: exiting", self._max_steps)
+                    return
                 continue
-            self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
-            self._train(batch)
-            self._maybe_checkpoint()
-            if self._max_steps is not None and self.engine.step >= self._max_steps:
-                self.stop_reason = f"max steps {self._max_steps}"
-                log.info("reached %d steps: exiting", self._max_steps)
+            stepped = False
+            if agreed.all_idle:
+                self._idle_exit()
                 return
+            self._maybe_checkpoint()
+
+    def _local_stop(self) -> tuple[str | None, BaseException | None]:
+        """This rank's reason to stop (signal, source failure) or its failure (a refused checkpoint)."""
+        if self.runner.fatal is not None:
+            return None, self.runner.fatal
+        if self._stop.is_set():
+            return self.stop_reason, None
+        if self.source.fatal is not None:
+            # What was trained is consistent: stop consuming but still take the final checkpoint.
+            reason = f"source failed: {self.source.fatal}"
+            log.error("%s", reason)
+            return reason, None
+        return None, None
+
+    def _next_batch(self, timeout_s: float) -> MicroBatch | None:
+        """This rank's next batch, or None when none came within ``timeout_s`` (a stale one is dropped)."""
+        waited = time.perf_counter()
+        try:
+            batch = self.source.batches.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        finally:
+            self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
+        if batch.generation != self.source.generation:
+            log.debug("dropping a batch cut before the last rebalance")
+            return None
+        return batch
+
+    def _idle_ready(self) -> bool:
+        """Idle past the bound, with nothing pending and no broker failure still within its bound."""
+        if not self._idle_done():
+            return False
+        health = self.source.health
+        # A failure not yet past the bound: wait for the broker rather than guess.
+        return not health.failing() or health.problem() is not None
+
+    def _idle_exit(self) -> None:
+        problem = self.source.health.problem() if self.source.health.failing() else None
+        if problem is None:
+            self.stop_reason = f"idle for {self._idle_exit_s:g} s"
+            log.info("no events for %.1f s: exiting", self._idle_exit_s)
+            return
+        # Idle because nothing could be read is not "drained": say so and exit non-zero.
+        self.stop_reason = f"idle for {self._idle_exit_s:g} s, broker unusable"
+        self.exit_error = f"no events for {self._idle_exit_s:g} s because {problem}"
+        log.error("%s", self.exit_error)
 
     def _idle_done(self) -> bool:
         if self._idle_exit_s is None or self.source.assigned_at is None or self.source.joining:
@@ -338,6 +388,8 @@ class Worker:
         return snap
 
     def _maybe_checkpoint(self) -> None:
+        if not self.writes_checkpoints:
+            return
         if not self.runner.due(self.progress.events) or not self.runner.try_acquire():
             return
         snap = self._snapshot_if_new()
@@ -350,6 +402,9 @@ class Worker:
         self.progress.drop_committed_ranges(len(snap.trained_ranges))
 
     def _final_checkpoint(self) -> None:
+        if not self.writes_checkpoints:
+            log.info("rank %d stops; rank 0 writes the final checkpoint", self.exchange.ctx.rank)
+            return
         deadline = time.monotonic() + _FINAL_CHECKPOINT_S
         while True:
             if not self.runner.acquire(max(1.0, deadline - time.monotonic())):

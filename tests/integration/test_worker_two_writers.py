@@ -39,6 +39,7 @@ EXTRA = [
     "checkpoint.keep=8",
     "checkpoint.record_trained_ranges=true",
     "trainer.max_batch_latency_s=5",
+    "distributed.lease=false",  # the lease refuses the second worker at start; this test is about the fence behind it
 ]
 
 

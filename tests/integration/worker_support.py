@@ -45,6 +45,9 @@ def overrides(
         "trainer.probe_interval_steps=20",
         "trainer.probe_batch_size=64",
         "metrics.port=0",
+        # A kill -9'd worker's lease expires in 2 s; its restart waits that long instead of being refused.
+        "distributed.lease_ttl_s=2",
+        "distributed.lease_wait_s=10",
         *extra,
     ]
 
