@@ -88,13 +88,20 @@ class RowSparseOptimizer:
             p.grad = None
 
     @torch.no_grad()
-    def step(self, apply: torch.Tensor | None = None) -> None:
+    def step(self, apply: torch.Tensor | None = None, *, masked: bool | None = None) -> None:
         """Apply one update to the rows that received a gradient; called once per training step.
 
         ``apply`` (() bool on the table's device, optional): when it is False the touched rows and
-        their state are written back unchanged (bit-exact), so a non-finite loss is skipped without
-        the host reading the flag; the cost is one ``where`` per state tensor over the touched rows.
+        their state stay unchanged (bit-exact). On CUDA the update is *masked* (``masked`` defaults
+        to True there): written back through one ``where`` per state tensor, so the host never reads
+        the flag. On CPU reading it is free (nothing runs asynchronously), so by default a False flag
+        simply skips the step, with the same result and no masking cost; ``masked=True`` forces the
+        device path (tests).
         """
+        if apply is not None and not (masked if masked is not None else apply.device.type != "cpu"):
+            if not bool(apply):
+                return
+            apply = None
         for p, state in zip(self.params, self.state):
             if p.grad is None:
                 continue

@@ -2,7 +2,8 @@
 
 The host used to read the loss and skip the optimizer steps when it was NaN/inf: one device→host
 sync per step. Now the flag ``isfinite(loss)`` stays on the device and masks the updates
-themselves: the row-sparse optimizer selects old or new rows with it
+themselves (on CUDA; on CPU, where reading a flag costs nothing and nothing is in flight, a false
+flag just skips the step, with the same result): the row-sparse optimizer selects old or new rows with it
 (:meth:`~streamtrain.model.sparse_optim.RowSparseOptimizer.step`), and :func:`guarded_step` runs a
 dense ``torch.optim`` optimizer and puts back, with ``torch.where``, the parameters and the state
 it had before when the flag is false. The host learns the outcome one step later, with the rest
@@ -22,8 +23,11 @@ def finite_flag(loss: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def guarded_step(optimizer: torch.optim.Optimizer, apply: torch.Tensor) -> None:
+def guarded_step(optimizer: torch.optim.Optimizer, apply: torch.Tensor, *, masked: bool | None = None) -> None:
     """``optimizer.step()`` whose effect is kept only where ``apply`` (() bool, device) is True.
+
+    ``masked`` (default: True on CUDA) restores with ``torch.where`` as below; on CPU, where reading
+    the flag costs nothing, a False flag just skips the step (the same parameters, no copies).
 
     Parameters and every state tensor that lives on the parameter's device are restored bit-exactly
     when ``apply`` is False; state created by this step (Adam's lazy state) goes back to zeros, its
@@ -31,6 +35,10 @@ def guarded_step(optimizer: torch.optim.Optimizer, apply: torch.Tensor) -> None:
     step counter, which only drives ``lr_decay``, 0 here) cannot see the flag without a sync and
     counts the skipped step. Dense parameters are the MLP heads: small, so the copies are cheap.
     """
+    if not (masked if masked is not None else apply.device.type != "cpu"):
+        if bool(apply):
+            optimizer.step()
+        return
     saved = []
     for group in optimizer.param_groups:
         for p in group["params"]:

@@ -110,6 +110,9 @@ class Trainer:
             mc.item_capacity, tc.eval_k, half_life_events=tc.popularity_half_life_events,
             window=tc.progressive_eval_window, max_queries=tc.progressive_eval_max_queries, device=self.device,
         )
+        # Finite-loss guard as masked updates (CUDA: the host never reads the flag); on CPU a false flag
+        # just skips the optimizer steps (same result, no masking cost). Tests force the masked path.
+        self.mask_updates = self.device.type == "cuda"
         self.prefetcher = BatchPrefetcher(self.device)
         self._readback = StatsReadback(self.device)
         self._pending: PendingStep | None = None  # queued on the device, statistics not read yet
@@ -232,9 +235,9 @@ class Trainer:
         if out.loss.requires_grad:  # a batch whose negatives were all masked has a constant loss
             out.loss.backward()
         apply = finite_flag(out.loss)  # () bool on the device: the host never reads it inside the step
-        self.sparse_optimizer.step(apply)
+        self.sparse_optimizer.step(apply, masked=self.mask_updates)
         if self.dense_optimizer is not None:
-            guarded_step(self.dense_optimizer, apply)
+            guarded_step(self.dense_optimizer, apply, masked=self.mask_updates)
         self._zero_grads()
         self._step += 1
 
@@ -344,6 +347,7 @@ class Trainer:
 
     def load_file_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`file_state`; called once at resume, before :meth:`load_shared_state`."""
+        self._pending = self._done = None  # statistics of steps before the restore describe another state
         if state.get("format") != _FILE_STATE_FORMAT:
             raise TrainingError(f"checkpoint format {state.get('format')!r} is not {_FILE_STATE_FORMAT}")
         try:

@@ -41,9 +41,11 @@ def _training_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["masked-as-on-cuda", "cpu-skip"])
 @pytest.mark.parametrize("sampler", ["inbatch_logq", "xir"])
-def test_a_nan_batch_is_skipped_bit_exactly_and_reported_in_the_next_step(sampler: str) -> None:
+def test_a_nan_batch_is_skipped_bit_exactly_and_reported_in_the_next_step(sampler: str, masked: bool) -> None:
     trainer = Trainer(make_config(sampler, **{"model.hidden_dims": [8], "model.user_features": "history+id"}))
+    trainer.mask_updates = masked
     stream = Stream(seed=5)
     batch = stream.batch()
     assert trainer.submit_step(batch) is None  # step 1: its stats come with step 2
@@ -139,16 +141,17 @@ def test_masked_row_sparse_step_is_bit_exact_either_way() -> None:
                 t(rows).square().sum().backward()
             frozen = [tables[2].weight.detach().clone(), *(v.clone() for v in opts[2].state[0].values())]
             opts[0].step()
-            opts[1].step(torch.tensor(True))
-            opts[2].step(torch.tensor(False))
+            opts[1].step(torch.tensor(True), masked=True)  # the CUDA path, on the CPU
+            opts[2].step(torch.tensor(False), masked=True)
             assert torch.equal(tables[0].weight, tables[1].weight), algorithm
             assert all(torch.equal(a, b) for a, b in zip(opts[0].state[0].values(), opts[1].state[0].values()))
             now = [tables[2].weight.detach(), *opts[2].state[0].values()]
             assert all(torch.equal(a, b) for a, b in zip(frozen, now)), (algorithm, step)
 
 
+@pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("name", ["adam", "adagrad", "sgd"])
-def test_guarded_dense_step_restores_parameters_and_state(name: str) -> None:
+def test_guarded_dense_step_restores_parameters_and_state(name: str, masked: bool) -> None:
     make = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}[name]
     torch.manual_seed(1)
     skipped, plain = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
@@ -157,13 +160,13 @@ def test_guarded_dense_step_restores_parameters_and_state(name: str) -> None:
     x = torch.randn(5, 3)
     start = [p.detach().clone() for p in skipped.parameters()]
     skipped(x).sum().backward()
-    guarded_step(opt_s, torch.tensor(False))  # the first step (lazy Adam state) skipped
+    guarded_step(opt_s, torch.tensor(False), masked=masked)  # the first step (lazy Adam state) skipped
     assert all(torch.equal(a, b) for a, b in zip(start, skipped.parameters()))
     for _ in range(2):  # then both train alike: the skipped step left no trace
         for model, opt in ((skipped, opt_s), (plain, opt_p)):
             opt.zero_grad()
             model(x).sum().backward()
-        guarded_step(opt_s, torch.tensor(True))
+        guarded_step(opt_s, torch.tensor(True), masked=masked)
         opt_p.step()
     assert all(torch.equal(a, b) for a, b in zip(skipped.parameters(), plain.parameters()))
 
