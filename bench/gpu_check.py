@@ -9,6 +9,9 @@ Sections (each row says what it measured, or the error that stopped it; nothing 
   B = 4096 and 16384, D = 64 (vocabularies filled to capacity; items uniform over the catalogue):
   examples/s and peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS). Full softmax only
   where its (B × N) matrices fit in 70% of the free memory; other cells say "does not fit".
+* ``sync``: per sampler and ``user_features`` (id, history), steady-state steps through the
+  one-step-late path under CUDA's sync debug mode "error" (any host sync in a step fails the cell;
+  a NaN batch among them), examples/s beside the synchronous ``train_step`` (a host wait per step).
 * ``worker``: the real ``Worker`` loop fed by an in-process source (real decoder and batcher on one
   thread, no Kafka, no Redis; bench/inprocess.py), vocabularies prefilled: events/s from the start
   to the last step, the share of that time the loop waited for a batch, and the share spent inside
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpu_check_sync import sync_section
 from report import machine_info, machine_line, peak_rss, reset_peak_rss
 
 __all__ = ["main", "run_checks"]
@@ -48,13 +52,13 @@ FULL: dict[str, Any] = {
     "catalogues": [1_000_000, 10_000_000], "batch_sizes": [4096, 16384], "users": 1_000_000, "dim": 64,
     "warmup": 2, "steps": 20, "cell_seconds": 2.5, "worker_batches": 24, "worker_batch": 16384,
     "worker_catalogue": 1_000_000, "worker_samplers": ["inbatch_logq", "xir"], "ckpt_catalogue": 1_000_000,
-    "eval_users": 2000, "budget_s": 450.0,
+    "eval_users": 2000, "budget_s": 450.0, "sync_catalogue": 100_000, "sync_batch": 4096, "sync_steps": 10,
 }
 TINY: dict[str, Any] = {
     "catalogues": [2_000, 20_000], "batch_sizes": [64, 256], "users": 5_000, "dim": 16,
     "warmup": 1, "steps": 3, "cell_seconds": 0.2, "worker_batches": 6, "worker_batch": 256,
     "worker_catalogue": 20_000, "worker_samplers": ["inbatch_logq", "xir"], "ckpt_catalogue": 20_000,
-    "eval_users": 200, "budget_s": 50.0,
+    "eval_users": 200, "budget_s": 50.0, "sync_catalogue": 2_000, "sync_batch": 64, "sync_steps": 3,
 }
 
 
@@ -305,6 +309,7 @@ def run_checks(p: dict[str, Any], device: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="streamtrain-gpu-check-") as tmp:
         sections: list[tuple[str, Callable[[], None]]] = [
             ("train", lambda: train_section(p, device, budget, rows)),
+            ("sync", lambda: sync_section(p, device, budget, rows, SAMPLERS, _guarded, _peak_start, _peak)),
             ("worker", lambda: worker_section(p, device, budget, rows, Path(tmp))),
             ("checkpoint", lambda: checkpoint_and_eval_sections(p, device, budget, rows, Path(tmp))),
         ]

@@ -117,8 +117,8 @@ class ProgressiveEvaluator:
             s = q @ model.item_tower(cand).float().T  # (b, c)
             above = (s > pos_score.unsqueeze(1)) & (cand.unsqueeze(0) != item_rows.unsqueeze(1))  # (b, c)
             rank += above.sum(1)
-        ks = torch.tensor(self.k_list, device=rank.device)  # (K,)
-        hit = (rank.unsqueeze(1) < ks) & keep.unsqueeze(1)  # (b, K)
+        # Compared with Python ints: a torch.tensor(k_list) on CUDA would be a blocking host→device copy.
+        hit = torch.stack([rank < k for k in self.k_list], dim=1) & keep.unsqueeze(1)  # (b, K)
         gain = hit.float() / torch.log2(rank.float() + 2).unsqueeze(1)  # (b, K)
         count = keep.sum().float().unsqueeze(0)  # (1,)
         return torch.cat([hit.float().sum(0), gain.sum(0), count])  # (2K + 1,)

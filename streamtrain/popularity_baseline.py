@@ -92,7 +92,6 @@ class PopularityBaselines:
         item_rows = item_rows[: self.max_queries].to(self.device)  # (b,)
         keep = item_rows != FALLBACK_ROW  # (b,)
         k_max = max(self.k_list)
-        ks = torch.tensor(self.k_list, device=self.device)  # (K,)
         out = []
         for counts in (self.counts_all, self.counts_recent):
             top = counts[known_items].topk(min(k_max, known_items.numel())).indices  # (k,)
@@ -100,7 +99,8 @@ class PopularityBaselines:
             match = item_rows.unsqueeze(1) == top_rows.unsqueeze(0)  # (b, k)
             # Position in the list; k_max (a miss at every K) when the positive is not in it.
             position = torch.where(match.any(1), match.int().argmax(1), k_max)  # (b,)
-            hit = (position.unsqueeze(1) < ks) & keep.unsqueeze(1)  # (b, K)
+            # Python-int comparisons: torch.tensor(k_list) on CUDA would be a blocking host→device copy.
+            hit = torch.stack([position < k for k in self.k_list], dim=1) & keep.unsqueeze(1)  # (b, K)
             gain = hit.float() / torch.log2(position.float() + 2).unsqueeze(1)  # (b, K)
             out += [hit.float().sum(0), gain.sum(0), keep.sum().float().unsqueeze(0)]
         return torch.cat(out)  # (2 * (2K + 1),)

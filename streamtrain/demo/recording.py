@@ -40,7 +40,18 @@ class StepRecorder:
         self.points: list[StepPoint] = []
 
     def train_step(self, batch: Any) -> StepResult:
-        stats = self._engine.train_step(batch)
+        return self._record(self._engine.train_step(batch))
+
+    def submit_step(self, batch: Any) -> StepResult | None:
+        """The engine's one-step-late path: records the previous step when it is reported."""
+        return self._record(self._engine.submit_step(batch))
+
+    def flush_stats(self) -> StepResult | None:
+        return self._record(self._engine.flush_stats())
+
+    def _record(self, stats: Any) -> Any:
+        if stats is None:
+            return None
         self._events += stats.num_events
         progressive = dict(stats.progressive) if stats.progressive else None
         self.points.append(

@@ -20,21 +20,37 @@ handed to a new id, :meth:`forget_items` drops an item row handed to a new id fr
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EMPTY", "BatchOrder", "UserHistory"]
+from streamtrain.model.membership import member
+
+__all__ = ["EMPTY", "BatchOrder", "OrderTensors", "UserHistory"]
 
 EMPTY = -1  # marks an unused history slot
 
 
+class OrderTensors(NamedTuple):
+    """:class:`BatchOrder`'s arrays on the device (int64): what :class:`UserHistory` reads."""
+
+    order: torch.Tensor  # (B,)
+    rank: torch.Tensor  # (B,)
+    users: torch.Tensor  # (U,)
+    last: torch.Tensor  # (U,)
+    count: torch.Tensor  # (U,)
+
+
 class BatchOrder:
-    """How a batch's events group by user, in event-time order: computed once per step on the host.
+    """How a batch's events group by user, in event-time order: computed once per step on the host,
+    from the host's copy of the user rows (never read back from the device).
 
     ``order`` (B,) sorts events by (user row, event time, position); ``rank`` (B,) is each sorted
     event's index among its user's events in the batch; ``last`` (U,) the sorted index of each
-    user's last event, ``users`` (U,) those users' rows.
+    user's last event, ``users`` (U,) those users' rows, ``count`` (U,) their events in the batch.
+    The trainer uploads :meth:`arrays` with the rest of the batch; :meth:`tensors` copies them itself.
     """
 
     def __init__(self, user_rows: np.ndarray, event_time: np.ndarray | None = None) -> None:
@@ -51,6 +67,19 @@ class BatchOrder:
         self.rank = np.arange(n) - group_start  # (B,)
         self.last = np.append(starts[1:], n) - 1  # (U,)
         self.users = sorted_users[starts]  # (U,)
+        self.count = self.rank[self.last] + 1  # (U,)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The five int64 arrays in :class:`OrderTensors` order."""
+        return [np.asarray(a, dtype=np.int64) for a in (self.order, self.rank, self.users, self.last, self.count)]
+
+    def tensors(self, device: torch.device | str) -> OrderTensors:
+        """:class:`OrderTensors` on ``device`` (a plain, blocking copy: tests, probes)."""
+        return OrderTensors(*(torch.as_tensor(a, device=device) for a in self.arrays()))
+
+
+def _on_device(border: BatchOrder | OrderTensors, device: torch.device) -> OrderTensors:
+    return border if isinstance(border, OrderTensors) else border.tensors(device)
 
 
 class UserHistory(nn.Module):
@@ -69,14 +98,13 @@ class UserHistory(nn.Module):
         return self.items[user_rows].long()
 
     def _window(
-        self, user_rows: torch.Tensor, item_rows: torch.Tensor, border: BatchOrder, sorted_index: torch.Tensor,
+        self, user_rows: torch.Tensor, item_rows: torch.Tensor, order: torch.Tensor, sorted_index: torch.Tensor,
         before: torch.Tensor,
     ) -> torch.Tensor:
         """The last H of (stored history of the user, then the batch items in sorted positions
         ``sorted_index - before .. sorted_index - 1``): (n, H) int64, right-aligned."""
         device = self.items.device
         h = self.length
-        order = torch.as_tensor(border.order, device=device)
         sorted_items = item_rows[order]  # (B,)
         col = torch.arange(h, device=device)  # (H,)
         pos = before.unsqueeze(1) + col  # (n, H) index into [stored (H) ++ batch part (before)]
@@ -87,27 +115,25 @@ class UserHistory(nn.Module):
         return torch.where(from_stored, stored_part, sorted_items[batch_at])
 
     @torch.no_grad()
-    def causal(self, user_rows: torch.Tensor, item_rows: torch.Tensor, border: BatchOrder) -> torch.Tensor:
+    def causal(
+        self, user_rows: torch.Tensor, item_rows: torch.Tensor, border: BatchOrder | OrderTensors
+    ) -> torch.Tensor:
         """(B,) users and items of a batch -> (B, H) int64 history before each event, in batch order."""
         device = self.items.device
-        order = torch.as_tensor(border.order, device=device)
-        rank = torch.as_tensor(border.rank, device=device)
-        sorted_users = user_rows[order]  # (B,)
-        idx = torch.arange(len(border.order), device=device)
-        window = self._window(sorted_users, item_rows, border, idx, rank)  # (B, H) in sorted order
+        t = _on_device(border, device)
+        sorted_users = user_rows[t.order]  # (B,)
+        idx = torch.arange(t.order.numel(), device=device)
+        window = self._window(sorted_users, item_rows, t.order, idx, t.rank)  # (B, H) in sorted order
         out = torch.empty_like(window)
-        out[order] = window
+        out[t.order] = window
         return out
 
     @torch.no_grad()
-    def append(self, item_rows: torch.Tensor, border: BatchOrder) -> None:
+    def append(self, item_rows: torch.Tensor, border: BatchOrder | OrderTensors) -> None:
         """Fold the batch (its items, grouped by ``border``) into the stored histories."""
-        device = self.items.device
-        users = torch.as_tensor(border.users, device=device)  # (U,)
-        last = torch.as_tensor(border.last, device=device)  # (U,)
-        count = torch.as_tensor(border.rank[border.last] + 1, device=device)  # (U,)
-        window = self._window(users, item_rows, border, last + 1, count)  # (U, H)
-        self.items[users] = window.to(self.items.dtype)
+        t = _on_device(border, self.items.device)
+        window = self._window(t.users, item_rows, t.order, t.last + 1, t.count)  # (U, H)
+        self.items[t.users] = window.to(self.items.dtype)
 
     @torch.no_grad()
     def forget_users(self, user_rows: torch.Tensor) -> None:
@@ -117,7 +143,8 @@ class UserHistory(nn.Module):
 
     @torch.no_grad()
     def forget_items(self, item_rows: torch.Tensor) -> None:
-        """Drop item rows handed to new ids from every history (a full scan: call only on evictions)."""
+        """Drop item rows handed to new ids from every history (a full scan: call only on evictions).
+        Sync-free (sort + search, not ``torch.isin``)."""
         if item_rows.numel():
-            stale = torch.isin(self.items, item_rows.to(self.items.device, torch.int32))
+            stale = member(self.items, item_rows.to(self.items.device))
             self.items.masked_fill_(stale, EMPTY)

@@ -88,8 +88,20 @@ class RowSparseOptimizer:
             p.grad = None
 
     @torch.no_grad()
-    def step(self) -> None:
-        """Apply one update to the rows that received a gradient; called once per training step."""
+    def step(self, apply: torch.Tensor | None = None, *, masked: bool | None = None) -> None:
+        """Apply one update to the rows that received a gradient; called once per training step.
+
+        ``apply`` (() bool on the table's device, optional): when it is False the touched rows and
+        their state stay unchanged (bit-exact). On CUDA the update is *masked* (``masked`` defaults
+        to True there): written back through one ``where`` per state tensor, so the host never reads
+        the flag. On CPU reading it is free (nothing runs asynchronously), so by default a False flag
+        simply skips the step, with the same result and no masking cost; ``masked=True`` forces the
+        device path (tests).
+        """
+        if apply is not None and not (masked if masked is not None else apply.device.type != "cpu"):
+            if not bool(apply):
+                return
+            apply = None
         for p, state in zip(self.params, self.state):
             if p.grad is None:
                 continue
@@ -103,26 +115,36 @@ class RowSparseOptimizer:
                 continue
             g = g.to(p.dtype)
             w = p.index_select(0, rows)  # (n, D)
+            new: dict[str, torch.Tensor] = {}  # state name -> (n, ...) updated rows
             if self.algorithm == "adam":
                 b1, b2 = self.betas
-                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)  # (n, D)
-                v = state["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)  # (n, D)
-                t = state["step"].index_select(0, rows).add_(1)  # (n,)
+                m_old = state["exp_avg"].index_select(0, rows)  # (n, D)
+                v_old = state["exp_avg_sq"].index_select(0, rows)  # (n, D)
+                t_old = state["step"].index_select(0, rows)  # (n,)
+                m = (m_old if apply is None else m_old.clone()).mul_(b1).add_(g, alpha=1 - b1)  # (n, D)
+                v = (v_old if apply is None else v_old.clone()).mul_(b2).addcmul_(g, g, value=1 - b2)  # (n, D)
+                t = t_old + 1  # (n,)
                 bc1 = 1 - torch.pow(b1, t)  # (n,)
                 bc2 = 1 - torch.pow(b2, t)  # (n,)
                 # Same operation order as torch.optim.Adam, so both agree to float rounding.
                 denom = (v.sqrt() / bc2.sqrt().unsqueeze(1)).add_(self.eps)  # (n, D)
-                w.addcdiv_(m, denom * (bc1 / self.lr).unsqueeze(1), value=-1.0)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
-                state["step"].index_copy_(0, rows, t)
+                w_new = w.addcdiv(m, denom * (bc1 / self.lr).unsqueeze(1), value=-1.0)
+                new = {"exp_avg": m, "exp_avg_sq": v, "step": t}
+                old = {"exp_avg": m_old, "exp_avg_sq": v_old, "step": t_old}
             elif self.algorithm == "adagrad":
-                s = state["sum_sq"].index_select(0, rows).addcmul_(g, g)  # (n, D)
-                w.addcdiv_(g, s.sqrt().add_(1e-10), value=-self.lr)
-                state["sum_sq"].index_copy_(0, rows, s)
+                s_old = state["sum_sq"].index_select(0, rows)  # (n, D)
+                s = s_old.addcmul(g, g)  # (n, D)
+                w_new = w.addcdiv(g, s.sqrt().add_(1e-10), value=-self.lr)
+                new, old = {"sum_sq": s}, {"sum_sq": s_old}
             else:
-                w.add_(g, alpha=-self.lr)
-            p.index_copy_(0, rows, w)
+                w_new = w.add(g, alpha=-self.lr)
+                old = {}
+            if apply is not None:
+                w_new = torch.where(apply, w_new, w)
+                new = {k: torch.where(apply, v, old[k]) for k, v in new.items()}
+            for key, value in new.items():
+                state[key].index_copy_(0, rows, value)
+            p.index_copy_(0, rows, w_new)
 
     @torch.no_grad()
     def reset_rows(self, param: torch.nn.Parameter, rows: torch.Tensor) -> None:

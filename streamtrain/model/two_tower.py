@@ -178,13 +178,23 @@ class TwoTowerModel(nn.Module):
         sparse = {id(p) for p in self.embedding_parameters()}
         return [p for p in self.parameters() if id(p) not in sparse]
 
+    def init_values(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, D) float32 N(0, init_std²) initial rows, drawn on the CPU ``generator`` (so CPU and CUDA
+        runs initialise alike); the host draws them and ships them with the batch."""
+        return torch.randn(n, self.dim, generator=generator) * self.init_std
+
     @torch.no_grad()
-    def reinit_rows(self, name: TowerName, rows: torch.Tensor, generator: torch.Generator) -> None:
-        """Give ``rows`` (n,) of one table fresh N(0, init_std²) values; called when the vocabulary
-        assigns them to a new id. Draws on the CPU ``generator`` so CPU and CUDA runs initialise alike.
-        Resetting the optimizer state of these rows is the optimizer's job (``reset_rows``)."""
+    def reinit_rows(
+        self, name: TowerName, rows: torch.Tensor, generator: torch.Generator | None = None,
+        values: torch.Tensor | None = None,
+    ) -> None:
+        """Give ``rows`` (n,) of one table fresh values, ``values`` (n, D) or drawn from ``generator``
+        (:meth:`init_values`); called when the vocabulary assigns them to a new id. Resetting the
+        optimizer state of these rows is the optimizer's job (``reset_rows``)."""
         if rows.numel() == 0:
             return
         weight = self.tower(name).embedding.weight
-        values = torch.randn(rows.numel(), self.dim, generator=generator) * self.init_std  # (n, D)
+        if values is None:
+            assert generator is not None, "reinit_rows needs values or a generator"
+            values = self.init_values(rows.numel(), generator)  # (n, D)
         weight.index_copy_(0, rows.to(weight.device), values.to(weight.device, weight.dtype))

@@ -156,6 +156,12 @@ class IdVocabulary:
             return cached[: self._next_row - 1]
         return torch.from_numpy(self._known_rows_np()).to(device)
 
+    def known_rows_host(self) -> np.ndarray | None:
+        """The known rows as a host array when they have holes (so a caller can upload them its own
+        way, e.g. through pinned memory); None in the usual case, where :meth:`known_rows` is a view
+        of a cached device ``arange`` and needs no copy."""
+        return self._known_rows_np() if self._free.size else None
+
     def _known_rows_np(self) -> np.ndarray:
         rows = np.arange(1, self._next_row, dtype=np.int64)
         return np.setdiff1d(rows, self._free, assume_unique=True) if self._free.size else rows

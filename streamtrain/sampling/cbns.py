@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamtrain.model.membership import member
 from streamtrain.sampling.base import Sampler, SamplerInput, SamplerOutput, register
 from streamtrain.sampling.inbatch import duplicate_hits
 from streamtrain.sampling.proposal import candidates_to_known
@@ -87,7 +88,7 @@ class CrossBatchSampler(Sampler):
         """Invalidate bank entries holding ``rows``: row −1, embedding and log q zeroed (masked)."""
         if rows.numel() == 0:
             return
-        stale = torch.isin(self._rows, rows)  # (M,)
+        stale = member(self._rows, rows)  # (M,) sync-free, unlike torch.isin
         self._rows = self._rows.masked_fill(stale, -1)
         self._log_q = self._log_q.masked_fill(stale, 0.0)
         if self._emb is not None:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamtrain.model.membership import member as _member
 from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
 from streamtrain.sampling.bir import resampled_negatives, resampling_probs
 from streamtrain.sampling.proposal import candidates_to_known
@@ -26,13 +27,6 @@ log = logging.getLogger(__name__)
 
 _MIN_OCCURRENCE_ROWS = 1024
 _RESCALE_LOG2 = 64.0  # fold the pending decay into the stored counts once it exceeds 2^64
-
-
-def _member(values: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-    """(n,) bool: is ``values[i]`` in ``pool`` (m ≥ 1,)? By sort + search: no host sync."""
-    ordered = pool.sort().values  # (m,)
-    at = torch.searchsorted(ordered, values).clamp_(max=ordered.numel() - 1)  # (n,)
-    return ordered[at] == values
 
 
 @register

@@ -2,31 +2,36 @@
 
 It owns the two-tower model, the user and item vocabularies, the optimizers (row-sparse for the
 tables, dense for MLP heads), the negative sampler, the streaming frequency estimator (logQ), the
-progressive evaluator and its own seeded RNGs. The worker calls :meth:`Trainer.train_step` per
-micro-batch, :meth:`Trainer.probe` every few steps, and persists :meth:`Trainer.file_state`
-(checkpoint file) and :meth:`Trainer.shared_state` (Redis) together.
+progressive evaluator and its own seeded RNGs. The worker calls :meth:`Trainer.submit_step` per
+micro-batch (and :meth:`Trainer.flush_stats` before a checkpoint and when idle), :meth:`Trainer.probe`
+every few steps, and persists :meth:`Trainer.file_state` (checkpoint file) and
+:meth:`Trainer.shared_state` (Redis) together.
 
-One step, in order (:meth:`Trainer.train_step`):
-1. map user and item ids to rows, admitting new ids;
-2. re-initialise rows the vocabularies (re)assigned, reset their optimizer state, and clear the
-   per-row state that still describes the old id (user histories, sampler caches, popularity counts);
-3. read each event's causal history (the user's items before it), then fold the batch into the
+One step, in order:
+1. map user and item ids to rows on the host, admitting new ids, and draw initial values for rows
+   the vocabularies (re)assigned; order the batch by user for the history tower (host rows);
+2. upload all of it at once from a pinned buffer on a side stream (:mod:`.prefetch`);
+3. re-initialise the (re)assigned rows, reset their optimizer state, and clear the per-row state
+   that still describes the old id (user histories, sampler caches, popularity counts);
+4. read each event's causal history (the user's items before it), then fold the batch into the
    stored histories;
-4. on a ``progressive_eval_fraction`` of steps, score the batch before training on it, with the
+5. on a ``progressive_eval_fraction`` of steps, score the batch before training on it, with the
    popularity baselines on the same positives;
-5. update the frequency estimator and the popularity counts with the batch's items;
-6. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
-7. sampler loss (bf16 autocast on CUDA), backward, optimizer steps;
-8. read every statistic in one device→host transfer.
+6. update the frequency estimator and the popularity counts with the batch's items;
+7. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
+8. sampler loss (bf16 autocast on CUDA), backward, optimizer steps masked on the device by the
+   finite-loss flag (:mod:`.guard`): a NaN/inf loss never reaches the parameters;
+9. start the copy of every statistic to pinned host memory (:mod:`.readback`).
+
+Nothing in a step reads the device: the host learns step t's statistics (and whether its update
+was applied) during step t+1, after t+1's work is queued. :meth:`Trainer.train_step` is the
+synchronous form (submit, then flush: one wait per step) for callers that want each step's stats.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +42,6 @@ from streamtrain.errors import StreamtrainError
 from streamtrain.evaluation import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch, object_array
 from streamtrain.frequency import build_frequency_estimator
-from streamtrain.model.history import BatchOrder
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary
@@ -45,12 +49,17 @@ from streamtrain.popularity_baseline import PopularityBaselines
 from streamtrain.probe import probe_sampler
 from streamtrain.sampling.base import SamplerInput, build_sampler
 from streamtrain.training.device import autocast_context, resolve_device
+from streamtrain.training.guard import finite_flag, guarded_step
+from streamtrain.training.prefetch import BatchPrefetcher
+from streamtrain.training.readback import StatsReadback
+from streamtrain.training.staging import Staged, apply_assigned, lookup_ids, stage_batch
 from streamtrain.training.state import (
     flatten_state,
     numpy_tree_to_torch,
     torch_tree_to_numpy,
     unflatten_state,
 )
+from streamtrain.training.step_stats import FIXED_FIELDS, PendingStep, StepStats
 
 __all__ = ["StepStats", "Trainer", "TrainingError"]
 
@@ -61,23 +70,6 @@ _FILE_STATE_FORMAT = 1
 
 class TrainingError(StreamtrainError):
     """A batch or a state cannot be used for training (empty batch, state from another model)."""
-
-
-@dataclass
-class StepStats:
-    """What one training step reports (all plain floats, read once at the end of the step)."""
-
-    step: int  # number of steps completed, this one included (1 after the first step)
-    num_events: int
-    loss: float
-    duration_s: float
-    logq_mean: float  # mean log p̂ of the batch's positives
-    logq_std: float
-    sampler_stats: dict[str, float]
-    progressive: dict[str, float] | None  # rolling Recall@K/NDCG@K when this step was evaluated
-    applied: bool = True  # False when the loss was not finite and the update was skipped
-    # baseline name ("popular_all", "popular_recent") -> its rolling Recall@K/NDCG@K, when evaluated
-    baselines: dict[str, dict[str, float]] | None = None
 
 
 class Trainer:
@@ -101,8 +93,14 @@ class Trainer:
             self.model.embedding_parameters(), algorithm=mc.optimizer, lr=mc.learning_rate
         )
         dense = self.model.dense_parameters()
-        dense_cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}[mc.optimizer]
-        self.dense_optimizer = dense_cls(dense, lr=mc.learning_rate) if dense else None
+        cuda = self.device.type == "cuda"
+        # capturable Adam keeps its step count on the device, so the finite-loss mask covers it too.
+        dense_optimizers = {
+            "adam": lambda: torch.optim.Adam(dense, lr=mc.learning_rate, capturable=cuda),
+            "adagrad": lambda: torch.optim.Adagrad(dense, lr=mc.learning_rate),
+            "sgd": lambda: torch.optim.SGD(dense, lr=mc.learning_rate),
+        }
+        self.dense_optimizer = dense_optimizers[mc.optimizer]() if dense else None
         self.sampler = build_sampler(config.sampler, batch_size=tc.batch_size, seed=seed, device=self.device)
         self.frequency = build_frequency_estimator(config.frequency, seed=seed, device=self.device)
         self.progressive = ProgressiveEvaluator(
@@ -112,6 +110,13 @@ class Trainer:
             mc.item_capacity, tc.eval_k, half_life_events=tc.popularity_half_life_events,
             window=tc.progressive_eval_window, max_queries=tc.progressive_eval_max_queries, device=self.device,
         )
+        # Finite-loss guard as masked updates (CUDA: the host never reads the flag); on CPU a false flag
+        # just skips the optimizer steps (same result, no masking cost). Tests force the masked path.
+        self.mask_updates = self.device.type == "cuda"
+        self.prefetcher = BatchPrefetcher(self.device)
+        self._readback = StatsReadback(self.device)
+        self._pending: PendingStep | None = None  # queued on the device, statistics not read yet
+        self._done: StepStats | None = None  # read (e.g. for a checkpoint) but not handed out yet
         self._step = 0
         # The fallback rows are real rows that train; give them their initial values now.
         fallback = torch.tensor([FALLBACK_ROW])
@@ -122,7 +127,7 @@ class Trainer:
     # ------------------------------------------------------------------ small accessors
     @property
     def step(self) -> int:
-        """Training steps completed."""
+        """Training steps submitted (their updates are queued on the device, in order)."""
         return self._step
 
     def vocabulary_sizes(self) -> dict[str, int]:
@@ -132,26 +137,6 @@ class Trainer:
     def _keys_on_device(self) -> torch.Tensor:
         return torch.from_numpy(self.item_vocab.row_keys).to(self.device, copy=True)
 
-    # ------------------------------------------------------------------ the step
-    def _assign(self, tower: str, vocab: IdVocabulary, ids: np.ndarray, times: np.ndarray) -> torch.Tensor:
-        """Steps 1-2: rows for ``ids`` (n,), re-initialising any row handed to a new id."""
-        evictions_before = vocab.evictions_total
-        lookup = vocab.lookup(ids, admit=True, event_time=times)
-        if lookup.assigned.size:
-            assigned = torch.from_numpy(lookup.assigned)
-            self.model.reinit_rows(tower, assigned, self._gen)  # type: ignore[arg-type]
-            assigned_dev = assigned.to(self.device)
-            self.sparse_optimizer.reset_rows(self.model.tower(tower).embedding.weight, assigned_dev)  # type: ignore[arg-type]
-            if tower == "item":
-                self._item_keys[assigned_dev] = torch.from_numpy(vocab.row_keys[lookup.assigned]).to(self.device)
-                self.sampler.forget_rows(assigned_dev)  # cache/bank entries of the row's old id
-                self.popularity.forget_rows(assigned_dev)
-                if vocab.evictions_total != evictions_before:  # a fresh row is in no history yet
-                    self.model.history.forget_items(assigned_dev)
-            else:
-                self.model.history.forget_users(assigned_dev)
-        return torch.from_numpy(lookup.rows).to(self.device, non_blocking=True)  # (n,)
-
     def register_ids(self, tower: str, ids: Sequence[str] | np.ndarray, event_time: float = 0.0) -> int:
         """Admit ``ids`` into the ``"user"`` or ``"item"`` vocabulary (and initialise their rows)
         without training, e.g. to preload a catalogue so its items are candidates before anyone
@@ -159,34 +144,34 @@ class Trainer:
         vocab = {"user": self.user_vocab, "item": self.item_vocab}[tower]
         before = vocab.admissions_total
         arr = object_array(list(ids))
-        self._assign(tower, vocab, arr, np.full(len(arr), event_time))
+        found = lookup_ids(self, tower, vocab, arr, np.full(len(arr), event_time))
+        apply_assigned(self, found, self.prefetcher.upload(found.arrays()))
         return vocab.admissions_total - before
 
-    def _histories(self, batch: EventBatch, user_rows: torch.Tensor, item_rows: torch.Tensor, *, append: bool):
+    # ------------------------------------------------------------------ the step
+    def _histories(self, staged: Staged, *, append: bool) -> torch.Tensor | None:
         """(B, H) causal history of each event (None for an id-only model); ``append`` then folds the
         batch into the stored histories (training), or leaves them as they are (probe)."""
-        if not self.model.uses_history:
+        if staged.order is None:
             return None
-        order = BatchOrder(user_rows.cpu().numpy(), batch.event_time)
-        history = self.model.history.causal(user_rows, item_rows, order)  # (B, H)
+        history = self.model.history.causal(staged.user_rows, staged.item_rows, staged.order)  # (B, H)
         if append:
-            self.model.history.append(item_rows, order)
+            self.model.history.append(staged.item_rows, staged.order)
         return history
 
-    def _sampler_input(
-        self, user_rows: torch.Tensor, item_rows: torch.Tensor, history: torch.Tensor | None
-    ) -> SamplerInput:
+    def _sampler_input(self, staged: Staged, history: torch.Tensor | None) -> SamplerInput:
         keys = self._item_keys
         frequency = self.frequency
         return SamplerInput(
-            queries=self.model.query(user_rows, history),  # (B, D)
-            pos_items=item_rows,  # (B,)
-            pos_emb=self.model.item_tower(item_rows),  # (B, D)
+            queries=self.model.query(staged.user_rows, history),  # (B, D)
+            pos_items=staged.item_rows,  # (B,)
+            pos_emb=self.model.item_tower(staged.item_rows),  # (B, D)
             embed_items=self.model.item_tower,  # (n,) -> (n, D)
             log_q=lambda rows: frequency.log_prob(keys[rows]),  # (n,) -> (n,)
-            known_items=self.item_vocab.known_rows(self.device),  # (N,)
+            known_items=staged.known,  # (N,)
             temperature=self.model.temperature,
             num_item_rows=self.item_vocab.capacity,
+            weights=staged.weights,
         )
 
     def _zero_grads(self) -> None:
@@ -194,43 +179,73 @@ class Trainer:
         if self.dense_optimizer is not None:
             self.dense_optimizer.zero_grad(set_to_none=True)
 
-    def train_step(self, batch: EventBatch) -> StepStats:
-        """Train on one micro-batch (test-then-train); called by the worker once per batch.
+    def submit_step(self, batch: EventBatch) -> StepStats | None:
+        """Queue one training step on ``batch`` (test-then-train) and return the *previous* step's
+        statistics (None when there is none: the first step, or right after :meth:`flush_stats`).
 
-        Raises TrainingError on an empty batch. A non-finite loss skips the parameter update (one bad
-        batch must not poison the tables) and is reported in the stats (``applied=False``), not raised.
+        Called by the worker once per batch. Nothing here waits for the device except reading the
+        previous step's statistics, after this step's work is queued. Raises TrainingError on an
+        empty batch. A non-finite loss skips the parameter update on the device (one bad batch must
+        not poison the tables); the stats report it (``applied=False``) one step later.
         """
         if len(batch) == 0:
             raise TrainingError("train_step got an empty batch; skip empty micro-batches before training")
-        started = time.perf_counter()
-        user_rows = self._assign("user", self.user_vocab, batch.user_ids, batch.event_time)  # (B,)
-        item_rows = self._assign("item", self.item_vocab, batch.item_ids, batch.event_time)  # (B,)
-        history = self._histories(batch, user_rows, item_rows, append=True)  # (B, H) or None
+        previous, self._pending = self._pending, self._run_step(batch)
+        if previous is not None:
+            self._done = self._finish(previous)
+        done, self._done = self._done, None
+        return done
 
+    def flush_stats(self) -> StepStats | None:
+        """Read the last submitted step's statistics now (waits for the device); None when every
+        step was already reported. Call before a checkpoint, at stop and when the stream is idle."""
+        if self._pending is not None:
+            self._done, self._pending = self._finish(self._pending), None
+        done, self._done = self._done, None
+        return done
+
+    def train_step(self, batch: EventBatch) -> StepStats:
+        """Synchronous form of :meth:`submit_step`: train on ``batch`` and return *its* statistics
+        (one wait for the device per step). Statistics of an earlier submitted step that was not
+        flushed are folded into the rolling metrics but not returned."""
+        self.submit_step(batch)
+        stats = self.flush_stats()
+        assert stats is not None
+        return stats
+
+    def _run_step(self, batch: EventBatch) -> PendingStep:
+        """Queue steps 1-9 of one batch on the device; returns what is needed to report it later."""
+        self._readback.begin()
+        staged = stage_batch(self, batch)
+        history = self._histories(staged, append=True)  # (B, H) or None
         evaluated = self._rng.random() < self.config.trainer.progressive_eval_fraction
         prog_sums = base_sums = None
-        if evaluated:
-            known = self.item_vocab.known_rows(self.device)
-            if known.numel():
-                queries = self.model.query(user_rows, history)  # (B, D)
-                prog_sums = self.progressive.score(self.model, queries, item_rows, known)  # (2K+1,)
-                base_sums = self.popularity.score(item_rows, known)  # (2 * (2K+1),) same positives
+        if evaluated and staged.known.numel():
+            queries = self.model.query(staged.user_rows, history)  # (B, D)
+            prog_sums = self.progressive.score(self.model, queries, staged.item_rows, staged.known)  # (2K+1,)
+            base_sums = self.popularity.score(staged.item_rows, staged.known)  # (2 * (2K+1),) same positives
 
-        self.frequency.update(self._item_keys[item_rows])
-        self.popularity.observe(item_rows)
+        self.frequency.update(self._item_keys[staged.item_rows])
+        self.popularity.observe(staged.item_rows)
 
         self._zero_grads()
         with autocast_context(self.device, self.config.trainer.mixed_precision):
-            inp = self._sampler_input(user_rows, item_rows, history)
-            inp.weights = self._weights(batch)
+            inp = self._sampler_input(staged, history)
             out = self.sampler.loss(inp, update_state=True)
         if out.loss.requires_grad:  # a batch whose negatives were all masked has a constant loss
             out.loss.backward()
+        apply = finite_flag(out.loss)  # () bool on the device: the host never reads it inside the step
+        self.sparse_optimizer.step(apply, masked=self.mask_updates)
+        if self.dense_optimizer is not None:
+            guarded_step(self.dense_optimizer, apply, masked=self.mask_updates)
+        self._zero_grads()
+        self._step += 1
 
         with torch.no_grad():
-            log_q = inp.log_q(item_rows).float()  # (B,)
+            log_q = inp.log_q(staged.item_rows).float()  # (B,)
             names = list(out.stats)
             parts = [
+                apply.float().reshape(1),
                 out.loss.detach().float().reshape(1),
                 log_q.mean().reshape(1),
                 log_q.std(unbiased=False).reshape(1),
@@ -238,51 +253,51 @@ class Trainer:
             ]
             if prog_sums is not None and base_sums is not None:
                 parts += [prog_sums.float(), base_sums.float()]
-            values = torch.cat(parts).tolist()  # the step's only device→host sync
-        # The update waits for the sync so a NaN/inf loss never reaches the parameters.
-        applied = math.isfinite(values[0])
-        if applied:
-            self.sparse_optimizer.step()
-            if self.dense_optimizer is not None:
-                self.dense_optimizer.step()
-        else:
-            log.warning("step %d: loss is %s; update skipped for this batch", self._step + 1, values[0])
-        self._zero_grads()
-        self._step += 1
-        n_fixed = 3 + len(names)
+            ticket = self._readback.push(torch.cat(parts))
+        width = 0 if prog_sums is None else prog_sums.numel()
+        return PendingStep(self._step, len(batch), names, width, ticket)
+
+    def _finish(self, pending: PendingStep) -> StepStats:
+        """Read a pending step's statistics (waits for that step on the device) and fold its
+        evaluation sums into the rolling metrics."""
+        values, duration = self._readback.read(pending.ticket)
+        applied = values[0] > 0.5
+        if not applied:
+            log.warning("step %d: loss is %s; update skipped for this batch", pending.step, values[1])
+        n_fixed = FIXED_FIELDS + len(pending.names)
         progressive = baselines = None
-        if prog_sums is not None:
-            n_prog = n_fixed + prog_sums.numel()
+        if pending.progressive_width:
+            n_prog = n_fixed + pending.progressive_width
             progressive = self.progressive.update(values[n_fixed:n_prog])
             baselines = self.popularity.update(values[n_prog:])
         return StepStats(
-            step=self._step,
-            num_events=len(batch),
-            loss=values[0],
-            duration_s=time.perf_counter() - started,
-            logq_mean=values[1],
-            logq_std=values[2],
-            sampler_stats=dict(zip(names, values[3:n_fixed])),
+            step=pending.step,
+            num_events=pending.num_events,
+            loss=values[1],
+            duration_s=duration,
+            logq_mean=values[2],
+            logq_std=values[3],
+            sampler_stats=dict(zip(pending.names, values[FIXED_FIELDS:n_fixed])),
             progressive=progressive,
             applied=applied,
             baselines=baselines,
         )
 
-    def _weights(self, batch: EventBatch) -> torch.Tensor | None:
-        """(B,) event weights on the device, or None when all are 1 (the common case costs nothing)."""
-        if bool(np.all(batch.weight == 1.0)):
-            return None
-        return torch.from_numpy(np.ascontiguousarray(batch.weight, dtype=np.float32)).to(self.device)
+    def _settle(self) -> None:
+        """Fold a pending step's statistics into the rolling metrics (kept for the next flush), so
+        a checkpoint taken now holds them."""
+        if self._pending is not None:
+            self._done, self._pending = self._finish(self._pending), None
 
     def probe(self, batch: EventBatch) -> dict[str, float]:
         """Sampling-bias numbers (loss bias, gradient cosine, KL, ESS...) on ``batch`` without
         changing any training state (vocabularies read-only, sampler with ``update_state=False``,
-        no optimizer step). Called by the worker every ``probe_interval_steps``."""
-        user_rows = torch.from_numpy(self.user_vocab.lookup(batch.user_ids, admit=False).rows).to(self.device)
-        item_rows = torch.from_numpy(self.item_vocab.lookup(batch.item_ids, admit=False).rows).to(self.device)
-        history = self._histories(batch, user_rows, item_rows, append=False)
+        no optimizer step). Called by the worker every ``probe_interval_steps``; reads its results
+        at once (a host sync, every few steps only)."""
+        staged = stage_batch(self, batch, admit=False)
+        history = self._histories(staged, append=False)
         try:
-            return probe_sampler(self.sampler, self._sampler_input(user_rows, item_rows, history))
+            return probe_sampler(self.sampler, self._sampler_input(staged, history))
         finally:
             self._zero_grads()  # the probe may have backpropagated into the tables
 
@@ -305,7 +320,9 @@ class Trainer:
     # ------------------------------------------------------------------ persistence
     def file_state(self) -> dict[str, Any]:
         """Everything the checkpoint file holds: model, optimizers, vocabularies, step, RNGs.
-        Plain tensors/lists/ints, so ``torch.load(weights_only=True)`` reads it back."""
+        Plain tensors/lists/ints, so ``torch.load(weights_only=True)`` reads it back. Settles a
+        pending step first, so the rolling metrics it holds include every submitted step."""
+        self._settle()
         return {
             "format": _FILE_STATE_FORMAT,
             "step": self._step,
@@ -330,6 +347,7 @@ class Trainer:
 
     def load_file_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`file_state`; called once at resume, before :meth:`load_shared_state`."""
+        self._pending = self._done = None  # statistics of steps before the restore describe another state
         if state.get("format") != _FILE_STATE_FORMAT:
             raise TrainingError(f"checkpoint format {state.get('format')!r} is not {_FILE_STATE_FORMAT}")
         try:

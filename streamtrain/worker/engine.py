@@ -48,6 +48,12 @@ class TrainingEngine(Protocol):
         """One optimisation step on a micro-batch (progressive evaluation happens inside)."""
         ...
 
+    # Optional (the worker uses them when present, else ``train_step``): the one-step-late path.
+    # ``submit_step(batch) -> StepResult | None`` queues a step and returns the *previous* step's
+    # result; ``flush_stats() -> StepResult | None`` returns the last one now. The worker flushes
+    # before every snapshot (so ``file_state`` includes the step's rolling metrics), when idle and
+    # at stop, and records each result exactly once.
+
     def probe(self, batch: EventBatch) -> dict[str, float]:
         """Sampling-bias diagnostics on a batch, without updating the model."""
         ...

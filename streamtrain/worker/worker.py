@@ -31,6 +31,7 @@ from streamtrain.worker.checkpoint import Checkpointer, Snapshot, detached_copy,
 from streamtrain.worker.checkpoint_runner import CheckpointRunner
 from streamtrain.worker.engine import StepResult, TrainingEngine
 from streamtrain.worker.errors import FencedError, WorkerError
+from streamtrain.worker.late_steps import LateSteps
 from streamtrain.worker.progress import Progress
 from streamtrain.worker.resume import ResumePoint
 from streamtrain.worker.source import KafkaSource
@@ -87,6 +88,7 @@ class Worker:
         self.stop_reason = "running"
         self._log_mark = (time.monotonic(), progress.events, engine.step)
         self.status = StatusLine(config.trainer.eval_k)
+        self.late = LateSteps(engine)  # step statistics arrive one step late
         self.publisher: Any = None  # an ExportPublisher when export.every_checkpoints > 0 (see build.py)
         self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
         runner.on_success = self._on_checkpoint
@@ -275,6 +277,7 @@ class Worker:
                     return
                 continue
             stepped = False
+            self._flush_stats()  # nothing to overlap with: report the last step now
             if agreed.all_idle:
                 self._idle_exit()
                 return
@@ -348,17 +351,34 @@ class Worker:
                 log.warning("dropping a batch that overlaps trained offsets: %s", dict(batch.ranges))
                 return
             if len(batch.events):
-                stats = self.engine.train_step(batch.events)
+                # The stats of the *previous* step (None for the first): this step runs on the device
+                # while the loop fetches the next batch.
+                stats = self.late.submit(batch.events)
                 interval = self.config.trainer.probe_interval_steps
-                if interval and stats.step % interval == 0:
+                if interval and self.engine.step % interval == 0:
                     probe = self.engine.probe(batch.events.slice(0, self.config.trainer.probe_batch_size))
             self.progress.advance(batch)
         self.last_step_at = time.monotonic()
+        self._report_unreported()
         if stats is not None:
             self._record_step(stats, probe)
+        elif probe is not None:
+            self.late.carry(probe)
         self.source.lag.refresh(self.progress.offsets(), self.progress.last_event_times())
 
+    def _flush_stats(self) -> None:
+        """Loop thread: read the last step's statistics now (nothing to overlap with) and record them."""
+        with self._engine_lock:
+            self.late.flush()
+        self._report_unreported()
+
+    def _report_unreported(self) -> None:
+        """Loop thread: record the statistics flushes handed over (checkpoint, idle, revoke)."""
+        for stats in self.late.take():
+            self._record_step(stats, None)
+
     def _record_step(self, stats: StepResult, probe: dict[str, float] | None) -> None:
+        probe = self.late.probe_for_record(probe)
         record_step(self.metrics, stats, self.engine.vocabulary_sizes(), probe)
         self.status.observe(stats.progressive, stats.sampler_stats, probe)
         if stats.step % self.config.trainer.log_every_steps == 0:
@@ -375,6 +395,7 @@ class Worker:
     # ------------------------------------------------------------------ checkpoints
     def _snapshot_if_new(self) -> Snapshot | None:
         with self._engine_lock:
+            self.late.flush()  # the checkpoint must hold the last step's statistics (rolling metrics)
             offsets = self.progress.offsets()
             if offsets == self.checkpointer.committed_offsets and self.progress.events == self.runner.committed_events:
                 return None
@@ -393,6 +414,7 @@ class Worker:
         if not self.runner.due(self.progress.events) or not self.runner.try_acquire():
             return
         snap = self._snapshot_if_new()
+        self._report_unreported()
         if snap is None:
             self.runner.release()
         else:
@@ -413,6 +435,7 @@ class Worker:
                 self.runner.release()
                 raise self.runner.fatal
             snap = self._snapshot_if_new()
+            self._report_unreported()
             if snap is None:
                 self.runner.release()
                 log.info("final checkpoint: nothing new since checkpoint %s", self.checkpointer.committed_id)

@@ -30,6 +30,8 @@ def test_gpu_check_tiny_runs_every_section_without_errors(tmp_path: Path) -> Non
     cells = [r for r in by_section["train"] if not r["case"].startswith("build")]
     assert len(cells) == 5 * 2 * 2 and all(r["rate"] > 0 and r["peak_bytes"] > 0 for r in cells)
     assert {r["case"].split()[0] for r in cells} == {"inbatch", "inbatch_logq", "bir", "xir", "full"}
+    sync = by_section["sync"]
+    assert len(sync) == 5 * 2 and all(r["rate"] > 0 and "NaN batch skipped" in r["note"] for r in sync)
     worker = by_section["worker"]
     assert len(worker) == 2 and all(r["rate"] > 0 and 0 <= r["wait_share"] <= 1 for r in worker)
     (ckpt,) = by_section["checkpoint"]
