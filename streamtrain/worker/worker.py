@@ -269,7 +269,11 @@ class Worker:
                 self._maybe_checkpoint()
                 continue
             self.metrics.trainer_wait_seconds.inc(time.perf_counter() - waited)
-            self._train(batch)
+            try:
+                self._train(batch)
+            finally:
+                if batch.release is not None:  # the columns live in an ingest process's slot
+                    batch.release()
             self._maybe_checkpoint()
             if self._max_steps is not None and self.engine.step >= self._max_steps:
                 self.stop_reason = f"max steps {self._max_steps}"
