@@ -37,7 +37,7 @@ class Fetched:
     key: PartitionKey
     offsets: np.ndarray  # (n,) int64
     values: list[bytes | None]
-    keys: list[bytes | None]
+    keys: Any  # indexable: message keys (read only for dead letters)
 
     def records(self) -> Sequence[Record]:
         return _Records(self)

@@ -25,8 +25,16 @@ __all__ = ["ConfluentFetcher", "librdkafka_options"]
 
 log = logging.getLogger(__name__)
 
-# Errors librdkafka reports while it reconnects by itself: a health signal, not a reason to stop.
-_TRANSIENT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._TIMED_OUT}
+
+
+class _LazyKeys:
+    """Message keys, read only for the few messages that are dead-lettered."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self._messages = messages
+
+    def __getitem__(self, i: int) -> bytes | None:
+        return self._messages[i].key()
 
 
 def librdkafka_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,6 +67,7 @@ class ConfluentFetcher:
         self._consumer = Consumer(conf, logger=log)
         self._max_records = max_records
         self._next: dict[PartitionKey, int] = {}  # next offset to read, for out-of-range reports
+        self._topic = ""
 
     def assign(self, positions: Mapping[PartitionKey, int]) -> None:
         if not positions:
@@ -68,36 +77,35 @@ class ConfluentFetcher:
         self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING if pos == EARLIEST else pos)
                                for (t, p), pos in positions.items()])
         self._next = {key: pos for key, pos in positions.items()}
+        self._topic = next(iter(positions))[0]
 
     def fetch(self, timeout_s: float) -> list[Fetched]:
         if not self._next:
             time.sleep(timeout_s)
             return []
         messages = self._consumer.consume(num_messages=self._max_records, timeout=timeout_s)
-        parts: dict[PartitionKey, tuple[list[int], list[bytes | None], list[bytes | None]]] = {}
+        # Per message only error/partition here and value/offset below: the costs that remain per event.
+        parts: dict[int, list[Any]] = {}
         failure: str | None = None
+        topic = self._topic
         for m in messages:
             err = m.error()
             if err is not None:
                 key = (m.topic(), m.partition())
                 if err.code() == KafkaError._AUTO_OFFSET_RESET and key in self._next:
                     raise OutOfRange({key: self._next[key]})
-                if err.fatal() or err.code() not in _TRANSIENT:
-                    failure = f"{err.name()}: {err.str()}"
-                else:
-                    failure = failure or f"{err.name()}: {err.str()}"
+                failure = f"{err.name()}: {err.str()}"
                 continue
-            key = (m.topic(), m.partition())
-            part = parts.get(key)
+            p = m.partition()
+            part = parts.get(p)
             if part is None:
-                part = parts[key] = ([], [], [])
-            part[0].append(m.offset())
-            part[1].append(m.value())
-            part[2].append(m.key())
+                part = parts[p] = []
+            part.append(m)
         out = []
-        for key, (offsets, values, keys) in parts.items():
-            self._next[key] = offsets[-1] + 1
-            out.append(Fetched(key, np.asarray(offsets, dtype=np.int64), values, keys))
+        for p, msgs in parts.items():
+            offsets = np.fromiter((m.offset() for m in msgs), dtype=np.int64, count=len(msgs))
+            self._next[(topic, p)] = int(offsets[-1]) + 1
+            out.append(Fetched((topic, p), offsets, [m.value() for m in msgs], _LazyKeys(msgs)))
         if failure is not None and not out:
             raise FetchError(failure)
         return out
