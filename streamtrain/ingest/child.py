@@ -8,7 +8,8 @@ from the trainer: ``("assign", generation, {partition key: next offset | EARLIES
   ``("stop",)``;
 to the trainer: ``("batch", slot)`` (a slot holds a ready batch, :mod:`streamtrain.ingest.slots`),
   ``("packed", arrays)`` (one that did not fit a slot), ``("reset", key, stored, new)`` (the log no
-  longer holds ``stored``), ``("status", pending, last_message_at, poll_ok, error, counters)``,
+  longer holds ``stored``), ``("ack", generation)`` (first fetch of an assignment done),
+  ``("status", pending, last_message_at, poll_ok, error, counters)``,
   ``("fatal", text)``.
 
 Dead letters: rejects are sent when decoded, and the producer is flushed before any batch that covers
@@ -69,6 +70,7 @@ class IngestChild:
         self._error = ""
         self._status_at = 0.0
         self._backoff_s = 0.0
+        self._ack = False
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -105,6 +107,7 @@ class IngestChild:
             self.batcher.reset()
             self.ready.clear()
             self.fetcher.assign(positions)
+            self._ack = True  # after the next fetch: the trainer's idle clock starts once every process reads
             log.debug("ingest %d: generation %d, partitions %s", self.index, self.generation, sorted(positions))
         elif kind == "flush":
             batch = self.batcher.flush(self.generation)
@@ -129,6 +132,9 @@ class IngestChild:
             log.warning("ingest %d: fetch failed (%s); retrying in %.1f s", self.index, exc, self._backoff_s)
             self._serve(self._backoff_s)
             return
+        if self._ack:
+            self._ack = False
+            self._send(("ack", self.generation))
         now = time.monotonic()
         for part in fetched:
             self._last_message_at = now

@@ -49,6 +49,7 @@ class _Child:
         self.last_message_at: float | None = None
         self.poll_ok = True
         self.error = ""
+        self.acked = -1  # last generation whose first fetch this process finished
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self.lock:
@@ -78,6 +79,7 @@ class IngestPool:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._collect, name="streamtrain-ingest-collector", daemon=True)
         self.fatal: BaseException | None = None
+        self._acked_at: dict[int, float] = {}
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
@@ -98,6 +100,12 @@ class IngestPool:
         """Replace every process's partitions (``{}``: stop reading); batches of older generations are stale."""
         for child, share in zip(self._children, deal(positions, self.processes)):
             child.send(("assign", generation, share))
+
+    def reading_since(self, generation: int) -> float | None:
+        """When every process had finished its first fetch of ``generation`` (monotonic), else None."""
+        if all(c.acked >= generation for c in self._children):
+            return self._acked_at.get(generation)
+        return None
 
     def flush(self) -> None:
         """Ask every process to close its open batch now (idle exit)."""
@@ -179,6 +187,10 @@ class IngestPool:
                 self._on_health(poll_ok, error)
             child.poll_ok, child.error = poll_ok, error
             self._counters.apply(child.index, counters)
+        elif kind == "ack":
+            child.acked = max(child.acked, msg[1])
+            if all(c.acked >= msg[1] for c in self._children):
+                self._acked_at.setdefault(msg[1], time.monotonic())
         elif kind == "reset":
             _, key, stored, new = msg
             self._on_reset(key, stored, new)

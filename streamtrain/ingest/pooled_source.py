@@ -42,6 +42,12 @@ class PooledSource(KafkaSource):
         self._drain()
         self.pool.stop()
 
+    @property
+    def joining(self) -> bool:
+        """Also True until every ingest process has fetched once for the current assignment (a process still
+        starting must not let ``--idle-exit`` call a full topic drained)."""
+        return super().joining or self.pool.reading_since(self.generation) is None
+
     def pending_in_batcher(self) -> bool:
         return self.pool.pending()
 
@@ -65,6 +71,9 @@ class PooledSource(KafkaSource):
         last = self.pool.last_message_at
         if last is not None:
             self.last_message_at = last
+        reading = self.pool.reading_since(self.generation)
+        if reading is not None and self.assigned_at is not None and reading > self.assigned_at:
+            self.assigned_at = reading  # idle time counts from when the processes read
 
     # ------------------------------------------------------------------ collector thread
     def _from_pool(self, batch: MicroBatch) -> None:
