@@ -190,10 +190,15 @@ def e2e_tables(opts: Any) -> list[Table]:
                     raise RuntimeError(f"streamtrain replay exited {replay.returncode}")
                 replay_rate = json.loads(out)["events_per_s"]
                 backlog = run_worker(overrides(run_backlog), 3.0, Path(tmp, "backlog.log"), opts.threads)
+                run_old = f"bench-e2e-{uuid.uuid4().hex[:8]}"
+                # The path before issue 12, side by side: decoding on a thread of the trainer process.
+                old = run_worker([*overrides(run_old), "ingest.processes=0", "kafka.client=kafka-python"], 3.0,
+                                 Path(tmp, "backlog-thread.log"), opts.threads)
                 config = load_config(overrides=overrides(f"bench-e2e-{uuid.uuid4().hex[:8]}"), environ={})
-                configs += [load_config(overrides=overrides(r), environ={}) for r in (run_live, run_backlog)]
+                configs += [load_config(overrides=overrides(r), environ={}) for r in (run_live, run_backlog, run_old)]
                 alone = standalone_rate(config, _read_topic(bootstrap, topic))
-                for mode, w in (("live (replay running)", live), ("backlog (topic full)", backlog)):
+                for mode, w in (("live (replay running)", live), ("backlog (topic full)", backlog),
+                                ("backlog, decode thread (old path)", old)):
                     table.add(sampler, mode, f"{w.events:,}", fmt_rate(w.rate), fmt_ratio(w.rate / alone),
                               f"{w.wait:.0%}", f"{w.busy:.0%}", fmt_rate(replay_rate) if mode.startswith("live") else "-")
                 table.add(sampler, "standalone trainer", f"{n:,}", fmt_rate(alone), fmt_ratio(1.0), "-", "100%", "-")
@@ -214,6 +219,8 @@ def e2e_tables(opts: Any) -> list[Table]:
         "worker rates: between the first and the last metric scrape that moved events_trained (start-up and idle "
         "exit excluded); trainer waits / in steps: share of that window from streamtrain_trainer_wait_seconds_total "
         "and streamtrain_step_duration_seconds_sum",
+        "live/backlog: the default worker (ingest processes, kafka.client=confluent); decode thread: "
+        "ingest.processes=0 and kafka-python, the path before issue 12",
         f"worker and replay are separate processes on the same {os.cpu_count()} cores as the broker; checkpoints, "
         "the bias probe and progressive evaluation run with their defaults in the worker and the standalone loop",
     ]

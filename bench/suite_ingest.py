@@ -13,6 +13,7 @@ inside the timed part. On a 2-core host the broker and the trainer share the sam
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 import uuid
@@ -180,11 +181,59 @@ def ingest_tables(opts: Any) -> list[Table]:
         ["consumer processes", "events/s at the trainer", "x 1 process"],
     )
     rates: dict[int, float] = {}
-    for _ in range(opts.ingest_repeat):
-        for n in opts.ingest_procs:
-            rates[n] = max(rates.get(n, 0.0), multi_process_rate(bootstrap, topic, parts, n, events, max_records))
+    try:
+        for _ in range(opts.ingest_repeat):
+            for n in opts.ingest_procs:
+                rates[n] = max(rates.get(n, 0.0), multi_process_rate(bootstrap, topic, parts, n, events, max_records))
+    except RuntimeError as exc:  # a group rebalance under load: report it, keep the worker-path tables
+        many.notes.append(f"not measured: {exc}")
     for n, rate in rates.items():
         many.add(n, fmt_rate(rate), fmt_ratio(rate / rates[min(rates)]))
     many.notes.append("each process polls, decodes and batches; batches are pickled to the trainer over a "
                       "multiprocessing queue; not pinned (broker, consumers and trainer share the host's cores)")
-    return [one, many]
+    return [one, many, *pool_tables(opts, bootstrap, topic, events, max_records, best)]
+
+
+def pool_tables(opts: Any, bootstrap: str, topic: str, events: int, max_records: int,
+                inline: dict[tuple[str, str], float]) -> list[Table]:
+    """The worker's path (ingest processes → shared-memory slots), both clients side by side."""
+    from bench_ingest_pool import fetch_only_rate, pool_rate
+
+    clients = ("kafka-python", "confluent")
+    today = inline[("inline poll+decode+batch", "orjson/message+fast")]
+    per_core = Table(
+        f"ingest processes: broker -> ready batches of 1024 in shared memory, one core ({events:,} events, "
+        f"max records {max_records}, best of {opts.ingest_repeat})",
+        ["variant", "client", "events/s", "x today (inline kafka-python)"],
+    )
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(opts.ingest_repeat):
+        for client in clients:
+            with one_core():
+                rate = fetch_only_rate(client, bootstrap, topic, events, max_records)
+            best[("fetch only", client)] = max(best.get(("fetch only", client), 0.0), rate)
+            rate = pool_rate(client, 1, bootstrap, topic, events, max_records, pin=True)
+            best[("1 ingest process", client)] = max(best.get(("1 ingest process", client), 0.0), rate)
+    per_core.add("inline poll+decode+batch (today)", "kafka-python", fmt_rate(today), fmt_ratio(1.0))
+    for (variant, client), rate in best.items():
+        per_core.add(variant, client, fmt_rate(rate), fmt_ratio(rate / today))
+    for variant in ("fetch only", "1 ingest process"):
+        per_core.notes.append(f"{variant}: confluent / kafka-python = "
+                              f"{best[(variant, 'confluent')] / best[(variant, 'kafka-python')]:.2f}x")
+    per_core.notes.append("1 ingest process = fetch, decode, dead letters, batcher, stable keys, slot write, pinned to "
+                          "one core; the trainer side (this process) reads slot views on the other cores")
+    curve = Table(
+        f"ingest processes: N processes -> one trainer process ({events:,} events, {opts.ingest_partitions} "
+        f"partitions, not pinned, best of {opts.ingest_repeat})",
+        ["client", "processes", "events/s at the trainer", "x 1 process"],
+    )
+    rates: dict[tuple[str, int], float] = {}
+    for _ in range(opts.ingest_repeat):
+        for client in clients:
+            for n in opts.ingest_procs:
+                rate = pool_rate(client, n, bootstrap, topic, events, max_records)
+                rates[(client, n)] = max(rates.get((client, n), 0.0), rate)
+    for (client, n), rate in rates.items():
+        curve.add(client, n, fmt_rate(rate), fmt_ratio(rate / rates[(client, min(opts.ingest_procs))]))
+    curve.notes.append(f"{os.cpu_count()} cores shared by the broker, the ingest processes and the trainer process")
+    return [per_core, curve]

@@ -41,6 +41,7 @@ __all__ = [
     "MetricsConfig",
     "ExportConfig",
     "DistributedConfig",
+    "IngestConfig",
     "load_config",
     "validate_tree",
     "dump_config",
@@ -77,6 +78,10 @@ class KafkaConfig(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    client: Literal["confluent", "kafka-python"] = Field(
+        "confluent", description="client that reads records in the ingest processes: confluent (librdkafka; ~2x "
+        "the records/s per core, BENCHMARKS.md) or kafka-python; group membership and commits use kafka-python"
+    )
     max_poll_records: int = Field(5000, ge=1)
     max_message_bytes: int = Field(64 * 1024, ge=64, description="larger messages are dead-lettered as oversized")
     queue_batches: int = Field(4, ge=1, description="decoded micro-batches buffered ahead of the trainer")
@@ -276,6 +281,28 @@ class ExportConfig(_Section):
     hnsw_ef_search: int = Field(128, ge=1, description="HNSW candidate list per query (recall vs latency)")
 
 
+def default_ingest_processes(cores: int | None = None) -> int:
+    """A quarter of the cores, 1 to 8: the trainer keeps most cores for its step; past ~8 one broker is the
+    limit (BENCHMARKS.md, ingest curve)."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(8, cores // 4))
+
+
+class IngestConfig(_Section):
+    processes: int | None = Field(
+        None, ge=0, le=64, description="ingest processes per trainer that fetch, decode and batch (default: a "
+        "quarter of the cores, 1 to 8); 0 decodes on a thread of the trainer process (the old path)"
+    )
+    id_bytes: int = Field(
+        64, ge=8, le=4096, description="average bytes per id a shared-memory slot holds; a batch with longer ids "
+        "is sent pickled instead (slower, still correct)"
+    )
+
+    @property
+    def resolved_processes(self) -> int:
+        return default_ingest_processes() if self.processes is None else self.processes
+
+
 class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -299,6 +326,7 @@ class Config(_Section):
     export: ExportConfig = ExportConfig()
     metrics: MetricsConfig = MetricsConfig()
     distributed: DistributedConfig = DistributedConfig()
+    ingest: IngestConfig = IngestConfig()
 
     @model_validator(mode="before")
     @classmethod

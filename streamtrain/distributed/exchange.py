@@ -15,6 +15,8 @@ strings, times, weights, types; B·W events), see BENCHMARKS.md "Distributed tra
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from dataclasses import dataclass
 
@@ -68,4 +70,7 @@ class StepExchange:
         if not self.ctx.distributed:
             return local
         self.steps_exchanged += 1
+        if local is not None and local.release is not None:
+            # Columns in an ingest slot: the gather pickles a copy; the caller releases the slot.
+            local = dataclasses.replace(local, release=None)
         return merge_batches(self.ctx.all_gather_object(local), generation)

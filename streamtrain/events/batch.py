@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 
 from streamtrain.events.schema import ContextValue
+from streamtrain.model.id_keys import KeyedIds
 
 __all__ = ["EventBatch", "normalize_id", "object_array"]
 
+_ID_COLUMNS = ("user_ids", "item_ids")
 _COLUMN_DTYPES = {
     "user_ids": np.dtype(object),
     "item_ids": np.dtype(object),
@@ -55,7 +57,8 @@ class EventBatch:
     share memory with their parent).
 
     Attributes:
-        user_ids: (n,) object, each a non-empty ``str`` (integer ids as decimal strings).
+        user_ids: (n,) object, each a non-empty ``str`` (integer ids as decimal strings); or, from the
+            ingest processes, a :class:`KeyedIds` (keys + UTF-8 bytes, no Python strings).
         item_ids: (n,) object, same rules.
         event_time: (n,) float64, seconds since the Unix epoch.
         weight: (n,) float32, > 0 (1.0 when the event had none).
@@ -76,6 +79,10 @@ class EventBatch:
         n = len(self.user_ids)
         for name, dtype in _COLUMN_DTYPES.items():
             column = getattr(self, name)
+            if name in _ID_COLUMNS and isinstance(column, KeyedIds):
+                if len(column) != n:
+                    raise ValueError(f"EventBatch.{name} has {len(column)} rows, user_ids has {n}")
+                continue
             if not isinstance(column, np.ndarray) or column.ndim != 1:
                 raise ValueError(f"EventBatch.{name} must be a 1-D numpy array")
             if column.dtype != dtype:
@@ -150,8 +157,8 @@ class EventBatch:
             for b in batches:
                 context.extend(b.context if b.context is not None else [{} for _ in range(len(b))])
         return cls(
-            user_ids=np.concatenate([b.user_ids for b in batches]),
-            item_ids=np.concatenate([b.item_ids for b in batches]),
+            user_ids=_concat_ids([b.user_ids for b in batches]),
+            item_ids=_concat_ids([b.item_ids for b in batches]),
             event_time=np.concatenate([b.event_time for b in batches]),
             weight=np.concatenate([b.weight for b in batches]),
             event_type=np.concatenate([b.event_type for b in batches]),
@@ -168,10 +175,23 @@ class EventBatch:
             if not any(context):
                 context = None
         return EventBatch(
-            user_ids=self.user_ids[window],
-            item_ids=self.item_ids[window],
+            user_ids=_slice_ids(self.user_ids, start, stop),
+            item_ids=_slice_ids(self.item_ids, start, stop),
             event_time=self.event_time[window],
             weight=self.weight[window],
             event_type=self.event_type[window],
             context=context,
         )
+
+
+def _slice_ids(column: np.ndarray | KeyedIds, start: int, stop: int) -> np.ndarray | KeyedIds:
+    if isinstance(column, KeyedIds):
+        return column.slice(start, stop)
+    return column[start:stop]
+
+
+def _concat_ids(columns: Sequence[np.ndarray | KeyedIds]) -> np.ndarray | KeyedIds:
+    if all(isinstance(c, KeyedIds) for c in columns):
+        return KeyedIds.concat(columns)  # type: ignore[arg-type]
+    # Mixed kinds happen only in tests: fall back to strings.
+    return np.concatenate([c.to_strings() if isinstance(c, KeyedIds) else c for c in columns])

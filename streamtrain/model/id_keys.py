@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KEY_FUNCTION", "EncodedIds", "encode_ids", "id_keys", "keys_of_encoded", "reference_key"]
+__all__ = ["KEY_FUNCTION", "EncodedIds", "KeyedIds", "encode_ids", "id_keys", "keys_of_encoded", "reference_key"]
 
 KEY_FUNCTION = "stk1"
 
@@ -88,6 +88,52 @@ class EncodedIds:
         """The ids as ``str`` again (per id; for the few a vocabulary stores or serves)."""
         raw = self.data.tobytes()
         return [raw[s : s + n].decode("utf-8") for s, n in zip(self.starts.tolist(), self.lengths.tolist())]
+
+
+@dataclass(frozen=True)
+class KeyedIds:
+    """An id column as a source ships it: stable keys plus the ids' UTF-8 bytes (no ``str`` objects).
+
+    The ingest processes build it (:mod:`streamtrain.worker.slots`) so that the trainer process never
+    touches an id as a Python object: :meth:`IdVocabulary.lookup` takes the keys as they are and reads
+    the bytes only of the few ids it admits. Slices are views.
+    """
+
+    keys: np.ndarray  # (n,) int64, keys_of_encoded(encoded)
+    encoded: EncodedIds
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def slice(self, start: int, stop: int) -> KeyedIds:
+        window = slice(start, stop)
+        enc = self.encoded
+        return KeyedIds(self.keys[window], EncodedIds(enc.data, enc.starts[window], enc.lengths[window]))
+
+    def to_strings(self) -> np.ndarray:
+        """(n,) object array of ``str`` (per id: for tests and the rare mixed concatenation)."""
+        out = np.empty(len(self), dtype=object)
+        out[:] = self.encoded.decode()
+        return out
+
+    @classmethod
+    def of(cls, ids: Sequence[str] | np.ndarray) -> KeyedIds:
+        """Keys and bytes of ``ids`` (vectorised, as the ingest processes compute them)."""
+        enc = encode_ids(ids)
+        return cls(keys_of_encoded(enc), enc)
+
+    @classmethod
+    def concat(cls, parts: Sequence[KeyedIds]) -> KeyedIds:
+        """Join columns in order; the bytes are re-packed into one arena (vectorised)."""
+        if len(parts) == 1:
+            return parts[0]
+        packed = [p.encoded.take(np.arange(len(p), dtype=np.int64)) for p in parts]
+        sizes = [int(e.lengths.sum()) for e in packed]
+        shift = np.cumsum([0, *sizes[:-1]])
+        data = np.concatenate([e.data[:n] for e, n in zip(packed, sizes)] + [np.zeros(8, np.uint8)])
+        starts = np.concatenate([e.starts + s for e, s in zip(packed, shift)])
+        lengths = np.concatenate([e.lengths for e in packed])
+        return cls(np.concatenate([p.keys for p in parts]), EncodedIds(data, starts, lengths))
 
 
 def encode_ids(ids: Sequence[str] | np.ndarray) -> EncodedIds:

@@ -40,7 +40,7 @@ import torch
 
 from streamtrain.errors import StreamtrainError
 from streamtrain.model.eviction import EvictionQueue
-from streamtrain.model.id_keys import KEY_FUNCTION, EncodedIds, encode_ids, id_keys, keys_of_encoded
+from streamtrain.model.id_keys import KEY_FUNCTION, EncodedIds, KeyedIds, encode_ids, id_keys, keys_of_encoded
 from streamtrain.model.id_store import IdStore
 from streamtrain.model.key_table import KeyIndex
 from streamtrain.model.pending import PendingSightings
@@ -184,7 +184,7 @@ class IdVocabulary:
     # ------------------------------------------------------------------ the hot path
     def lookup(
         self,
-        ids: Sequence[str] | np.ndarray,
+        ids: Sequence[str] | np.ndarray | KeyedIds,
         *,
         admit: bool = True,
         event_time: np.ndarray | None = None,
@@ -196,10 +196,13 @@ class IdVocabulary:
         ``event_time`` (n,) seconds, if given, drives last-seen times and eviction; otherwise the
         clock passed at construction does. ``keys`` (n,) int64, if given, are the ids' keys computed
         by the source (:func:`streamtrain.model.id_keys.id_keys`); then ``ids`` is read only at the
-        positions of ids this call admits.
+        positions of ids this call admits. ``ids`` may be a :class:`KeyedIds` (the ingest processes'
+        column): its keys are used and only the admitted ids' bytes are copied.
         """
         encoded: EncodedIds | None = None
-        if keys is None:
+        if isinstance(ids, KeyedIds):  # from the ingest processes: keys and bytes, no str objects
+            keys, encoded = ids.keys, ids.encoded
+        elif keys is None:
             encoded = encode_ids(ids)
             keys = keys_of_encoded(encoded)
         else:

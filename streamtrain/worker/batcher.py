@@ -15,7 +15,7 @@ the next batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +55,8 @@ class MicroBatch:
         messages: offsets covered (events, rejects and any gaps in the log).
         generation: the source's assignment generation when it was cut; stale after a rebalance.
         closed_by: "count", "latency" or "flush".
+        release: set on a batch whose columns live in an ingest process's shared-memory slot; whoever
+            consumes or drops the batch calls it once, after which the columns must not be read.
     """
 
     events: EventBatch
@@ -62,6 +64,7 @@ class MicroBatch:
     messages: int
     generation: int = 0
     closed_by: str = "count"
+    release: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

@@ -26,6 +26,7 @@ from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.exchange import StepExchange
 from streamtrain.distributed.lease import RunLease
 from streamtrain.distributed.startup import on_main, share_resume
+from streamtrain.ingest.pooled_source import PooledSource
 from streamtrain.metrics import Metrics
 from streamtrain.worker.backoff import Backoff
 from streamtrain.worker.batcher import Batcher
@@ -176,6 +177,28 @@ def _create_dead_letter_topic(config: Config) -> None:
         admin.close()
 
 
+def _pool_factory(config: Config, processes: int, metrics: Metrics) -> Callable[..., Any]:
+    """What :class:`PooledSource` calls to build its :class:`IngestPool` (it supplies the callbacks)."""
+    from streamtrain.ingest.pool import IngestPool
+    from streamtrain.ingest.slots import SlotLayout
+
+    k, b = config.kafka, config.trainer.batch_size
+    settings = {
+        "client": k.client, "options": kafka_client_options(config), "max_records": k.max_poll_records,
+        "max_message_bytes": k.max_message_bytes, "batch_size": b, "max_latency_s": config.trainer.max_batch_latency_s,
+        "dead_letter_topic": k.dead_letter_topic, "dead_letter_max_bytes": k.dead_letter_max_bytes,
+        "log_level": config.run.log_level,
+    }
+    layout = SlotLayout(b, b * config.ingest.id_bytes)
+
+    def factory(on_batch: Any, on_reset: Any, on_health: Any) -> IngestPool:
+        return IngestPool(processes, topic=k.topic, settings=settings, layout=layout,
+                          slots_per_process=k.queue_batches + 1, metrics=metrics,
+                          on_batch=on_batch, on_reset=on_reset, on_health=on_health)
+
+    return factory
+
+
 def build_worker(
     config: Config,
     *,
@@ -288,9 +311,7 @@ def _build(
         def on_offset_reset(self, key: Any, stored: int, new: int) -> None:
             worker_ref[0].on_offset_reset(key, stored, new)
 
-    source = KafkaSource(
-        consumer,
-        k.topic,
+    source_args: dict[str, Any] = dict(
         batcher=Batcher(config.trainer.batch_size, config.trainer.max_batch_latency_s),
         dead_letters=dead_letters,
         metrics=metrics,
@@ -302,6 +323,13 @@ def _build(
         assignment_timeout_s=max(30.0, 5 * k.session_timeout_s),
         health=BrokerHealth(metrics, k.broker_unreachable_s),
     )
+    processes = config.ingest.resolved_processes
+    source: KafkaSource
+    if processes > 0:
+        source = PooledSource(consumer, k.topic, pool_factory=_pool_factory(config, processes, metrics),
+                              **source_args)
+    else:
+        source = KafkaSource(consumer, k.topic, **source_args)
     checkpointer = Checkpointer(
         files=files,
         store=store,

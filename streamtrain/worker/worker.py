@@ -268,7 +268,11 @@ class Worker:
                 self.stop_reason = stop_reason or "another rank stopped"
                 return
             if agreed.step:
-                self._train(self.exchange.global_batch(batch, self.source.generation))
+                try:
+                    self._train(self.exchange.global_batch(batch, self.source.generation))
+                finally:
+                    if batch is not None and batch.release is not None:  # columns in an ingest slot
+                        batch.release()
                 self._maybe_checkpoint()
                 stepped = True
                 if self._max_steps is not None and self.engine.step >= self._max_steps:

@@ -30,8 +30,9 @@ BAD: dict[RejectReason, bytes | None] = {
 }
 
 
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_bad_events_are_dead_lettered_and_good_ones_trained(
-    kafka_bootstrap: str, redis_url: str, topic_factory, unique_name: str, tmp_path: Path
+    client: str, kafka_bootstrap: str, redis_url: str, topic_factory, unique_name: str, tmp_path: Path
 ) -> None:
     assert set(BAD) == set(RejectReason), "a reject reason has no test message"
     topic = topic_factory(1, prefix="worker-dlq")
@@ -48,7 +49,7 @@ def test_bad_events_are_dead_lettered_and_good_ones_trained(
     produce(kafka_bootstrap, topic, values)
 
     config = config_for(unique_name, topic, tmp_path, bootstrap=kafka_bootstrap, redis_url=redis_url,
-                        extra=[f"kafka.max_message_bytes={MAX_BYTES}", "checkpoint.interval_events=256"])
+                        extra=[f"kafka.client={client}", f"kafka.max_message_bytes={MAX_BYTES}", "checkpoint.interval_events=256"])
     registry = CollectorRegistry()
     parts = run_worker(config, fresh=True, idle_exit_s=4, registry=registry)
     stop_worker(parts)

@@ -54,10 +54,18 @@ def _timings(log: Path, pattern: str) -> list[float]:
     return [float(m) for m in re.findall(pattern, log.read_text())]
 
 
+@pytest.mark.parametrize(
+    "processes", [None, 2], ids=["ingest-default", "ingest-2-processes"],
+)
 def test_kill9_twenty_times_trains_every_event_exactly_once(
-    kafka_bootstrap: str, redis_url: str, topic_factory, unique_name: str, tmp_path: Path
+    processes: int | None, kafka_bootstrap: str, redis_url: str, topic_factory, unique_name: str, tmp_path: Path
 ) -> None:
-    topic = topic_factory(1, prefix="worker-kill9")
+    # With two ingest processes the topic has two partitions, one per process; the processes' batches
+    # then interleave in arrival order, so only the per-partition tiling and totals must match the
+    # reference (the frequency arrays depend on that order and are compared with one partition).
+    partitions = 1 if processes is None else processes
+    extra = [*EXTRA, *([] if processes is None else [f"ingest.processes={processes}"])]
+    topic = topic_factory(partitions, prefix="worker-kill9")
     values = stream(EVENTS, seed=3)
 
     def replay() -> None:
@@ -65,7 +73,7 @@ def test_kill9_twenty_times_trains_every_event_exactly_once(
         chunk = 100
         for start in range(0, EVENTS, chunk):
             for value in values[start:start + chunk]:
-                producer.send(topic, value=value, partition=0)
+                producer.send(topic, value=value, partition=(start // chunk) % partitions)
             producer.flush()
             time.sleep(PRODUCE_S * chunk / EVENTS)
         producer.close()
@@ -77,7 +85,7 @@ def test_kill9_twenty_times_trains_every_event_exactly_once(
     # The run under test: SIGKILL after a random delay, 20 times, then run to the end.
     victim = f"kill-{unique_name}"
     victim_sets = overrides(victim, topic, tmp_path / "ckpt", bootstrap=kafka_bootstrap, redis_url=redis_url,
-                            extra=[*EXTRA, f"kafka.group_instance_id=w-{victim}"])
+                            extra=[*extra, f"kafka.group_instance_id=w-{victim}"])
     log = tmp_path / "victim.log"
     started = time.monotonic()
     for attempt in range(KILLS):
@@ -101,7 +109,7 @@ def test_kill9_twenty_times_trains_every_event_exactly_once(
     # The reference: one uninterrupted run over the same topic.
     reference = f"ref-{unique_name}"
     ref_sets = overrides(reference, topic, tmp_path / "ckpt", bootstrap=kafka_bootstrap, redis_url=redis_url,
-                         extra=EXTRA)
+                         extra=extra)
     _complete(ref_sets, tmp_path / "reference.log", "--fresh")
 
     victim_cfg = load_config(overrides=victim_sets, environ={})
@@ -109,26 +117,30 @@ def test_kill9_twenty_times_trains_every_event_exactly_once(
     victim_store = state_store(victim_cfg, redis_client(victim_cfg))
     ref_store = state_store(ref_cfg, redis_client(ref_cfg))
 
-    # Exactly once: the committed ranges tile [0, EVENTS) without gap or overlap.
+    # Exactly once: per partition, the committed ranges tile [0, end) without gap or overlap.
     ranges = victim_store.trained_ranges()
-    position = 0
+    ends = {p: sum(1 for start in range(0, EVENTS, 100) if (start // 100) % partitions == p) * 100
+            for p in range(partitions)}
+    position = dict.fromkeys(range(partitions), 0)
     for t, p, first, nxt, events in ranges:
-        assert (t, p) == (topic, 0) and first == position, f"gap or overlap at {first} (expected {position})"
+        assert t == topic and first == position[p], f"gap or overlap at {p}:{first} (expected {position[p]})"
         assert events == nxt - first  # every message is a good event here
-        position = nxt
-    assert position == EVENTS
+        position[p] = nxt
+    assert position == ends
     got, want = victim_store.load(), ref_store.load()
     assert got is not None and want is not None
     assert got.events == want.events == EVENTS
-    assert got.offsets == want.offsets == {(topic, 0): EVENTS}
-    assert got.step == want.step
-
-    # Same batches in the same order → identical streaming frequency estimates.
-    freq = sorted(k for k in want.shared if k.startswith("frequency."))
-    assert freq, f"no frequency arrays in shared state: {sorted(want.shared)}"
-    assert sorted(k for k in got.shared if k.startswith("frequency.")) == freq
-    for key in freq:
-        np.testing.assert_array_equal(got.shared[key], want.shared[key], err_msg=key)
+    assert got.offsets == want.offsets == {(topic, p): ends[p] for p in range(partitions)}
+    if partitions > 1:
+        assert sum(1 for r in ranges) >= EVENTS // 256
+    else:
+        assert got.step == want.step
+        # Same batches in the same order → identical streaming frequency estimates.
+        freq = sorted(k for k in want.shared if k.startswith("frequency."))
+        assert freq, f"no frequency arrays in shared state: {sorted(want.shared)}"
+        assert sorted(k for k in got.shared if k.startswith("frequency.")) == freq
+        for key in freq:
+            np.testing.assert_array_equal(got.shared[key], want.shared[key], err_msg=key)
 
     # The kills really interrupted the stream: many different resume points.
     resumed_at = set(re.findall(r"resumed from checkpoint \d+ \(\S+\): step \d+, (\d+) events", log.read_text()))

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 FIRST, SECOND, DELETE_BEFORE = 2000, 2000, 2600
 
 
+@pytest.mark.parametrize("client", ["confluent", "kafka-python"])
 def test_records_deleted_past_the_stored_offset_are_skipped_at_once_and_counted(
-    kafka_bootstrap: str, kafka_admin, redis_url: str, topic_factory, unique_name: str, tmp_path: Path,
+    client: str, kafka_bootstrap: str, kafka_admin, redis_url: str, topic_factory, unique_name: str, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="streamtrain")
@@ -35,7 +36,7 @@ def test_records_deleted_past_the_stored_offset_are_skipped_at_once_and_counted(
     values = stream(FIRST + SECOND, seed=23)
     produce(kafka_bootstrap, topic, values[:FIRST])
     config = config_for(unique_name, topic, tmp_path, bootstrap=kafka_bootstrap, redis_url=redis_url,
-                        extra=["checkpoint.interval_events=512", "checkpoint.record_trained_ranges=true"])
+                        extra=[f"kafka.client={client}", "checkpoint.interval_events=512", "checkpoint.record_trained_ranges=true"])
     stop_worker(run_worker(config, fresh=True, idle_exit_s=3))
     store = state_store(config, redis_client(config))
     assert store.load().offsets == {(topic, 0): FIRST}
