@@ -77,6 +77,7 @@ class IngestPool:
         self._on_batch, self._on_reset, self._on_health = on_batch, on_reset, on_health
         self._children: list[_Child] = []
         self._stop = threading.Event()
+        self._stopped = False
         self._thread = threading.Thread(target=self._collect, name="streamtrain-ingest-collector", daemon=True)
         self.fatal: BaseException | None = None
         self._acked_at: dict[int, float] = {}
@@ -122,6 +123,11 @@ class IngestPool:
         return max(times) if times else None
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the processes and free their shared memory; a second call is a no-op (callers stop
+        in a ``finally`` too)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         for child in self._children:
             child.send(("stop",))

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from streamtrain.localstack import REPO_ROOT, free_port
 from streamtrain.worker.build import redis_client, state_store
-from worker_support import config_for, run_worker, stop_worker, stream, wait_until
+from worker_support import produce_in_background, config_for, run_worker, stop_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,17 +53,7 @@ def test_worker_survives_a_broker_restart(redis_url: str, unique_name: str, tmp_
         admin.close()
         values = stream(EVENTS, seed=13)
 
-        def replay() -> None:
-            producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
-            for start in range(0, EVENTS, 100):
-                for value in values[start:start + 100]:
-                    producer.send(topic, value=value, partition=0)
-                producer.flush()
-                time.sleep(PRODUCE_S * 100 / EVENTS)
-            producer.close()
-
-        producer_thread = threading.Thread(target=replay, daemon=True)
-        producer_thread.start()
+        producer_thread = produce_in_background(bootstrap, topic, values, PRODUCE_S)
         config = config_for(unique_name, topic, tmp_path / "ckpt", bootstrap=bootstrap, redis_url=redis_url,
                             extra=["checkpoint.interval_events=512", "checkpoint.record_trained_ranges=true",
                                    "trainer.max_batch_latency_s=0.5", "kafka.lag_interval_s=0.5"])

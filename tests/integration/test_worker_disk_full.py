@@ -12,16 +12,13 @@ import errno
 import logging
 import os
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from streamtrain.worker.build import redis_client, state_store
-from worker_support import config_for, run_worker, stop_worker, stream, wait_until
+from worker_support import produce_in_background, config_for, run_worker, stop_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,17 +65,7 @@ def test_full_disk_fails_checkpoints_cleanly_then_recovers(
     topic = topic_factory(1, prefix="worker-disk")
     values = stream(EVENTS, seed=17)
 
-    def replay() -> None:
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=10)
-        for start in range(0, EVENTS, 100):
-            for value in values[start:start + 100]:
-                producer.send(topic, value=value, partition=0)
-            producer.flush()
-            time.sleep(PRODUCE_S * 100 / EVENTS)
-        producer.close()
-
-    producer_thread = threading.Thread(target=replay, daemon=True)
-    producer_thread.start()
+    producer_thread = produce_in_background(kafka_bootstrap, topic, values, PRODUCE_S)
     config = config_for(unique_name, topic, small_disk / "ckpt", bootstrap=kafka_bootstrap, redis_url=redis_url,
                         extra=["checkpoint.interval_events=512", "checkpoint.interval_s=1", "checkpoint.keep=2",
                                "trainer.max_batch_latency_s=0.5", "checkpoint.record_trained_ranges=true"])

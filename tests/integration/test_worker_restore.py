@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from kafka import KafkaProducer
 
 from streamtrain.config import load_config
 from streamtrain.worker.build import redis_client, state_store
 from streamtrain.worker.checkpoint_files import CheckpointFiles
 from streamtrain.worker.restore_point import unpack
-from worker_support import overrides, spawn_worker, stream, wait_until
+from worker_support import produce_in_background, overrides, spawn_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,17 +56,7 @@ def test_restore_from_files_after_redis_lost_the_run_and_the_newest_file_is_corr
     topic = topic_factory(1, prefix="worker-restore")
     values = stream(EVENTS, seed=31)
 
-    def replay() -> None:
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=10)
-        for start in range(0, EVENTS, 100):
-            for value in values[start:start + 100]:
-                producer.send(topic, value=value, partition=0)
-            producer.flush()
-            time.sleep(PRODUCE_S * 100 / EVENTS)
-        producer.close()
-
-    producer_thread = threading.Thread(target=replay, daemon=True)
-    producer_thread.start()
+    producer_thread = produce_in_background(kafka_bootstrap, topic, values, PRODUCE_S)
     run = f"restore-{unique_name}"
     sets = overrides(run, topic, tmp_path / "ckpt", bootstrap=kafka_bootstrap, redis_url=redis_url, extra=EXTRA)
     config = load_config(overrides=sets, environ={})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from kafka import KafkaProducer
 
 from streamtrain.config import Config, load_config
 from streamtrain.events import encode_event
@@ -77,6 +79,24 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], *, parti
     producer.flush()
     producer.close()
     return count
+
+
+def produce_in_background(bootstrap: str, topic: str, values: Sequence[bytes], seconds: float) -> threading.Thread:
+    """Send ``values`` to partition 0 of ``topic`` over about ``seconds`` (100 at a time, flushed), from a
+    daemon thread already started: a stream still arriving while the worker trains, restarts or fails."""
+
+    def replay() -> None:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+        for start in range(0, len(values), 100):
+            for value in values[start:start + 100]:
+                producer.send(topic, value=value, partition=0)
+            producer.flush()
+            time.sleep(seconds * 100 / max(len(values), 1))
+        producer.close()
+
+    thread = threading.Thread(target=replay, daemon=True)
+    thread.start()
+    return thread
 
 
 def real_engine(config: Config) -> Any:
