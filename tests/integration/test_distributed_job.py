@@ -68,7 +68,9 @@ def test_two_ranks_four_partitions_one_empty(
     store = state_store(config, make_redis(config))
     try:
         log = tmp_path / "job.log"
-        job = _torchrun(sets, log, "--fresh", "--idle-exit", "5")
+        # A long idle exit keeps the job (and its lease) alive while the second worker starts, which
+        # takes ~10 s of imports on a loaded 2-core machine.
+        job = _torchrun(sets, log, "--fresh", "--idle-exit", "30")
         key = lease_key(store.namespace)
         wait_until(lambda: redis_client.get(key) is not None or job.poll() is not None, 90, what="the job's lease")
         second = spawn_worker([*sets, "distributed.lease_wait_s=0"], tmp_path / "second.log")
