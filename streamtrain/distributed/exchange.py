@@ -47,7 +47,8 @@ def merge_batches(parts: list[MicroBatch | None], generation: int) -> MicroBatch
     for p in present:
         ranges.update(p.ranges)
     closed = "+".join(sorted({p.closed_by for p in present})) or "empty"
-    return MicroBatch(events, ranges, sum(p.messages for p in present), generation, closed)
+    sizes = tuple(0 if p is None else len(p.events) for p in parts)
+    return MicroBatch(events, ranges, sum(p.messages for p in present), generation, closed, sizes)
 
 
 class StepExchange:

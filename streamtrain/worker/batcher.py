@@ -62,6 +62,8 @@ class MicroBatch:
     messages: int
     generation: int = 0
     closed_by: str = "count"
+    # Events of each rank, in rank order, when this is a global batch (merge_batches); () otherwise.
+    rank_sizes: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
