@@ -133,6 +133,7 @@ class Trainer:
         computes its own events' queries; :meth:`submit_step` then needs the per-rank sizes."""
         if ctx.distributed:
             self.split = SplitExchange(ctx, self.config.run.seed, self.device)
+            self.split.reseed(self._step, self.device)  # after a resume: the stream of this step
 
     # ------------------------------------------------------------------ small accessors
     @property
