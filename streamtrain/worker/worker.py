@@ -355,7 +355,7 @@ class Worker:
             if len(batch.events):
                 # The stats of the *previous* step (None for the first): this step runs on the device
                 # while the loop fetches the next batch.
-                stats = self.late.submit(batch.events, batch.rank_sizes)
+                stats = self.late.submit(batch.events, getattr(batch, "rank_sizes", ()))
                 interval = self.config.trainer.probe_interval_steps
                 if interval and self.engine.step % interval == 0:
                     probe = self.engine.probe(batch.events.slice(0, self.config.trainer.probe_batch_size))
