@@ -102,9 +102,10 @@ class SplitExchange:
         self._count(flat)
         dist.all_reduce(flat)
         at = 1 + len(params)
+        touched = flat[1:at].tolist()  # one read (a host sync on CUDA) instead of one per parameter
         for i, p in enumerate(params):
             n = p.numel()
-            if flat[1 + i] > 0:
+            if touched[i] > 0:
                 p.grad = flat[at : at + n].view_as(p).to(p.dtype).clone()
             at += n
         return flat[0]
@@ -121,9 +122,9 @@ class SplitExchange:
                 rows = torch.zeros(0, dtype=torch.long, device=p.device)
                 vals = torch.zeros(0, p.shape[1], dtype=p.dtype, device=p.device)
             count = torch.tensor([rows.numel()], device=p.device)
-            counts = [torch.empty_like(count) for _ in range(self.world_size)]
-            dist.all_gather(counts, count)
-            sizes = [int(c) for c in counts]
+            counts = torch.empty(self.world_size, dtype=count.dtype, device=p.device)
+            dist.all_gather_into_tensor(counts, count)
+            sizes = counts.tolist()  # the padded gather below needs them on the host (one sync on CUDA)
             width = max(sizes)
             if width == 0:
                 p.grad = None
@@ -138,4 +139,4 @@ class SplitExchange:
             dense.index_copy_(0, torch.searchsorted(union, rows), vals.float())
             self._count(dense)
             dist.all_reduce(dense)
-            p.grad = torch.sparse_coo_tensor(union.unsqueeze(0), dense.to(p.dtype), p.shape)
+            p.grad = torch.sparse_coo_tensor(union.unsqueeze(0), dense.to(p.dtype), p.shape, check_invariants=False)
