@@ -367,3 +367,7 @@ def test_off_diagonal_positives_split_the_batch_loss(name: str) -> None:
     dup.pos_emb = world.embed(dup.pos_items)
     for part in _split_inputs(dup, cut, torch.Generator().manual_seed(7)):
         assert torch.isfinite(sampler.loss(part, update_state=False).loss)
+    # An idle rank holds no queries but still takes part in the step (state updates, collectives).
+    idle = dataclasses.replace(full, queries=full.queries[:0], positive_cols=torch.zeros(0, dtype=torch.long),
+                               draw_generator=torch.Generator().manual_seed(7))
+    assert sampler.loss(idle, update_state=False).loss.dim() == 0
