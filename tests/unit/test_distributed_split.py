@@ -91,3 +91,32 @@ def test_split_step_replicas_identical_and_equal_to_one_process(tmp_path: Path) 
                     np.testing.assert_array_equal(ranks[0][key], value, err_msg=key)
         else:  # other draws: same model trajectory in law; mean loss within 15 %
             assert abs(np.mean(ranks[0]["losses"]) - np.mean(losses)) < 0.15 * np.mean(losses)
+
+
+def test_xir_cache_update_counts_every_ranks_draws() -> None:
+    """XIR folds the draw counts through ``sum_over_ranks`` before its cache update (so each rank's
+    cache sees all ranks' draws) and takes per-query draws from ``draw_generator``, leaving its own
+    (shared) generator to the cache update alone."""
+    import dataclasses
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sampler_contract import World, make_sampler
+
+    from streamtrain.sampling.rng import generator_state
+
+    world = World()
+    plain, doubled = make_sampler("xir"), make_sampler("xir")
+    inp = world.batch(0)
+    plain.loss(inp)
+    shared_before = generator_state(doubled.generator).copy()
+    cols = torch.arange(inp.queries.shape[0])
+    split = dataclasses.replace(inp, positive_cols=cols, draw_generator=torch.Generator().manual_seed(0),
+                                sum_over_ranks=lambda t: t * 2)  # as if a second rank drew the same
+    doubled.loss(split)
+    # Same draws (the draw stream starts like the sampler's seed 0): occurrence excess exactly doubles.
+    torch.testing.assert_close(doubled.occurrence - 1, 2 * (plain.occurrence - 1))
+    assert (plain.occurrence > 1).any()
+    # The shared generator moved only for the cache update: C draws, not the per-query ones.
+    assert not np.array_equal(generator_state(doubled.generator), shared_before)
+    assert not np.array_equal(generator_state(doubled.generator), generator_state(plain.generator))
