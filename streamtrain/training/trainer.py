@@ -20,8 +20,8 @@ One step, in order:
 6. update the frequency estimator and the popularity counts with the batch's items;
 7. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
 8. sampler loss (bf16 autocast on CUDA), backward, optimizer steps masked on the device by the
-   finite-loss flag (:mod:`.guard`): a NaN/inf loss never reaches the parameters; (split step, W > 1:
-   this rank's queries only, gradients exchanged, :mod:`.split_train`);
+   finite-loss flag (:mod:`.guard`): a NaN/inf loss never reaches the parameters (the split step,
+   W > 1, computes this rank's queries only and exchanges gradients: :mod:`.split_train`);
 9. start the copy of every statistic to pinned host memory (:mod:`.readback`).
 
 Nothing in a step reads the device: the host learns step t's statistics (and whether its update
