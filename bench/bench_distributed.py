@@ -53,7 +53,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
     ctx = init_context("gloo", "cpu", 120.0, environ=env)
     sets = ["run.device=cpu", f"model.embedding_dim={args.dim}", "model.user_capacity=262144",
             "model.item_capacity=65536", f"sampler.name={args.sampler}", f"trainer.batch_size={args.batch}",
-            "trainer.progressive_eval_fraction=0"]
+            "trainer.progressive_eval_fraction=0", *args.set]
     trainer = Trainer(load_config(overrides=sets, environ={}))
     if args.step == "split":
         trainer.enable_split(ctx)
@@ -89,6 +89,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--sampler", default="inbatch_logq")
     p.add_argument("--step", choices=["split", "replicated"], default="split")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. sampler.xir.batch_draws=512 (sizes that default from the per-rank batch)")
     args = p.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
