@@ -4,7 +4,8 @@ own events' queries, positives are all-gathered with autograd, gradients exchang
 * Replicas stay bit-identical after N steps (tables, optimizer state, vocabularies, histories,
   estimator, XIR cache and occurrence counts), also while one rank contributes empty batches.
 * W = 2 equals W = 1 on the same global batches within float tolerance (loss and every parameter)
-  for ``inbatch_logq`` with the history tower: the summed gradients are the W = 1 gradient.
+  for ``inbatch_logq``, ``mns`` and ``cbns`` with the history tower: the summed gradients are the
+  W = 1 gradient.
 * ``xir``: the per-query draws come from per-rank streams, so W = 2 cannot equal W = 1 draw for
   draw; the losses agree within a statistical bound and the replicas are bit-identical.
 """
@@ -30,7 +31,14 @@ BASE = [
     "trainer.batch_size=16", "trainer.progressive_eval_fraction=0.5", "trainer.eval_k=[5]",
     "model.eviction_after_s=30",
 ]
-CASES = {"logq": [*BASE, "sampler.name=inbatch_logq"], "xir": [*BASE, "sampler.name=xir"]}
+CASES = {
+    "logq": [*BASE, "sampler.name=inbatch_logq"],
+    "xir": [*BASE, "sampler.name=xir"],
+    # Shared draws (uniform items drawn from the run's seed) and a bank of gathered positives: exact too.
+    "mns": [*BASE, "sampler.name=mns", "sampler.mns.num_uniform=8"],
+    "cbns": [*BASE, "sampler.name=cbns", "sampler.cbns.bank_size=24", "sampler.cbns.warmup_steps=2"],
+}
+EXACT = ("logq", "mns", "cbns")
 
 
 def _train(trainer: Any, exchange: StepExchange, batches: list) -> list[float]:
@@ -82,7 +90,7 @@ def test_split_step_replicas_identical_and_equal_to_one_process(tmp_path: Path) 
             if key != "bytes":
                 np.testing.assert_array_equal(ranks[0][key], ranks[1][key], err_msg=f"{name}: {key}")
         losses, want = _single(sets)
-        if name == "logq":
+        if name in EXACT:
             np.testing.assert_allclose(ranks[0]["losses"], losses, rtol=1e-5, atol=1e-6)
             for key, value in want.items():
                 if value.dtype.kind == "f":
