@@ -1,10 +1,12 @@
 """Lockstep training with W gloo ranks on this box: events/s and bytes exchanged per step.
 
-Each rank trains the all-gathered global batch (streamtrain/distributed/exchange.py), so this measures
-the cost of the exchange (flags all-reduce + batch all-gather) on top of the replicated step, not a
-speed-up of the step itself. Ids are synthetic (Zipf items); no Kafka or Redis.
+``--step replicated``: each rank trains the whole all-gathered global batch (the exchange costs on
+top of one process's step). ``--step split`` (the default, as in ``consume``): each rank computes its
+own events' queries, positives are all-gathered with autograd and gradients all-reduced; the row
+reports the payload bytes this rank sent into those collectives in the last step. Ids are synthetic
+(Zipf items); no Kafka or Redis.
 
-    PYTHONPATH=$PWD python bench/bench_distributed.py --world 2 --batch 1024 --steps 60
+    PYTHONPATH=$PWD python bench/bench_distributed.py --world 2 --batch 1024 --steps 60 --step split
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
     ctx = init_context("gloo", "cpu", 120.0, environ=env)
     sets = ["run.device=cpu", f"model.embedding_dim={args.dim}", "model.user_capacity=262144",
             "model.item_capacity=65536", f"sampler.name={args.sampler}", f"trainer.batch_size={args.batch}",
-            "trainer.progressive_eval_fraction=0"]
+            "trainer.progressive_eval_fraction=0", *args.set]
     trainer = Trainer(load_config(overrides=sets, environ={}))
+    if args.step == "split":
+        trainer.enable_split(ctx)
     ex = StepExchange(ctx)
     batches = _batches(rank, args.batch, args.steps + 5)
     exchange_s = 0.0
@@ -64,13 +68,15 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
         ex.agree(has_batch=True, stop=False, idle=False)
         merged = ex.global_batch(local, 0)
         exchange_s += time.perf_counter() - e0
-        trainer.train_step(merged.events)
+        trainer.train_step(merged.events, merged.rank_sizes or None)
     elapsed = time.perf_counter() - t0
     if rank == 0:
         row = {"world": world, "batch_per_rank": args.batch, "dim": args.dim, "sampler": args.sampler,
                "events_per_s": world * args.batch * args.steps / elapsed, "steps_per_s": args.steps / elapsed,
                "exchange_ms_per_step": 1000 * exchange_s / args.steps,
-               "gathered_bytes_per_rank_per_step": len(pickle.dumps(batches[0])), "flags_bytes": 4 * 8}
+               "gathered_bytes_per_rank_per_step": len(pickle.dumps(batches[0])), "flags_bytes": 4 * 8,
+               "step": args.step if world > 1 else "single",
+               "split_bytes_sent_per_rank_last_step": trainer.split.bytes_last_step if trainer.split else 0}
         Path(out).write_text(json.dumps(row))
     ctx.close()
 
@@ -82,6 +88,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--sampler", default="inbatch_logq")
+    p.add_argument("--step", choices=["split", "replicated"], default="split")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. sampler.xir.batch_draws=512 (sizes that default from the per-rank batch)")
     args = p.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

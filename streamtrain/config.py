@@ -265,6 +265,10 @@ class DistributedConfig(_Section):
     lease_wait_s: float = Field(
         0.0, ge=0, description="a starting job waits this long for a held lease to expire before refusing"
     )
+    step: Literal["split", "replicated"] = Field(
+        "split", description="W > 1: split (each rank computes its own events' queries; gradients exchanged) or "
+        "replicated (every rank computes the whole global step; no gradient exchange); see docs/distributed.md"
+    )
 
 
 class ExportConfig(_Section):

@@ -91,6 +91,26 @@ class DistContext:
             dist.destroy_process_group()
 
 
+def _attempt_store(environ: Mapping[str, str] | None, rank: int, size: int,
+                   timeout: datetime.timedelta) -> dist.Store | None:
+    """The rendezvous store of this restart attempt under torchrun, or None (``env://``).
+
+    torchrun's static rendezvous (``--master-addr/--master-port``, the default) keeps one store for
+    every restart of the job and the ranks' ``env://`` store has no per-attempt prefix, so after
+    ``--max-restarts`` restarts a new rank can read the gloo address a killed rank published and
+    fail with "connection refused" (seen in tests/integration/test_distributed_kill9.py). Keys
+    under ``TORCHELASTIC_RESTART_COUNT`` keep each attempt to itself.
+    """
+    env = {**os.environ, **(environ or {})}
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    agent_hosts = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # else rank 0 hosts it (env:// rule)
+    base = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), size,
+                         is_master=rank == 0 and not agent_hosts, timeout=timeout)
+    return dist.PrefixStore(f"streamtrain/attempt-{attempt}", base)
+
+
 def init_context(backend: str = "auto", device: str = "auto", timeout_s: float = 300.0,
                  environ: Mapping[str, str] | None = None) -> DistContext:
     """Join torchrun's group, or a W = 1 context when not launched by torchrun.
@@ -106,7 +126,8 @@ def init_context(backend: str = "auto", device: str = "auto", timeout_s: float =
     if size > 1 and not dist.is_initialized():
         if chosen == "nccl":
             torch.cuda.set_device(local)
-        dist.init_process_group(chosen, rank=rank, world_size=size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _attempt_store(environ, rank, size, timeout)
+        dist.init_process_group(chosen, store=store, rank=rank, world_size=size, timeout=timeout)
         log.info("rank %d of %d joined the %s process group", rank, size, chosen)
     return DistContext(rank, size, local, chosen, launched=True)

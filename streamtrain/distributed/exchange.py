@@ -3,7 +3,8 @@
 Every turn of the training loop, each rank contributes its flags (has a batch, wants to stop,
 is idle, failed) and the element-wise max decides for all: step, stop, or wait. When some rank
 has a batch, every rank all-gathers the micro-batches (a rank without one contributes an empty
-one) and trains the *same* global batch, concatenated in rank order. So the vocabulary admission,
+one) and holds the *same* global batch, concatenated in rank order (with each rank's size: the
+split step, :mod:`.split_step`, trains each rank's own slice of it). So the vocabulary admission,
 the frequency estimator, XIR's cache, the user histories, the progressive evaluation and the
 progress (every partition's trained offset) are updated identically on every rank, from the
 shared seed; the replicas stay bit-identical without a gradient exchange, and W ranks train
@@ -49,7 +50,8 @@ def merge_batches(parts: list[MicroBatch | None], generation: int) -> MicroBatch
     for p in present:
         ranges.update(p.ranges)
     closed = "+".join(sorted({p.closed_by for p in present})) or "empty"
-    return MicroBatch(events, ranges, sum(p.messages for p in present), generation, closed)
+    sizes = tuple(0 if p is None else len(p.events) for p in parts)
+    return MicroBatch(events, ranges, sum(p.messages for p in present), generation, closed, rank_sizes=sizes)
 
 
 class StepExchange:

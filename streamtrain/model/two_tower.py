@@ -154,7 +154,8 @@ class TwoTowerModel(nn.Module):
         """(B, H) item rows -> (B, D) weighted mean of their item-tower outputs (0 for no history)."""
         b, h = history.shape
         valid = history != EMPTY  # (B, H)
-        emb = self.item(history.clamp(min=0).reshape(-1)).reshape(b, h, -1)  # (B, H, D)
+        flat = self.item(history.clamp(min=0).reshape(-1))  # (B·H, D); B = 0 on an idle rank of the split step
+        emb = flat.reshape(b, h, flat.shape[-1])  # (B, H, D)
         # Column H-1 is the newest item; older ones weigh decay^age.
         age = torch.arange(h - 1, -1, -1, device=history.device, dtype=emb.dtype)  # (H,)
         weight = valid.to(emb.dtype) * self.history_decay**age  # (B, H)

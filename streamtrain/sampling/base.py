@@ -44,6 +44,42 @@ class SamplerInput:
     num_item_rows: int | None = None
     # (B,) non-negative event weights; None means all 1. Samplers reduce with softmax_loss.reduce_loss.
     weights: torch.Tensor | None = None
+    # Split training step (W > 1 ranks): ``pos_items``/``pos_emb`` are the global batch's P positives
+    # (P >= B) and query b's positive sits at column ``positive_cols[b]`` ((B,) int64). None: the
+    # diagonal, P == B (one process). Every sampler takes its in-batch candidates from all P columns.
+    positive_cols: torch.Tensor | None = None
+    # Per-query draws (resampling) of *these* queries come from this generator (the rank's own stream);
+    # None: the sampler's own generator. What must agree across ranks (XIR's cache) keeps the sampler's.
+    draw_generator: torch.Generator | None = None
+    # Sums a tensor over the ranks of the split step (XIR's per-column draw counts, so the cache update
+    # sees every rank's draws); None: identity (one process).
+    sum_over_ranks: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def positive_columns(self) -> torch.Tensor:
+        """(B,) int64 column of each query's positive among the P in-batch candidates."""
+        if self.positive_cols is not None:
+            return self.positive_cols
+        return torch.arange(self.queries.shape[0], device=self.pos_items.device)
+
+    def query_items(self) -> torch.Tensor:
+        """(B,) item row of each query's own positive."""
+        return self.pos_items if self.positive_cols is None else self.pos_items[self.positive_cols]
+
+    def query_pos_emb(self) -> torch.Tensor:
+        """(B, D) item-tower output of each query's own positive (grad flows)."""
+        return self.pos_emb if self.positive_cols is None else self.pos_emb[self.positive_cols]
+
+    def own_columns(self, n: int) -> torch.Tensor:
+        """(B, n) bool, True at (b, positive column of b): the positive, not a negative."""
+        b = self.queries.shape[0]
+        if self.positive_cols is None:
+            return torch.eye(b, n, dtype=torch.bool, device=self.pos_items.device)
+        out = torch.zeros(b, n, dtype=torch.bool, device=self.pos_items.device)
+        return out.scatter_(1, self.positive_cols.unsqueeze(1), True)
+
+    def summed_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the split step's ranks (``t`` itself for one process)."""
+        return t if self.sum_over_ranks is None else self.sum_over_ranks(t)
 
 
 @dataclass

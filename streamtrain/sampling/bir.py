@@ -12,7 +12,15 @@ from streamtrain.sampling.resampling import RESAMPLERS, Draws
 from streamtrain.sampling.seeded import SeededSampler
 from streamtrain.sampling.softmax_loss import hits, loss_separate_positive, reduce_loss, scores
 
-__all__ = ["BatchImportanceResampler", "resampled_negatives", "resampling_probs"]
+__all__ = ["BatchImportanceResampler", "positive_logits", "resampled_negatives", "resampling_probs"]
+
+
+def positive_logits(logits: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+    """(B,) the positives' scores from the (B, P) in-batch score matrix: the diagonal, or column
+    ``cols[b]`` of row b in the split step."""
+    if cols is None:
+        return logits.diagonal()
+    return logits.gather(1, cols.unsqueeze(1)).squeeze(1)
 
 
 def resampled_negatives(
@@ -103,12 +111,12 @@ class BatchImportanceResampler(SeededSampler):
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
         """Resample, then the BIR loss; advances the generator only when ``update_state``."""
         log_q = inp.log_q(inp.pos_items).detach().float()  # (B,)
-        logits = scores(inp.queries, inp.pos_emb, inp.temperature)  # (B, B) s(u, j), grad
-        hit = hits(inp.pos_items, inp.pos_items)  # (B, B), diagonal included
-        gen = self._generator(update_state)
+        logits = scores(inp.queries, inp.pos_emb, inp.temperature)  # (B, P) s(u, j), grad
+        hit = hits(inp.query_items(), inp.pos_items)  # (B, P), own column included
+        gen = self._generator(update_state) if inp.draw_generator is None else inp.draw_generator
         negatives, draws, ess = resampled_negatives(logits, log_q, hit, self.num_samples, gen, method=self.resampling)
         self._last_draws = draws
-        positives = logits.diagonal()  # (B,) s(u_b, i⁺_b)
+        positives = positive_logits(logits, inp.positive_cols)  # (B,) s(u_b, i⁺_b)
         loss = reduce_loss(loss_separate_positive(positives, negatives), inp.weights)
         return SamplerOutput(loss=loss, stats={"ess": ess.mean()})
 
@@ -121,5 +129,5 @@ class BatchImportanceResampler(SeededSampler):
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:
         """w(·|u) on the realised batch, summed per item (support: the batch's items)."""
         corrected = scores(inp.queries, inp.pos_emb, inp.temperature, inp.log_q(inp.pos_items))
-        probs = resampling_probs(corrected, hits(inp.pos_items, inp.pos_items))  # (B, B)
+        probs = resampling_probs(corrected, hits(inp.query_items(), inp.pos_items))  # (B, P)
         return candidates_to_known(inp.pos_items, probs, inp.known_items)

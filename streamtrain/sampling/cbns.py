@@ -15,7 +15,7 @@ from streamtrain.sampling.proposal import candidates_to_known
 from streamtrain.sampling.softmax_loss import (
     MASKED_LOGIT,
     hits,
-    loss_positive_on_diagonal,
+    loss_positive_at,
     reduce_loss,
     scores,
 )
@@ -66,17 +66,17 @@ class CrossBatchSampler(Sampler):
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
         """Batch (∪ bank after warm-up) logQ softmax; enqueues the batch when ``update_state``."""
         log_q = inp.log_q(inp.pos_items).detach().float()  # (B,)
-        cand_emb, cand_log_q, hit = inp.pos_emb, log_q, duplicate_hits(inp.pos_items)  # (B, D), (B,), (B, B)
+        cand_emb, cand_log_q, hit = inp.pos_emb, log_q, duplicate_hits(inp.pos_items, inp)  # (P, D), (P,), (B, P)
         if self._bank_active():
             assert self._emb is not None
             n = self._filled
             cand_emb = torch.cat([cand_emb.float(), self._emb[:n]])  # (B+n, D); bank rows carry no grad
             cand_log_q = torch.cat([log_q, self._log_q[:n]])  # (B+n,)
             bank_rows = self._rows[:n]  # (n,) −1 where forgotten
-            bank_hit = hits(inp.pos_items, bank_rows) | (bank_rows < 0).unsqueeze(0)  # (B, n)
+            bank_hit = hits(inp.query_items(), bank_rows) | (bank_rows < 0).unsqueeze(0)  # (B, n)
             hit = torch.cat([hit, bank_hit], dim=1)  # (B, B+n)
         logits = scores(inp.queries, cand_emb, inp.temperature, cand_log_q).masked_fill(hit, MASKED_LOGIT)
-        loss = reduce_loss(loss_positive_on_diagonal(logits), inp.weights)
+        loss = reduce_loss(loss_positive_at(logits, inp.positive_cols), inp.weights)
         if update_state:
             self._enqueue(inp.pos_emb.detach(), inp.pos_items, log_q)
             self.step += 1
@@ -110,8 +110,8 @@ class CrossBatchSampler(Sampler):
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:
         """Each batch position and (after warm-up) each bank entry equally likely, by item."""
-        batch = inp.pos_items.shape[0]
-        rows = inp.pos_items
+        batch = inp.queries.shape[0]
+        rows = inp.pos_items  # (P,)
         if self._bank_active():
             rows = torch.cat([rows, self._rows[: self._filled]])
         probs = torch.full((batch, rows.numel()), 1.0 / rows.numel(), device=inp.queries.device)

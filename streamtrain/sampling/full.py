@@ -43,8 +43,8 @@ class FullSoftmax(Sampler):
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
         """Exact loss; keeps no state, so ``update_state`` changes nothing."""
         neg = scores(inp.queries, inp.embed_items(inp.known_items), inp.temperature)  # (B, N)
-        neg = neg.masked_fill(hits(inp.pos_items, inp.known_items), MASKED_LOGIT)
-        pos = positive_scores(inp.queries, inp.pos_emb, inp.temperature)  # (B,)
+        neg = neg.masked_fill(hits(inp.query_items(), inp.known_items), MASKED_LOGIT)
+        pos = positive_scores(inp.queries, inp.query_pos_emb(), inp.temperature)  # (B,)
         return SamplerOutput(loss=reduce_loss(loss_separate_positive(pos, neg), inp.weights))
 
     @torch.no_grad()

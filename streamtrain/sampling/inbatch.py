@@ -11,7 +11,7 @@ from streamtrain.sampling.proposal import candidates_to_known
 from streamtrain.sampling.softmax_loss import (
     MASKED_LOGIT,
     hits,
-    loss_positive_on_diagonal,
+    loss_positive_at,
     reduce_loss,
     scores,
 )
@@ -19,11 +19,16 @@ from streamtrain.sampling.softmax_loss import (
 __all__ = ["InBatchSampler", "duplicate_hits"]
 
 
-def duplicate_hits(pos_items: torch.Tensor) -> torch.Tensor:
-    """(B, B) bool: column k holds query b's positive item but is not b's own column (k ≠ b).
-    These duplicates are masked; the diagonal stays, it is the positive."""
-    dup = hits(pos_items, pos_items)  # (B, B)
-    return dup.fill_diagonal_(False)
+def duplicate_hits(pos_items: torch.Tensor, inp: SamplerInput | None = None) -> torch.Tensor:
+    """(B, P) bool: column k holds query b's positive item but is not b's own column. These
+    duplicates are masked; the own column stays, it is the positive. Without ``inp`` (or with the
+    diagonal layout) P = B and the own column is the diagonal; with ``inp.positive_cols`` the
+    queries' positives sit at those columns of the P global positives ``pos_items``."""
+    if inp is None or inp.positive_cols is None:
+        dup = hits(pos_items, pos_items)  # (B, B)
+        return dup.fill_diagonal_(False)
+    dup = hits(inp.query_items(), pos_items)  # (B, P)
+    return dup & ~inp.own_columns(pos_items.shape[0])
 
 
 @register
@@ -51,14 +56,14 @@ class InBatchSampler(Sampler):
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
         """In-batch softmax; keeps no state."""
         log_q = inp.log_q(inp.pos_items) if self.uses_log_q else None
-        logits = scores(inp.queries, inp.pos_emb, inp.temperature, log_q)  # (B, B), positive on the diagonal
-        logits = logits.masked_fill(duplicate_hits(inp.pos_items), MASKED_LOGIT)
-        return SamplerOutput(loss=reduce_loss(loss_positive_on_diagonal(logits), inp.weights))
+        logits = scores(inp.queries, inp.pos_emb, inp.temperature, log_q)  # (B, P), positive at its column
+        logits = logits.masked_fill(duplicate_hits(inp.pos_items, inp), MASKED_LOGIT)
+        return SamplerOutput(loss=reduce_loss(loss_positive_at(logits, inp.positive_cols), inp.weights))
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:
         """The batch's empirical item distribution (each batch position equally likely), the same
         for every query: in-batch negatives are draws from the stream's popularity."""
         batch = inp.pos_items.shape[0]
-        probs = torch.full((batch, batch), 1.0 / batch, device=inp.queries.device)  # (B, B)
+        probs = torch.full((inp.queries.shape[0], batch), 1.0 / batch, device=inp.queries.device)  # (B, P)
         return candidates_to_known(inp.pos_items, probs, inp.known_items)  # (B, N)

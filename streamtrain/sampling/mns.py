@@ -13,7 +13,7 @@ from streamtrain.sampling.seeded import SeededSampler
 from streamtrain.sampling.softmax_loss import (
     MASKED_LOGIT,
     hits,
-    loss_positive_on_diagonal,
+    loss_positive_at,
     reduce_loss,
     scores,
 )
@@ -60,7 +60,7 @@ class MixedNegativeSampler(SeededSampler):
 
     def corrected_logits(self, inp: SamplerInput, generator: torch.Generator) -> torch.Tensor:
         """Draw B' uniform items with ``generator``; return the corrected logits (B, B+B') of every
-        query against batch ∪ uniform items. Column b is query b's positive; accidental hits
+        query against batch ∪ uniform items. Column b (``positive_cols[b]`` in the split step) is query b's positive; accidental hits
         elsewhere are masked (``MASKED_LOGIT``)."""
         batch = inp.pos_items.shape[0]
         n_known = inp.known_items.numel()
@@ -72,14 +72,17 @@ class MixedNegativeSampler(SeededSampler):
         cand_emb = torch.cat([inp.pos_emb, inp.embed_items(uni_rows).to(inp.pos_emb.dtype)])  # (B+B', D)
         log_mix = self._log_mixture(inp.log_q(cand_rows).detach(), batch, n_known)  # (B+B',)
         logits = scores(inp.queries, cand_emb, inp.temperature, log_mix)  # (B, B+B')
-        hit = hits(inp.pos_items, cand_rows)  # (B, B+B')
-        hit[:, :batch].fill_diagonal_(False)  # the positive itself stays
+        hit = hits(inp.query_items(), cand_rows)  # (B, P+B')
+        if inp.positive_cols is None:
+            hit[:, :batch].fill_diagonal_(False)  # the positive itself stays
+        else:
+            hit &= ~inp.own_columns(cand_rows.shape[0])
         return logits.masked_fill(hit, MASKED_LOGIT)
 
     def loss(self, inp: SamplerInput, *, update_state: bool = True) -> SamplerOutput:
         """Draw B' uniform items, score batch ∪ uniform, mixture correction, masked softmax."""
         logits = self.corrected_logits(inp, self._generator(update_state))
-        return SamplerOutput(loss=reduce_loss(loss_positive_on_diagonal(logits), inp.weights))
+        return SamplerOutput(loss=reduce_loss(loss_positive_at(logits, inp.positive_cols), inp.weights))
 
     @torch.no_grad()
     def proposal_log_probs(self, inp: SamplerInput) -> torch.Tensor:
@@ -87,6 +90,6 @@ class MixedNegativeSampler(SeededSampler):
         batch = inp.pos_items.shape[0]
         n_known = inp.known_items.numel()
         r = batch / (batch + self.num_uniform)
-        probs = torch.full((batch, batch), 1.0 / batch, device=inp.queries.device)  # (B, B)
+        probs = torch.full((inp.queries.shape[0], batch), 1.0 / batch, device=inp.queries.device)  # (B, P)
         batch_part = candidates_to_known(inp.pos_items, probs, inp.known_items).exp()  # (B, N)
         return torch.log(r * batch_part + (1 - r) / n_known)  # (B, N)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 __all__ = [
     "MASKED_LOGIT",
     "hits",
+    "loss_positive_at",
     "loss_positive_on_diagonal",
     "loss_separate_positive",
     "positive_scores",
@@ -75,6 +76,14 @@ def loss_positive_on_diagonal(logits: torch.Tensor) -> torch.Tensor:
     other column a (masked or count-offset) negative: ``logsumexp(row) − logits[b, b]``."""
     target = torch.arange(logits.shape[0], device=logits.device)
     return F.cross_entropy(logits, target, reduction="none")
+
+
+def loss_positive_at(logits: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+    """(B,) loss when column ``cols[b]`` of ``logits`` (B, n) is query ``b``'s positive (the split
+    step: positives at their global-batch columns); ``cols`` None is the diagonal."""
+    if cols is None:
+        return loss_positive_on_diagonal(logits)
+    return F.cross_entropy(logits, cols, reduction="none")
 
 
 def loss_separate_positive(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:

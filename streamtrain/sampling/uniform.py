@@ -56,8 +56,8 @@ class UniformSampler(SeededSampler):
         rows = inp.known_items[picks]  # (K,)
         log_q = torch.full((self.num_negatives,), -math.log(n_known), device=rows.device)  # log(1/N)
         neg = scores(inp.queries, inp.embed_items(rows), inp.temperature, log_q)  # (B, K)
-        neg = neg.masked_fill(hits(inp.pos_items, rows), MASKED_LOGIT)
-        pos = positive_scores(inp.queries, inp.pos_emb, inp.temperature) + math.log(n_known)  # (B,) s − log(1/N)
+        neg = neg.masked_fill(hits(inp.query_items(), rows), MASKED_LOGIT)
+        pos = positive_scores(inp.queries, inp.query_pos_emb(), inp.temperature) + math.log(n_known)  # (B,) s − log(1/N)
         return SamplerOutput(loss=reduce_loss(loss_separate_positive(pos, neg), inp.weights))
 
     @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 
 from streamtrain.model.membership import member as _member
 from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
-from streamtrain.sampling.bir import resampled_negatives, resampling_probs
+from streamtrain.sampling.bir import positive_logits, resampled_negatives, resampling_probs
 from streamtrain.sampling.proposal import candidates_to_known
 from streamtrain.sampling.resampling import RESAMPLERS, Draws, draw_indices
 from streamtrain.sampling.seeded import SeededSampler
@@ -128,12 +128,14 @@ class CacheImportanceResampler(SeededSampler):
         the cache. No device→host read unless ``inp.num_item_rows`` is missing (see
         :meth:`_ensure_occurrence`)."""
         gen = self._generator(update_state)
-        pos_items, cache_rows = inp.pos_items, self.cache_rows
-        log_q_b = inp.log_q(pos_items).detach().float()  # (B,)
-        logits_b = scores(inp.queries, inp.pos_emb, inp.temperature)  # (B, B) s(u, j), grad
-        positives = logits_b.diagonal()  # (B,) s(u_b, i⁺_b)
+        # Per-query draws: the rank's own stream in the split step; the cache update below keeps ``gen``.
+        draw_gen = gen if inp.draw_generator is None else inp.draw_generator
+        pos_items, cache_rows, query_items = inp.pos_items, self.cache_rows, inp.query_items()
+        log_q_b = inp.log_q(pos_items).detach().float()  # (P,)
+        logits_b = scores(inp.queries, inp.pos_emb, inp.temperature)  # (B, P) s(u, j), grad
+        positives = positive_logits(logits_b, inp.positive_cols)  # (B,) s(u_b, i⁺_b)
         neg_b, draws_b, ess_b = resampled_negatives(
-            logits_b, log_q_b, hits(pos_items, pos_items), self.batch_draws, gen, method=self.resampling
+            logits_b, log_q_b, hits(query_items, pos_items), self.batch_draws, draw_gen, method=self.resampling
         )
         term_b = loss_separate_positive(positives, neg_b)  # (B,) L(u; R_u)
         cached = cache_rows.numel() > 0
@@ -144,19 +146,19 @@ class CacheImportanceResampler(SeededSampler):
             log_q_c = inp.log_q(safe_rows).detach().float()  # (C,)
             emb_c = inp.embed_items(safe_rows)  # (C, D) current item tower: gradients reach the cache
             logits_c = scores(inp.queries, emb_c, inp.temperature)  # (B, C) s(u, k), grad
-            hit_c = hits(pos_items, cache_rows) | forgotten.unsqueeze(0)  # (B, C)
+            hit_c = hits(query_items, cache_rows) | forgotten.unsqueeze(0)  # (B, C)
             neg_c, draws_c, ess_c = resampled_negatives(
-                logits_c, log_q_c, hit_c, self.cache_draws, gen, method=self.resampling
+                logits_c, log_q_c, hit_c, self.cache_draws, draw_gen, method=self.resampling
             )
             term_c = loss_separate_positive(positives, neg_c)  # (B,) L(u; K_u)
             loss = reduce_loss(self.mix_lambda * term_c + (1.0 - self.mix_lambda) * term_b, inp.weights)
-            cand_rows = torch.cat([pos_items, cache_rows])  # (B+C,)
+            cand_rows = torch.cat([pos_items, cache_rows])  # (P+C,)
         else:
             loss = reduce_loss(term_b, inp.weights)
             cand_rows = pos_items
 
         with torch.no_grad():
-            per_batch = draws_b.per_column()  # (B,) int64 draws of each batch position, all queries
+            per_batch = draws_b.per_column()  # (P,) int64 draws of each batch position, these queries
             per_cache = draws_c.per_column() if draws_c is not None else per_batch[:0]  # (C,)
             batch_f, drawn_b, drawn_c = per_batch.float(), per_batch.sum().float(), per_cache.sum().float()
             zero = torch.zeros((), device=per_batch.device)  # cache stats while the cache is empty
@@ -170,7 +172,9 @@ class CacheImportanceResampler(SeededSampler):
         self._last_draws = {"batch": draws_b, "cache": draws_c}
         if update_state:
             self._ensure_occurrence(inp)
-            self._update_cache(cand_rows, torch.cat([per_batch, per_cache]), gen)
+            # Split step: every rank's draws (summed) so that every rank's cache gets the same update.
+            counts = inp.summed_over_ranks(torch.cat([per_batch, per_cache]))  # (P+C,)
+            self._update_cache(cand_rows, counts, gen)
         return SamplerOutput(loss=loss, stats=stats)
 
     @property
@@ -259,7 +263,7 @@ class CacheImportanceResampler(SeededSampler):
         def probs_on_known(rows: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
             safe = rows.clamp_min(0)  # forgotten cache entries (−1) are masked below
             corrected = scores(inp.queries, emb, inp.temperature, inp.log_q(safe))
-            probs = resampling_probs(corrected, hits(inp.pos_items, rows) | (rows < 0).unsqueeze(0))
+            probs = resampling_probs(corrected, hits(inp.query_items(), rows) | (rows < 0).unsqueeze(0))
             return candidates_to_known(rows, probs, inp.known_items).exp()  # (B, N)
 
         probs = probs_on_known(inp.pos_items, inp.pos_emb)

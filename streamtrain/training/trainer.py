@@ -20,7 +20,8 @@ One step, in order:
 6. update the frequency estimator and the popularity counts with the batch's items;
 7. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
 8. sampler loss (bf16 autocast on CUDA), backward, optimizer steps masked on the device by the
-   finite-loss flag (:mod:`.guard`): a NaN/inf loss never reaches the parameters;
+   finite-loss flag (:mod:`.guard`): a NaN/inf loss never reaches the parameters (the split step,
+   W > 1, computes this rank's queries only and exchanges gradients: :mod:`.split_train`);
 9. start the copy of every statistic to pinned host memory (:mod:`.readback`).
 
 Nothing in a step reads the device: the host learns step t's statistics (and whether its update
@@ -38,6 +39,8 @@ import numpy as np
 import torch
 
 from streamtrain.config import Config
+from streamtrain.distributed.context import DistContext
+from streamtrain.distributed.split_step import SplitExchange
 from streamtrain.errors import StreamtrainError
 from streamtrain.evaluation import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch, object_array
@@ -52,6 +55,7 @@ from streamtrain.training.device import autocast_context, resolve_device
 from streamtrain.training.guard import finite_flag, guarded_step
 from streamtrain.training.prefetch import BatchPrefetcher
 from streamtrain.training.readback import StatsReadback
+from streamtrain.training.split_train import split_loss_and_grads, split_progressive
 from streamtrain.training.staging import Staged, apply_assigned, lookup_ids, stage_batch
 from streamtrain.training.state import (
     flatten_state,
@@ -123,6 +127,14 @@ class Trainer:
         self.model.reinit_rows("user", fallback, self._gen)
         self.model.reinit_rows("item", fallback, self._gen)
         self._item_keys = self._keys_on_device()  # (item_capacity,) int64 stable key per item row
+        self.split: SplitExchange | None = None  # set by enable_split: W > 1 ranks share the step
+
+    def enable_split(self, ctx: DistContext) -> None:
+        """Train with the split step (docs/distributed.md, phase 2) on ``ctx``'s ranks: each rank
+        computes its own events' queries; :meth:`submit_step` then needs the per-rank sizes."""
+        if ctx.distributed:
+            self.split = SplitExchange(ctx, self.config.run.seed, self.device)
+            self.split.reseed(self._step, self.device)  # after a resume: the stream of this step
 
     # ------------------------------------------------------------------ small accessors
     @property
@@ -179,7 +191,7 @@ class Trainer:
         if self.dense_optimizer is not None:
             self.dense_optimizer.zero_grad(set_to_none=True)
 
-    def submit_step(self, batch: EventBatch) -> StepStats | None:
+    def submit_step(self, batch: EventBatch, rank_sizes: Sequence[int] | None = None) -> StepStats | None:
         """Queue one training step on ``batch`` (test-then-train) and return the *previous* step's
         statistics (None when there is none: the first step, or right after :meth:`flush_stats`).
 
@@ -187,10 +199,13 @@ class Trainer:
         previous step's statistics, after this step's work is queued. Raises TrainingError on an
         empty batch. A non-finite loss skips the parameter update on the device (one bad batch must
         not poison the tables); the stats report it (``applied=False``) one step later.
+        ``rank_sizes``: events of each rank in the global ``batch`` (rank order); the split step
+        trains this rank's slice, the replicated step (None, or no split) the whole batch.
         """
         if len(batch) == 0:
             raise TrainingError("train_step got an empty batch; skip empty micro-batches before training")
-        previous, self._pending = self._pending, self._run_step(batch)
+        sizes = list(rank_sizes) if self.split is not None and rank_sizes is not None else None
+        previous, self._pending = self._pending, self._run_step(batch, sizes)
         if previous is not None:
             self._done = self._finish(previous)
         done, self._done = self._done, None
@@ -204,16 +219,16 @@ class Trainer:
         done, self._done = self._done, None
         return done
 
-    def train_step(self, batch: EventBatch) -> StepStats:
+    def train_step(self, batch: EventBatch, rank_sizes: Sequence[int] | None = None) -> StepStats:
         """Synchronous form of :meth:`submit_step`: train on ``batch`` and return *its* statistics
         (one wait for the device per step). Statistics of an earlier submitted step that was not
         flushed are folded into the rolling metrics but not returned."""
-        self.submit_step(batch)
+        self.submit_step(batch, rank_sizes)
         stats = self.flush_stats()
         assert stats is not None
         return stats
 
-    def _run_step(self, batch: EventBatch) -> PendingStep:
+    def _run_step(self, batch: EventBatch, sizes: list[int] | None = None) -> PendingStep:
         """Queue steps 1-9 of one batch on the device; returns what is needed to report it later."""
         self._readback.begin()
         staged = stage_batch(self, batch)
@@ -221,20 +236,26 @@ class Trainer:
         evaluated = self._rng.random() < self.config.trainer.progressive_eval_fraction
         prog_sums = base_sums = None
         if evaluated and staged.known.numel():
-            queries = self.model.query(staged.user_rows, history)  # (B, D)
-            prog_sums = self.progressive.score(self.model, queries, staged.item_rows, staged.known)  # (2K+1,)
+            if sizes is None:
+                queries = self.model.query(staged.user_rows, history)  # (B, D)
+                prog_sums = self.progressive.score(self.model, queries, staged.item_rows, staged.known)  # (2K+1,)
+            else:
+                prog_sums = split_progressive(self, staged, history, sizes)
             base_sums = self.popularity.score(staged.item_rows, staged.known)  # (2 * (2K+1),) same positives
 
         self.frequency.update(self._item_keys[staged.item_rows])
         self.popularity.observe(staged.item_rows)
 
         self._zero_grads()
-        with autocast_context(self.device, self.config.trainer.mixed_precision):
-            inp = self._sampler_input(staged, history)
-            out = self.sampler.loss(inp, update_state=True)
-        if out.loss.requires_grad:  # a batch whose negatives were all masked has a constant loss
-            out.loss.backward()
-        apply = finite_flag(out.loss)  # () bool on the device: the host never reads it inside the step
+        if sizes is None:
+            with autocast_context(self.device, self.config.trainer.mixed_precision):
+                out = self.sampler.loss(self._sampler_input(staged, history), update_state=True)
+            if out.loss.requires_grad:  # a batch whose negatives were all masked has a constant loss
+                out.loss.backward()
+            loss = out.loss
+        else:  # split: this rank's queries, gradients exchanged; the loss is the global batch's
+            out, loss = split_loss_and_grads(self, staged, history, sizes)
+        apply = finite_flag(loss)  # () bool on the device: the host never reads it inside the step
         self.sparse_optimizer.step(apply, masked=self.mask_updates)
         if self.dense_optimizer is not None:
             guarded_step(self.dense_optimizer, apply, masked=self.mask_updates)
@@ -242,11 +263,11 @@ class Trainer:
         self._step += 1
 
         with torch.no_grad():
-            log_q = inp.log_q(staged.item_rows).float()  # (B,)
+            log_q = self.frequency.log_prob(self._item_keys[staged.item_rows]).float()  # (B,)
             names = list(out.stats)
             parts = [
                 apply.float().reshape(1),
-                out.loss.detach().float().reshape(1),
+                loss.detach().float().reshape(1),
                 log_q.mean().reshape(1),
                 log_q.std(unbiased=False).reshape(1),
                 *(out.stats[name].detach().float().reshape(1) for name in names),
@@ -371,6 +392,8 @@ class Trainer:
         else:  # a checkpoint from before the baselines: they restart from zero counts
             log.info("checkpoint has no popularity-baseline counts; the progressive baselines start from zero")
         self._step = int(state["step"])
+        if self.split is not None:  # the rank's own draw stream, deterministic from the resume point
+            self.split.reseed(self._step, self.device)
 
     def shared_state(self) -> dict[str, np.ndarray]:
         """The frequency statistics and the sampler state as flat ``name -> ndarray`` (Redis)."""

@@ -65,6 +65,8 @@ class MicroBatch:
     generation: int = 0
     closed_by: str = "count"
     release: Callable[[], None] | None = None
+    # Events of each rank, in rank order, when this is a global batch (merge_batches); () otherwise.
+    rank_sizes: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)

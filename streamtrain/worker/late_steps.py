@@ -27,9 +27,12 @@ class LateSteps:
         self._unreported: deque[StepResult] = deque()
         self._carried_probe: dict[str, float] | None = None
 
-    def submit(self, events: Any) -> StepResult | None:
+    def submit(self, events: Any, rank_sizes: tuple[int, ...] = ()) -> StepResult | None:
         """Train on ``events``; returns the previous step's statistics (None for the first one).
-        An engine without ``submit_step`` trains synchronously and returns this step's."""
+        An engine without ``submit_step`` trains synchronously and returns this step's.
+        ``rank_sizes`` (a global batch's events per rank) goes to an engine in split mode only."""
+        if rank_sizes and getattr(self.engine, "split", None) is not None:
+            return self.engine.submit_step(events, rank_sizes)
         submit = getattr(self.engine, "submit_step", None)
         return submit(events) if submit is not None else self.engine.train_step(events)
 
