@@ -43,6 +43,7 @@ from typing import Any
 from streamtrain.serving.ann import IndexSpec
 from streamtrain.serving.checkpoint_model import checkpoint_from_state
 from streamtrain.serving.export_format import LATEST, write_export
+from streamtrain.worker.checkpoint_files import fsync_dir
 from streamtrain.worker.committed import CommittedCheckpoint
 
 __all__ = ["ExportPublisher", "Published", "flip_latest", "version_name"]
@@ -54,21 +55,13 @@ def version_name(checkpoint_id: int) -> str:
     return f"v-{checkpoint_id:012d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def flip_latest(root: Path, version: str) -> None:
     """Point ``root/latest`` at ``version`` atomically (symlink under a temporary name, then rename)."""
     temp = root / f".{LATEST}.{os.getpid()}.tmp"
     temp.unlink(missing_ok=True)
     os.symlink(version, temp)
     os.replace(temp, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 @dataclass(frozen=True)

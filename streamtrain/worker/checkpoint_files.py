@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-__all__ = ["CheckpointFile", "CheckpointFiles", "WrittenFile", "file_digest", "new_writer_id"]
+__all__ = ["CheckpointFile", "CheckpointFiles", "WrittenFile", "file_digest", "fsync_dir", "new_writer_id"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ def file_digest(path: Path) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (the directory entry, not just the file)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -153,7 +154,7 @@ class CheckpointFiles:
                 handle.flush()
                 os.fsync(handle.fileno())
                 os.replace(temp, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
