@@ -9,7 +9,6 @@ connection metric moved.
 
 from __future__ import annotations
 
-import os
 import time
 import urllib.error
 import urllib.request
@@ -19,9 +18,7 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamtrain.localstack import free_port
-from test_worker_broker_restart import _stack
-from worker_support import config_for, produce, run_worker, stop_worker, stream, wait_until
+from worker_support import local_stack_kafka, private_broker_env, config_for, produce, run_worker, stop_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,11 +47,8 @@ def _scrape(base: str) -> dict[str, float]:
 def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
     redis_url: str, unique_name: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    env = {**os.environ, "STREAMTRAIN_STACK_DIR": str(tmp_path / "stack"),
-           "STREAMTRAIN_STACK_KAFKA_PORT": str(port), "STREAMTRAIN_STACK_KAFKA_CONTROLLER_PORT": str(free_port())}
-    _stack(env, "start")
-    bootstrap = f"127.0.0.1:{port}"
+    env, bootstrap = private_broker_env(tmp_path / "stack")
+    local_stack_kafka(env, "start")
     try:
         topic = f"worker-outage-{unique_name}"
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -73,7 +67,7 @@ def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
         before = _scrape(base)
         assert before["streamtrain_broker_connected"] == 1
 
-        _stack(env, "stop")
+        local_stack_kafka(env, "stop")
         stopped_wall = time.time()
         stopped = time.monotonic()
         not_ready_after = None
@@ -98,7 +92,7 @@ def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
         assert during["streamtrain_kafka_errors_total{operation=end_offsets}"] >= 3  # one per probe
         assert worker.loop_thread.is_alive() and worker.source.alive()  # an outage is not a crash
 
-        _stack(env, "start")
+        local_stack_kafka(env, "start")
         restarted_wall = time.time()
         wait_until(lambda: _get(base + "/readyz")[0] == 200, 90, what="/readyz ok after the broker is back")
         after = _scrape(base)
@@ -112,4 +106,4 @@ def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
         print(f"\nbroker outage {OUTAGE_S:.0f} s: /readyz 503 after {not_ready_after:.1f} s "
               f"(bound {UNREACHABLE_S:g} s); {len(reasons)} failing probes")
     finally:
-        _stack(env, "stop")
+        local_stack_kafka(env, "stop")

@@ -4,35 +4,19 @@ one, used by other test sessions, is never restarted."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from streamtrain.localstack import REPO_ROOT, free_port
 from streamtrain.worker.build import redis_client, state_store
-from worker_support import produce_in_background, config_for, run_worker, stop_worker, stream, wait_until
+from worker_support import local_stack_kafka, private_broker_env, produce_in_background, config_for, run_worker, stop_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVENTS = 8000
 PRODUCE_S = 16.0
-
-
-def _stack(env: dict[str, str], action: str, attempts: int = 3) -> None:
-    # A restart right after a stop occasionally reports "exited during startup" on a loaded machine;
-    # the broker under test is ours alone, so trying again is harmless.
-    for _attempt in range(attempts):
-        done = subprocess.run([str(REPO_ROOT / "scripts" / "local-stack"), action, "kafka"], env=env,
-                              capture_output=True, text=True, timeout=180, check=False)
-        if done.returncode == 0:
-            return
-        time.sleep(2.0)
-    raise AssertionError(f"local-stack {action} kafka failed {attempts} times:\n{done.stderr}{done.stdout}")
 
 
 def _kafka_errors(registry: CollectorRegistry) -> float:
@@ -41,11 +25,8 @@ def _kafka_errors(registry: CollectorRegistry) -> float:
 
 
 def test_worker_survives_a_broker_restart(redis_url: str, unique_name: str, tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "STREAMTRAIN_STACK_DIR": str(tmp_path / "stack"),
-           "STREAMTRAIN_STACK_KAFKA_PORT": str(port), "STREAMTRAIN_STACK_KAFKA_CONTROLLER_PORT": str(free_port())}
-    _stack(env, "start")
-    bootstrap = f"127.0.0.1:{port}"
+    env, bootstrap = private_broker_env(tmp_path / "stack")
+    local_stack_kafka(env, "start")
     try:
         topic = f"worker-restart-{unique_name}"
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -61,12 +42,12 @@ def test_worker_survives_a_broker_restart(redis_url: str, unique_name: str, tmp_
         parts = run_worker(config, fresh=True, registry=registry)
         worker = parts.worker
         wait_until(lambda: worker.progress.events > 1000, 30, what="training before the restart")
-        _stack(env, "stop")
+        local_stack_kafka(env, "stop")
         # The broker stays down until the worker has noticed: with end offsets asked every 0.5 s
         # (2 s timeout) an error must show up within seconds, whatever a poll or commit happens to do.
         wait_until(lambda: _kafka_errors(registry) >= 1, 30, what="the outage counted as a Kafka error")
         assert worker.loop_thread.is_alive() and worker.source.alive()
-        _stack(env, "start")
+        local_stack_kafka(env, "start")
         producer_thread.join(120)
         wait_until(lambda: worker.progress.events >= EVENTS, 120, what="every event trained after the restart")
         worker.request_stop()
@@ -83,4 +64,4 @@ def test_worker_survives_a_broker_restart(redis_url: str, unique_name: str, tmp_
         assert position == EVENTS
         store.clear()
     finally:
-        _stack(env, "stop")
+        local_stack_kafka(env, "stop")

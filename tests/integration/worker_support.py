@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -13,6 +15,7 @@ from kafka import KafkaProducer
 
 from streamtrain.config import Config, load_config
 from streamtrain.events import encode_event
+from streamtrain.localstack import REPO_ROOT, free_port
 
 __all__ = ["overrides", "config_for", "produce", "stream", "real_engine", "run_worker", "wait_until"]
 
@@ -97,6 +100,28 @@ def produce_in_background(bootstrap: str, topic: str, values: Sequence[bytes], s
     thread = threading.Thread(target=replay, daemon=True)
     thread.start()
     return thread
+
+
+def private_broker_env(stack_dir: Path) -> tuple[dict[str, str], str]:
+    """Environment for ``scripts/local-stack`` running a broker of this test's own (own dir, free
+    ports), and its bootstrap address: tests that stop and start a broker leave the shared one alone."""
+    port = free_port()
+    env = {**os.environ, "STREAMTRAIN_STACK_DIR": str(stack_dir),
+           "STREAMTRAIN_STACK_KAFKA_PORT": str(port), "STREAMTRAIN_STACK_KAFKA_CONTROLLER_PORT": str(free_port())}
+    return env, f"127.0.0.1:{port}"
+
+
+def local_stack_kafka(env: dict[str, str], action: str, attempts: int = 3) -> None:
+    """``scripts/local-stack <action> kafka`` under ``env`` (see :func:`private_broker_env`)."""
+    # A restart right after a stop occasionally reports "exited during startup" on a loaded machine;
+    # the broker under test is ours alone, so trying again is harmless.
+    for _attempt in range(attempts):
+        done = subprocess.run([str(REPO_ROOT / "scripts" / "local-stack"), action, "kafka"], env=env,
+                              capture_output=True, text=True, timeout=180, check=False)
+        if done.returncode == 0:
+            return
+        time.sleep(2.0)
+    raise AssertionError(f"local-stack {action} kafka failed {attempts} times:\n{done.stderr}{done.stdout}")
 
 
 def real_engine(config: Config) -> Any:
