@@ -34,11 +34,11 @@ from prometheus_client import CollectorRegistry
 from streamtrain.events import decode_values, encode_event
 from streamtrain.localstack import StackAddresses
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import Batcher
-from streamtrain.worker.dead_letter import DeadLetterSink
-from streamtrain.worker.lag import LagTracker
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.ingest.dead_letter import DeadLetterSink
+from streamtrain.ingest.lag import LagTracker
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.events.records import EARLIEST
 
 BATCH = 1024
 

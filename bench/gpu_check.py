@@ -162,12 +162,12 @@ def worker_section(p: dict[str, Any], device: str, budget: Budget, rows: list[di
     from prometheus_client import CollectorRegistry
 
     from streamtrain.metrics import Metrics
-    from streamtrain.worker.backoff import Backoff
-    from streamtrain.worker.checkpoint import Checkpointer
-    from streamtrain.worker.checkpoint_files import CheckpointFiles
-    from streamtrain.worker.checkpoint_runner import CheckpointRunner
+    from streamtrain.backoff import Backoff
+    from streamtrain.state.checkpoint import Checkpointer
+    from streamtrain.state.files import CheckpointFiles
+    from streamtrain.state.runner import CheckpointRunner
     from streamtrain.worker.progress import Progress
-    from streamtrain.worker.resume import resume
+    from streamtrain.state.resume import resume
     from streamtrain.worker.worker import Worker
 
     batch, catalogue = p["worker_batch"], p["worker_catalogue"]
@@ -224,15 +224,15 @@ def checkpoint_and_eval_sections(
     from inprocess import TOPIC, MemoryStateStore
     from prometheus_client import CollectorRegistry
 
-    from streamtrain.checkpoint_eval import evaluate_checkpoint
+    from streamtrain.evaluation.offline import evaluate_checkpoint
     from streamtrain.data.interactions import Interactions
     from streamtrain.events.batch import object_array
     from streamtrain.metrics import Metrics
     from streamtrain.serving.checkpoint_model import load_checkpoint
     from streamtrain.training.trainer import Trainer
-    from streamtrain.worker.checkpoint import Checkpointer, take_snapshot
-    from streamtrain.worker.checkpoint_files import CheckpointFiles
-    from streamtrain.worker.resume import resume
+    from streamtrain.state.checkpoint import Checkpointer, take_snapshot
+    from streamtrain.state.files import CheckpointFiles
+    from streamtrain.state.resume import resume
 
     catalogue, batch = p["ckpt_catalogue"], min(p["batch_sizes"])
     state: dict[str, Any] = {}

@@ -40,7 +40,7 @@ import torch
 
 from streamtrain.config import Config, validate_tree
 from streamtrain.data.gowalla import load_gowalla
-from streamtrain.evaluation import offline_evaluate
+from streamtrain.evaluation.progressive import offline_evaluate
 from streamtrain.events.batch import EventBatch
 from streamtrain.training.trainer import Trainer
 

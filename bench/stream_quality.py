@@ -2,7 +2,7 @@
 
 Protocol (issue 9): each stream is cut into micro-batches in its order and seen once; every batch is
 scored before the model trains on it (test-then-train, ``progressive_eval_fraction=1``, every event
-of the batch a query), and so are the two popularity baselines of ``streamtrain.popularity_baseline``
+of the batch a query), and so are the two popularity baselines of ``streamtrain.evaluation.popularity``
 on the same positives ("most popular so far", "most popular recently"). The table reports the
 second half of the stream (rolling windows reset at the midpoint, window = the whole half): the
 model's Recall@20 and NDCG@20, each baseline's, and model / best baseline (>= 1.5 is the target).
@@ -43,7 +43,7 @@ from streamtrain.config import load_config  # noqa: E402
 from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR, read_user_items  # noqa: E402
 from streamtrain.data.synthetic import SyntheticSpec, generate_stream, oracle_recall, stream_stats  # noqa: E402
 from streamtrain.events.batch import EventBatch, object_array  # noqa: E402
-from streamtrain.popularity_baseline import BASELINES  # noqa: E402
+from streamtrain.evaluation.popularity import BASELINES  # noqa: E402
 from streamtrain.replay import read_log  # noqa: E402
 from streamtrain.replay.records import FieldMap  # noqa: E402
 from streamtrain.training.trainer import Trainer  # noqa: E402

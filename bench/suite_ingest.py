@@ -37,7 +37,7 @@ def _consumer_process(idx: int, bootstrap: str, topic: str, group: str, max_reco
 
     from bench_ingest import BATCH
     from streamtrain.events import decode_values
-    from streamtrain.worker.batcher import Batcher
+    from streamtrain.ingest.batcher import Batcher
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                              auto_offset_reset="earliest", max_poll_records=max_records,

@@ -1,6 +1,6 @@
 """A training engine that records what each step reported: the demo's loss and progressive-recall series.
 
-The worker takes any :class:`~streamtrain.worker.engine.TrainingEngine`; :class:`StepRecorder` wraps the
+The worker takes any :class:`~streamtrain.training.engine.TrainingEngine`; :class:`StepRecorder` wraps the
 real Trainer, forwards every call, and appends one :class:`StepPoint` per ``train_step``. So the demo gets
 the per-step series without a change to the worker or the Trainer (their metrics keep only the last
 value). Appended by the worker's training thread; read after the worker stopped.
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamtrain.worker.engine import StepResult, TrainingEngine
+from streamtrain.training.engine import StepResult, TrainingEngine
 
 __all__ = ["StepPoint", "StepRecorder"]
 

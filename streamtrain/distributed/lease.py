@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from streamtrain.worker.errors import WorkerError
+from streamtrain.errors import WorkerError
 
 __all__ = ["LeaseHeldError", "RunLease", "lease_key"]
 

@@ -35,8 +35,9 @@ from streamtrain.ingest.counters import CounterSnapshot
 from streamtrain.ingest.fetch import Fetched, FetchError, OutOfRange, make_fetcher
 from streamtrain.ingest.slots import SlotLayout, pack
 from streamtrain.metrics import Metrics
-from streamtrain.model.id_keys import KeyedIds
-from streamtrain.worker.batcher import Batcher, MicroBatch, PartitionKey
+from streamtrain.events.ids import KeyedIds
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.events.records import MicroBatch, PartitionKey
 
 __all__ = ["main"]
 
@@ -190,7 +191,7 @@ class IngestChild:
         if self._dead_letters is None:  # most runs never reject: no producer until needed
             from kafka import KafkaProducer
 
-            from streamtrain.worker.dead_letter import DeadLetterSink
+            from streamtrain.ingest.dead_letter import DeadLetterSink
 
             s = self.settings
             producer = KafkaProducer(**s["options"], linger_ms=5, max_request_size=s["dead_letter_max_bytes"])

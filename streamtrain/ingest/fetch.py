@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamtrain.worker.batcher import PartitionKey
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.events.records import PartitionKey
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["Fetched", "Fetcher", "FetchError", "OutOfRange", "Record", "make_fetcher"]
 

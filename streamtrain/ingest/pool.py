@@ -23,8 +23,8 @@ from streamtrain.ingest import child as child_main
 from streamtrain.ingest.counters import CounterSink
 from streamtrain.ingest.slots import SlotLayout, unpack
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.errors import WorkerError
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.errors import WorkerError
 
 __all__ = ["IngestPool", "deal"]
 

@@ -1,6 +1,6 @@
 """The worker's source when ingest runs in processes: group membership here, records there.
 
-:class:`PooledSource` is a :class:`~streamtrain.worker.source.KafkaSource` whose consumer only keeps
+:class:`PooledSource` is a :class:`~streamtrain.ingest.source.KafkaSource` whose consumer only keeps
 the group membership: on assignment it seeks each partition to the trained offset (as before) and
 *pauses* it, so it never fetches, then deals the partitions and their offsets to the ingest processes
 (:class:`~streamtrain.ingest.pool.IngestPool`). Everything else is unchanged: the generation rule
@@ -17,10 +17,10 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from streamtrain.ingest.pool import IngestPool
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.errors import WorkerError
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.errors import WorkerError
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["PooledSource"]
 

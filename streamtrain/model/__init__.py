@@ -1,6 +1,6 @@
 """The two-tower model, its online id vocabulary and the row-sparse optimizer of its tables.
 
-Names load lazily (PEP 562) so that :mod:`streamtrain.model.id_keys` (numpy only) can be imported by
+Names load lazily (PEP 562) so that :mod:`streamtrain.events.ids` (numpy only) can be imported by
 the ingest processes without importing torch.
 """
 
@@ -24,7 +24,7 @@ _HOME = {
     "RowSparseOptimizer": "streamtrain.model.sparse_optim",
     "Tower": "streamtrain.model.two_tower",
     "TwoTowerModel": "streamtrain.model.two_tower",
-    **{name: "streamtrain.model.vocabulary" for name in
+    **{name: "streamtrain.vocab.vocabulary" for name in
        ("FALLBACK_ROW", "IdVocabulary", "VocabLookup", "VocabularyStateError", "stable_key")},
 }
 

@@ -104,7 +104,7 @@ class Sampler(ABC):
         """(B, N) log-probability each known item is drawn as a negative for each query (rows of
         ``inp.known_items``); used by the bias probe for KL(full softmax || sampler). No state change.
         Conditioned on this input's batch (and the sampler's cache or bank): items the sampler
-        cannot reach get −inf; the probe accounts for that (see streamtrain/probe.py)."""
+        cannot reach get −inf; the probe accounts for that (see streamtrain/evaluation/probe.py)."""
 
     def forget_rows(self, rows: torch.Tensor) -> None:
         """Drop everything kept about item ``rows`` ((k,) int64, on the sampler's device): the

@@ -77,7 +77,7 @@ import torch
 
 from streamtrain import __version__
 from streamtrain.errors import StreamtrainError
-from streamtrain.model.vocabulary import FALLBACK_ROW
+from streamtrain.vocab.vocabulary import FALLBACK_ROW
 from streamtrain.serving.ann import IndexSpec, build_index, faiss_module, recall_against_exact
 from streamtrain.serving.checkpoint_model import LoadedCheckpoint, hidden_dims_of
 

@@ -18,7 +18,7 @@ import torch
 
 from streamtrain.events.batch import EventBatch
 from streamtrain.model.history import BatchOrder, OrderTensors
-from streamtrain.model.vocabulary import IdVocabulary
+from streamtrain.vocab.vocabulary import IdVocabulary
 
 if TYPE_CHECKING:
     from streamtrain.training.trainer import Trainer

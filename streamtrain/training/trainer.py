@@ -42,14 +42,14 @@ from streamtrain.config import Config
 from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.split_step import SplitExchange
 from streamtrain.errors import StreamtrainError
-from streamtrain.evaluation import ProgressiveEvaluator
+from streamtrain.evaluation.progressive import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch, object_array
 from streamtrain.frequency import build_frequency_estimator
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
-from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary
-from streamtrain.popularity_baseline import PopularityBaselines
-from streamtrain.probe import probe_sampler
+from streamtrain.vocab.vocabulary import FALLBACK_ROW, IdVocabulary
+from streamtrain.evaluation.popularity import PopularityBaselines
+from streamtrain.evaluation.probe import probe_sampler
 from streamtrain.sampling.base import SamplerInput, build_sampler
 from streamtrain.training.device import autocast_context, resolve_device
 from streamtrain.training.guard import finite_flag, guarded_step

@@ -28,21 +28,21 @@ from streamtrain.distributed.lease import RunLease
 from streamtrain.distributed.startup import on_main, share_resume
 from streamtrain.ingest.pooled_source import PooledSource
 from streamtrain.metrics import Metrics
-from streamtrain.worker.backoff import Backoff
-from streamtrain.worker.batcher import Batcher
-from streamtrain.worker.broker_health import BrokerHealth
-from streamtrain.worker.checkpoint import Checkpointer
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.checkpoint_runner import CheckpointRunner
-from streamtrain.worker.dead_letter import DeadLetterSink, ensure_dead_letter_topic
-from streamtrain.worker.engine import TrainingEngine
+from streamtrain.backoff import Backoff
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.ingest.broker_health import BrokerHealth
+from streamtrain.state.checkpoint import Checkpointer
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.runner import CheckpointRunner
+from streamtrain.ingest.dead_letter import DeadLetterSink, ensure_dead_letter_topic
+from streamtrain.training.engine import TrainingEngine
 from streamtrain.worker.http import MetricsServer
-from streamtrain.worker.lag import LagTracker
+from streamtrain.ingest.lag import LagTracker
 from streamtrain.worker.progress import Progress
-from streamtrain.worker.resume import resume
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.errors import StateStoreError
-from streamtrain.worker.state_store import RedisStateStore
+from streamtrain.state.resume import resume
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.errors import StateStoreError
+from streamtrain.state.redis_store import RedisStateStore
 from streamtrain.worker.worker import Worker
 
 __all__ = ["WorkerParts", "build_worker", "take_lease", "kafka_client_options", "redis_client", "state_store"]
@@ -213,7 +213,7 @@ def build_worker(
     """Resume the run's state into a new engine and wire a worker ready to ``start``.
 
     Raises:
-        ResumeError: the stored state cannot be used (see :mod:`streamtrain.worker.resume`).
+        ResumeError: the stored state cannot be used (see :mod:`streamtrain.state.resume`).
         kafka.errors.KafkaError: no broker answered at bootstrap.
     """
     t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from streamtrain.worker.engine import StepResult
+from streamtrain.training.engine import StepResult
 
 __all__ = ["LateSteps"]
 

@@ -10,8 +10,9 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.state_store import EARLIEST, TrainedRange
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.state.redis_store import TrainedRange
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["Progress"]
 

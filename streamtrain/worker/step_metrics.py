@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 
 from streamtrain.metrics import Metrics
-from streamtrain.worker.engine import StepResult
+from streamtrain.training.engine import StepResult
 
 __all__ = ["record_step"]
 

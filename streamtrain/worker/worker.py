@@ -25,17 +25,17 @@ from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.exchange import StepExchange
 from streamtrain.events import RejectReason
 from streamtrain.metrics import Metrics
-from streamtrain.popularity_baseline import BASELINES
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
-from streamtrain.worker.checkpoint_runner import CheckpointRunner
-from streamtrain.worker.engine import StepResult, TrainingEngine
-from streamtrain.worker.errors import FencedError, WorkerError
+from streamtrain.evaluation.popularity import BASELINES
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.state.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
+from streamtrain.state.runner import CheckpointRunner
+from streamtrain.training.engine import StepResult, TrainingEngine
+from streamtrain.errors import FencedError, WorkerError
 from streamtrain.worker.late_steps import LateSteps
 from streamtrain.worker.progress import Progress
-from streamtrain.worker.resume import ResumePoint
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.state.resume import ResumePoint
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.events.records import EARLIEST
 from streamtrain.worker.status_line import StatusLine
 from streamtrain.worker.step_metrics import record_step
 

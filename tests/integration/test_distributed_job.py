@@ -19,7 +19,7 @@ from streamtrain.config import load_config
 from streamtrain.distributed.lease import lease_key
 from streamtrain.worker.build import redis_client as make_redis
 from streamtrain.worker.build import state_store
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.events.records import EARLIEST
 from worker_support import consume_command, overrides, produce, spawn_worker, stream, wait_until
 
 pytestmark = pytest.mark.integration

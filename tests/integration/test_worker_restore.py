@@ -18,8 +18,8 @@ import pytest
 
 from streamtrain.config import load_config
 from streamtrain.worker.build import redis_client, state_store
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.restore_point import unpack
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.restore_point import unpack
 from worker_support import produce_in_background, overrides, spawn_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

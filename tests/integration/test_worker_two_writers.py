@@ -24,8 +24,8 @@ from kafka import KafkaProducer
 
 from streamtrain.config import load_config
 from streamtrain.worker.build import redis_client, state_store
-from streamtrain.worker.checkpoint_files import CheckpointFiles, file_digest
-from streamtrain.worker.restore_point import unpack
+from streamtrain.state.files import CheckpointFiles, file_digest
+from streamtrain.state.restore_point import unpack
 from worker_support import overrides, produce, spawn_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

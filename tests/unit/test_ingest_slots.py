@@ -12,8 +12,8 @@ from streamtrain.ingest.pool import deal
 from streamtrain.ingest.slots import SlotLayout, pack, unpack
 from streamtrain.metrics import Metrics
 from streamtrain.model import IdVocabulary
-from streamtrain.model.id_keys import KeyedIds, id_keys
-from streamtrain.worker.batcher import MicroBatch, PartitionRange
+from streamtrain.events.ids import KeyedIds, id_keys
+from streamtrain.events.records import MicroBatch, PartitionRange
 
 
 def _batch(n: int, seed: int = 0) -> MicroBatch:

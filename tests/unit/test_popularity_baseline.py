@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from streamtrain.config import Config
-from streamtrain.evaluation import ProgressiveEvaluator
+from streamtrain.evaluation.progressive import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch
-from streamtrain.popularity_baseline import BASELINES, PopularityBaselines
+from streamtrain.evaluation.popularity import BASELINES, PopularityBaselines
 from streamtrain.training.trainer import Trainer, TrainingError
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.checkpoint_eval import evaluate_checkpoint
+from streamtrain.evaluation.offline import evaluate_checkpoint
 from streamtrain.cli import main
 from streamtrain.config import Config
 from streamtrain.data.interactions import read_interactions
-from streamtrain.evaluation import offline_evaluate
+from streamtrain.evaluation.progressive import offline_evaluate
 from streamtrain.events.batch import EventBatch
 from streamtrain.model.two_tower import Tower, TwoTowerModel
 from streamtrain.serving.checkpoint_model import (
@@ -32,8 +32,8 @@ from streamtrain.serving.ann import IndexSpec
 from streamtrain.serving.export_format import ExportError, read_export, write_export
 from streamtrain.serving.recommend import recommend
 from streamtrain.training.trainer import Trainer
-from streamtrain.worker.checkpoint import take_snapshot
-from streamtrain.worker.checkpoint_files import CheckpointFiles
+from streamtrain.state.checkpoint import take_snapshot
+from streamtrain.state.files import CheckpointFiles
 
 N_USERS, N_ITEMS, N_CLUSTERS, BATCH, STEPS = 40, 80, 4, 64, 40
 # A closed port: these tests never reach a Redis, so "which checkpoint is committed" falls back to the

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain.events.batch import EventBatch
 from streamtrain.metrics import Metrics
-from streamtrain.model.membership import member
+from streamtrain.vocab.membership import member
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.training.guard import guarded_step
 from streamtrain.training.prefetch import BatchPrefetcher

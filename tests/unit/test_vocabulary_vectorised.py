@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.model.id_keys import encode_ids, id_keys, reference_key
-from streamtrain.model.key_table import KeyIndex
-from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary, VocabularyStateError, stable_key
+from streamtrain.events.ids import encode_ids, id_keys, reference_key
+from streamtrain.vocab.key_table import KeyIndex
+from streamtrain.vocab.vocabulary import FALLBACK_ROW, IdVocabulary, VocabularyStateError, stable_key
 from streamtrain.training.state import numpy_tree_to_torch, torch_tree_to_numpy
 
 

@@ -12,13 +12,13 @@ import torch
 
 from streamtrain.config import load_config
 from streamtrain.errors import ConfigError
-from streamtrain.worker.broker_health import BrokerHealth
-from streamtrain.worker.checkpoint import take_snapshot
-from streamtrain.worker.checkpoint_files import CheckpointFiles, file_digest
-from streamtrain.worker.errors import CheckpointError, FencedError, ResumeError
+from streamtrain.ingest.broker_health import BrokerHealth
+from streamtrain.state.checkpoint import take_snapshot
+from streamtrain.state.files import CheckpointFiles, file_digest
+from streamtrain.errors import CheckpointError, FencedError, ResumeError
 from streamtrain.worker.progress import Progress
-from streamtrain.worker.restore_point import unpack
-from streamtrain.worker.resume import resume
+from streamtrain.state.restore_point import unpack
+from streamtrain.state.resume import resume
 from test_worker_checkpoint import TP, FakeEngine, make, sample
 
 

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain.events import EventBatch, RejectReason, Rejection
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import MicroBatch, PartitionRange
-from streamtrain.worker.dead_letter import DeadLetterSink
+from streamtrain.events.records import MicroBatch, PartitionRange
+from streamtrain.ingest.dead_letter import DeadLetterSink
 from streamtrain.worker.http import MetricsServer
-from streamtrain.worker.lag import LagTracker
+from streamtrain.ingest.lag import LagTracker
 from streamtrain.worker.progress import Progress
 
 TP = ("t", 0)

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from streamtrain.evaluation import ProgressiveEvaluator
-from streamtrain.model.vocabulary import FALLBACK_ROW
+from streamtrain.evaluation.progressive import ProgressiveEvaluator
+from streamtrain.vocab.vocabulary import FALLBACK_ROW
 
 __all__ = ["BASELINES", "PopularityBaselines"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.model.id_keys import EncodedIds
+from streamtrain.events.ids import EncodedIds
 
 __all__ = ["IdStore"]
 

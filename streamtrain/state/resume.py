@@ -1,9 +1,9 @@
 """Start-up: decide between a fresh start, a resume and a restore, and load the state into the engine.
 
-Rules (see also :mod:`streamtrain.worker.checkpoint`):
+Rules (see also :mod:`streamtrain.state.checkpoint`):
 
 * ``--fresh``: delete the run's Redis keys and checkpoint files; every partition starts at its beginning.
-* ``--restore CHECKPOINT`` (an id or a file): :mod:`streamtrain.worker.restore`; the file alone is
+* ``--restore CHECKPOINT`` (an id or a file): :mod:`streamtrain.state.restore`; the file alone is
   the state, and it becomes the committed state in Redis before training starts.
 * No Redis state and no checkpoint files for the run: a fresh start too (logged as such).
 * Redis state: load the file Redis names and verify it is the one committed (checkpoint id, step,
@@ -20,12 +20,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from streamtrain.worker.batcher import PartitionKey
-from streamtrain.worker.checkpoint_files import CheckpointFiles, file_digest
-from streamtrain.worker.engine import TrainingEngine
-from streamtrain.worker.errors import ResumeError, StateStoreError
-from streamtrain.worker.restore_point import format_offsets, unpack
-from streamtrain.worker.state_store import RedisStateStore, StoredState, TrainedRange
+from streamtrain.events.records import PartitionKey
+from streamtrain.state.files import CheckpointFiles, file_digest
+from streamtrain.training.engine import TrainingEngine
+from streamtrain.errors import ResumeError, StateStoreError
+from streamtrain.state.restore_point import format_offsets, unpack
+from streamtrain.state.redis_store import RedisStateStore, StoredState, TrainedRange
 
 __all__ = ["ResumePoint", "resume", "kept_files_hint"]
 
@@ -74,7 +74,7 @@ def resume(
     if fresh and restore is not None:
         raise ResumeError("--fresh and --restore exclude each other: choose one")
     if restore is not None:
-        from streamtrain.worker.restore import restore_from_file
+        from streamtrain.state.restore import restore_from_file
 
         return restore_from_file(engine, store, files, restore, record_ranges=record_ranges)
     try:

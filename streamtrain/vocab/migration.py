@@ -6,7 +6,7 @@ order with ``rows``, blake2b ``row_keys``, ``last_seen``, ``next_row``, ``free``
 last-seen time, the pending counts and the counters; it recomputes the keys with the current key
 function (``stk1``; the blake2b keys are dropped) and starts an empty eviction queue (the first
 eviction rebuilds it from ``last_seen``). Frequency statistics saved with the old keys no longer
-match, which is why :class:`~streamtrain.model.vocabulary.IdVocabulary` reports ``keys_migrated``.
+match, which is why :class:`~streamtrain.vocab.vocabulary.IdVocabulary` reports ``keys_migrated``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.model.id_keys import KEY_FUNCTION, encode_ids, id_keys, keys_of_encoded
+from streamtrain.events.ids import KEY_FUNCTION, encode_ids, id_keys, keys_of_encoded
 
 __all__ = ["check_state", "migrate_state"]
 
@@ -31,7 +31,7 @@ _REQUIRED = (
 
 
 def _error(message: str) -> Exception:
-    from streamtrain.model.vocabulary import VocabularyStateError
+    from streamtrain.vocab.vocabulary import VocabularyStateError
 
     return VocabularyStateError(message)
 

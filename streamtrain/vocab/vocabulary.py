@@ -5,19 +5,19 @@ Row 0 is the shared *fallback* row. It serves ids that are not admitted yet (see
 evict, and unknown ids at query time (``lookup(ids, admit=False)``); so an unseen id never crashes a
 caller, it gets a clear, trained "unknown" embedding.
 
-Ids are handled as stable 64-bit keys (:mod:`streamtrain.model.id_keys`: a hash of the UTF-8
+Ids are handled as stable 64-bit keys (:mod:`streamtrain.events.ids`: a hash of the UTF-8
 bytes, the same in every process), and every step of a lookup is a numpy operation over the whole
-batch: keys → rows through an open-addressing index (:mod:`streamtrain.model.key_table`), pending
+batch: keys → rows through an open-addressing index (:mod:`streamtrain.vocab.key_table`), pending
 sightings counted by key, new rows handed out in batch order, last-seen times updated with one
 scatter. A source that hashed the ids already passes ``keys=`` and the strings are touched only for
 the ids this batch admits (their bytes are stored per row for export and serving,
-:mod:`streamtrain.model.id_store`). At 10M ids that is ~56 resident bytes per id against
+:mod:`streamtrain.vocab.id_store`). At 10M ids that is ~56 resident bytes per id against
 ~190 for the ``OrderedDict`` of strings it replaced, and 6-15M lookups/s on one core (BENCHMARKS.md).
 
 Rows are handed out in order 1, 2, ...; when the table is full, rows unseen for more than
 ``eviction_after_s`` (event time when the batch carries it, else the clock passed in) are evicted,
 least recently seen first, and reused; a row the batch itself refers to is never evicted by it.
-Candidates come from :class:`~streamtrain.model.eviction.EvictionQueue` (no scan per batch).
+Candidates come from :class:`~streamtrain.vocab.eviction.EvictionQueue` (no scan per batch).
 Each lookup tells the caller which rows were (re)assigned so the model re-initialises them.
 
 :meth:`IdVocabulary.state_dict` holds everything (keys, ids, last-seen times, pending sightings,
@@ -39,11 +39,11 @@ import numpy as np
 import torch
 
 from streamtrain.errors import StreamtrainError
-from streamtrain.model.eviction import EvictionQueue
-from streamtrain.model.id_keys import KEY_FUNCTION, EncodedIds, KeyedIds, encode_ids, id_keys, keys_of_encoded
-from streamtrain.model.id_store import IdStore
-from streamtrain.model.key_table import KeyIndex
-from streamtrain.model.pending import PendingSightings
+from streamtrain.vocab.eviction import EvictionQueue
+from streamtrain.events.ids import KEY_FUNCTION, EncodedIds, KeyedIds, encode_ids, id_keys, keys_of_encoded
+from streamtrain.vocab.id_store import IdStore
+from streamtrain.vocab.key_table import KeyIndex
+from streamtrain.vocab.pending import PendingSightings
 
 __all__ = ["FALLBACK_ROW", "IdVocabulary", "VocabLookup", "VocabularyStateError", "stable_key"]
 
@@ -195,7 +195,7 @@ class IdVocabulary:
 
         ``event_time`` (n,) seconds, if given, drives last-seen times and eviction; otherwise the
         clock passed at construction does. ``keys`` (n,) int64, if given, are the ids' keys computed
-        by the source (:func:`streamtrain.model.id_keys.id_keys`); then ``ids`` is read only at the
+        by the source (:func:`streamtrain.events.ids.id_keys`); then ``ids`` is read only at the
         positions of ids this call admits. ``ids`` may be a :class:`KeyedIds` (the ingest processes'
         column): its keys are used and only the admitted ids' bytes are copied.
         """
@@ -345,7 +345,7 @@ class IdVocabulary:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (or migrate a pre-format-2 one); called once at resume.
         Raises VocabularyStateError on mismatch."""
-        from streamtrain.model.vocabulary_migration import check_state, migrate_state
+        from streamtrain.vocab.migration import check_state, migrate_state
 
         if int(state["capacity"]) != self.capacity:
             raise VocabularyStateError(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from streamtrain.model.two_tower import TwoTowerModel
-from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary
+from streamtrain.vocab.vocabulary import FALLBACK_ROW, IdVocabulary
 
 __all__ = ["ProgressiveEvaluator", "offline_evaluate", "recall_ndcg_at_k"]
 

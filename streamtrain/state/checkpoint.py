@@ -5,11 +5,11 @@
 0. Refuse offsets that go backwards (smaller than the last committed next offset of a partition).
 1. Flush the dead-letter producer, so every rejected message before the new offsets is durable. A
    letter the producer or broker refuses is replaced by a bounded record of it (see
-   :mod:`streamtrain.worker.dead_letter`), so a refused letter cannot block checkpoints for good.
+   :mod:`streamtrain.ingest.dead_letter`), so a refused letter cannot block checkpoints for good.
 2. Write one self-contained restore point to ``<dir>/<run>/ckpt-<id>-<writer>.pt`` atomically (temp
    file, fsync, rename, fsync directory): model, optimizer and vocabulary, and also the shared state
    (frequency arrays, XIR cache), the next offset per partition, event count, step and skipped
-   offsets (:mod:`streamtrain.worker.restore_point`). The name is unique per writer and attempt, so
+   offsets (:mod:`streamtrain.state.restore_point`). The name is unique per writer and attempt, so
    this step never touches a file another writer committed. A failure of any kind (a full disk
    raises RuntimeError from ``torch.save``) removes the temp file at once and counts as a failed
    checkpoint.
@@ -48,11 +48,11 @@ import numpy as np
 import torch
 
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import PartitionKey
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.restore_point import RestorePoint, pack
-from streamtrain.worker.errors import CheckpointError, FencedError, OffsetsBackwardsError, StateStoreError
-from streamtrain.worker.state_store import RedisStateStore, TrainedRange, encode_array
+from streamtrain.events.records import PartitionKey
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.restore_point import RestorePoint, pack
+from streamtrain.errors import CheckpointError, FencedError, OffsetsBackwardsError, StateStoreError
+from streamtrain.state.redis_store import RedisStateStore, TrainedRange, encode_array
 
 __all__ = ["Snapshot", "Checkpointer", "take_snapshot", "detached_copy"]
 

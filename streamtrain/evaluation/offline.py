@@ -1,6 +1,6 @@
 """Offline evaluation of a checkpoint on a held-out file: what ``streamtrain eval`` and the demo report.
 
-Protocol: :func:`streamtrain.evaluation.offline_evaluate` (full ranking over every item with a row,
+Protocol: :func:`streamtrain.evaluation.progressive.offline_evaluate` (full ranking over every item with a row,
 Recall@K / NDCG@K averaged over test users), unchanged; this module feeds it a loaded checkpoint
 and files, and counts what the vocabulary does not know instead of dropping it:
 
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from streamtrain.data.interactions import Interactions
-from streamtrain.evaluation import offline_evaluate
-from streamtrain.model.vocabulary import FALLBACK_ROW
+from streamtrain.evaluation.progressive import offline_evaluate
+from streamtrain.vocab.vocabulary import FALLBACK_ROW
 from streamtrain.serving.checkpoint_model import LoadedCheckpoint
 
 __all__ = ["DEFAULT_K", "EvalReport", "evaluate_checkpoint"]

@@ -14,9 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from streamtrain.worker.backoff import Backoff
-from streamtrain.worker.checkpoint import Checkpointer, Snapshot
-from streamtrain.worker.errors import CheckpointError, FencedError, OffsetsBackwardsError, WorkerError
+from streamtrain.backoff import Backoff
+from streamtrain.state.checkpoint import Checkpointer, Snapshot
+from streamtrain.errors import CheckpointError, FencedError, OffsetsBackwardsError, WorkerError
 
 __all__ = ["CheckpointRunner"]
 

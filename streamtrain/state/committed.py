@@ -1,7 +1,7 @@
 """Which checkpoint is the run's: the one Redis names as committed, or an older one picked by id.
 
 The worker writes a checkpoint file *before* the Redis transaction that commits it
-(:mod:`streamtrain.worker.checkpoint`), so the newest file on disk can be an orphan of a commit
+(:mod:`streamtrain.state.checkpoint`), so the newest file on disk can be an orphan of a commit
 that never happened. Readers outside the worker (``eval``, ``export``, ``recommend``, the demo)
 therefore ask Redis, as the worker's own resume does: ``<redis.key_prefix>:<run>:meta`` holds the
 committed checkpoint id and its file name, ``...:offsets`` the next offset per partition.
@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from streamtrain.worker.errors import StateStoreError
+from streamtrain.errors import StateStoreError
 
 __all__ = ["CommittedCheckpoint", "CommittedLookup", "checkpoint_file_for_id", "committed_checkpoint",
            "redis_committed_lookup"]

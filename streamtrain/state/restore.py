@@ -1,7 +1,7 @@
 """``streamtrain consume --restore CHECKPOINT``: resume exactly from one kept checkpoint file.
 
 For when Redis lost the run's data, or the newest file is corrupt: every checkpoint file is a
-self-contained restore point (:mod:`streamtrain.worker.restore_point`). The chosen file's model,
+self-contained restore point (:mod:`streamtrain.state.restore_point`). The chosen file's model,
 shared state and offsets are loaded, and the same state is committed to Redis at once (fenced
 against the id Redis held, so a worker that commits meanwhile makes the restore fail instead of
 interleaving). Training then goes on from the file's offsets; the log says, per partition, how far
@@ -20,12 +20,12 @@ import shutil
 import time
 from pathlib import Path
 
-from streamtrain.worker.checkpoint_files import CheckpointFiles, file_digest
-from streamtrain.worker.engine import TrainingEngine
-from streamtrain.worker.errors import ResumeError, StateStoreError
-from streamtrain.worker.restore_point import format_offsets, unpack
-from streamtrain.worker.resume import ResumePoint, kept_files_hint
-from streamtrain.worker.state_store import RedisStateStore, StoredState
+from streamtrain.state.files import CheckpointFiles, file_digest
+from streamtrain.training.engine import TrainingEngine
+from streamtrain.errors import ResumeError, StateStoreError
+from streamtrain.state.restore_point import format_offsets, unpack
+from streamtrain.state.resume import ResumePoint, kept_files_hint
+from streamtrain.state.redis_store import RedisStateStore, StoredState
 
 __all__ = ["restore_from_file", "resolve_restore_target"]
 

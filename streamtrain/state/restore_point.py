@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.worker.batcher import PartitionKey
-from streamtrain.worker.state_store import TrainedRange, decode_array, encode_array
+from streamtrain.events.records import PartitionKey
+from streamtrain.state.redis_store import TrainedRange, decode_array, encode_array
 
 __all__ = ["RESTORE_KEY", "RestorePoint", "pack", "unpack", "format_offsets"]
 

@@ -19,7 +19,7 @@ Vectorised, each word is a dozen numpy operations over the batch, so the cost is
 word of the longest id, not per id.
 
 Until checkpoint format 2 the key was blake2b (8 bytes) of the UTF-8 bytes, one ``hashlib`` call
-per id; see :mod:`streamtrain.model.vocabulary` for how older states are migrated.
+per id; see :mod:`streamtrain.vocab.vocabulary` for how older states are migrated.
 """
 
 from __future__ import annotations

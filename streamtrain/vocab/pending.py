@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.model.key_table import KeyIndex
+from streamtrain.vocab.key_table import KeyIndex
 
 __all__ = ["PendingSightings"]
 

@@ -2,7 +2,7 @@
 
 Headers say why and where it came from: ``reason`` (a :class:`RejectReason` value), ``detail``,
 ``source_topic``, ``source_partition``, ``source_offset`` (all UTF-8). The checkpoint flushes this
-sink before it stores offsets past a rejected message (step 1 in :mod:`streamtrain.worker.checkpoint`),
+sink before it stores offsets past a rejected message (step 1 in :mod:`streamtrain.state.checkpoint`),
 so a crash can duplicate a dead letter but never lose one.
 
 A letter the producer refuses (larger than ``kafka.dead_letter_max_bytes``) or the broker refuses

@@ -30,12 +30,13 @@ from kafka.structs import OffsetAndMetadata
 
 from streamtrain.events import decode_values
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import Batcher, MicroBatch, PartitionKey
-from streamtrain.worker.broker_health import BrokerHealth
-from streamtrain.worker.dead_letter import DeadLetterSink
-from streamtrain.worker.errors import WorkerError
-from streamtrain.worker.lag import LagTracker
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.ingest.broker_health import BrokerHealth
+from streamtrain.ingest.dead_letter import DeadLetterSink
+from streamtrain.errors import WorkerError
+from streamtrain.ingest.lag import LagTracker
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["KafkaSource", "SourceHooks"]
 

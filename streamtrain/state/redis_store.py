@@ -31,13 +31,11 @@ from typing import Any
 import numpy as np
 import redis
 
-from streamtrain.worker.batcher import PartitionKey
-from streamtrain.worker.errors import FencedError, StateStoreError
+from streamtrain.events.records import PartitionKey
+from streamtrain.errors import FencedError, StateStoreError
 
-__all__ = ["EARLIEST", "StoredState", "RedisStateStore", "encode_array", "decode_array", "TrainedRange"]
+__all__ = ["StoredState", "RedisStateStore", "encode_array", "decode_array", "TrainedRange"]
 
-EARLIEST = -2
-"""Stored next offset meaning "the beginning of the partition" (nothing consumed yet in a fresh run)."""
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import PartitionKey
+from streamtrain.events.records import PartitionKey
 
 __all__ = ["LagTracker"]
 
