@@ -17,7 +17,7 @@ from typing import Any
 from bench_ingest import BATCH
 from prometheus_client import CollectorRegistry
 
-from streamtrain.ingest.fetch import make_fetcher
+from streamtrain.ingest.child import make_fetcher
 from streamtrain.ingest.pool import IngestPool
 from streamtrain.ingest.slots import SlotLayout
 from streamtrain.metrics import Metrics

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
@@ -32,7 +33,8 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain.events import decode_values
 from streamtrain.ingest.counters import CounterSnapshot
-from streamtrain.ingest.fetch import Fetched, FetchError, OutOfRange, make_fetcher
+from streamtrain.ingest.fetch import Fetched, Fetcher, FetchError, KafkaPythonFetcher, OutOfRange
+from streamtrain.ingest.fetch_confluent import ConfluentFetcher
 from streamtrain.ingest.slots import SlotLayout, pack
 from streamtrain.metrics import Metrics
 from streamtrain.events.ids import KeyedIds
@@ -45,6 +47,16 @@ log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT_S = 0.1
 _STATUS_EVERY_S = 0.2
+
+
+
+def make_fetcher(client: str, options: Mapping[str, Any], max_records: int) -> Fetcher:
+    """``options`` as :func:`streamtrain.worker.build.kafka_client_options` returns them."""
+    if client == "confluent":
+        return ConfluentFetcher(options, max_records)
+    if client == "kafka-python":
+        return KafkaPythonFetcher(options, max_records)
+    raise ValueError(f"kafka.client must be 'confluent' or 'kafka-python', got {client!r}")
 
 
 class _Stop(Exception):

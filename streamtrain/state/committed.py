@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from streamtrain.errors import StateStoreError
+from streamtrain.state.redis_store import redis_client
 
 __all__ = ["CommittedCheckpoint", "CommittedLookup", "checkpoint_file_for_id", "committed_checkpoint",
            "redis_committed_lookup"]
@@ -83,8 +84,6 @@ def redis_committed_lookup(config: Any) -> CommittedLookup:
     """A lookup against the configured Redis (``redis.url``, ``redis.password``, ``redis.key_prefix``)."""
 
     def lookup(run: str) -> CommittedCheckpoint | None:
-        from streamtrain.worker.build import redis_client  # the one place that builds clients
-
         client = redis_client(config)
         try:
             return committed_checkpoint(client, config.redis.key_prefix, run)

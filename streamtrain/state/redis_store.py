@@ -34,7 +34,7 @@ import redis
 from streamtrain.events.records import PartitionKey
 from streamtrain.errors import FencedError, StateStoreError
 
-__all__ = ["StoredState", "RedisStateStore", "encode_array", "decode_array", "TrainedRange"]
+__all__ = ["redis_client", "state_store", "StoredState", "RedisStateStore", "encode_array", "decode_array", "TrainedRange"]
 
 
 log = logging.getLogger(__name__)
@@ -241,3 +241,19 @@ class RedisStateStore:
             raise StateStoreError("read", str(exc)) from exc
         out: list[Any] = [tuple(json.loads(r)) for r in raw]
         return out
+
+
+def redis_client(config: Any) -> redis.Redis:
+    """A Redis client with the configured timeouts (connects lazily)."""
+    r = config.redis
+    return redis.Redis.from_url(
+        r.url,
+        password=r.password.get_secret_value() if r.password else None,
+        socket_timeout=r.socket_timeout_s,
+        socket_connect_timeout=r.socket_timeout_s,
+    )
+
+
+def state_store(config: Any, client: redis.Redis) -> RedisStateStore:
+    """The run's Redis namespace: ``<redis.key_prefix>:<run.name>``."""
+    return RedisStateStore(client, f"{config.redis.key_prefix}:{config.run.name}")

@@ -23,8 +23,7 @@ from pathlib import Path
 from streamtrain.state.files import CheckpointFiles, file_digest
 from streamtrain.training.engine import TrainingEngine
 from streamtrain.errors import ResumeError, StateStoreError
-from streamtrain.state.restore_point import format_offsets, unpack
-from streamtrain.state.resume import ResumePoint, kept_files_hint
+from streamtrain.state.restore_point import ResumePoint, format_offsets, kept_files_hint, unpack
 from streamtrain.state.redis_store import RedisStateStore, StoredState
 
 __all__ = ["restore_from_file", "resolve_restore_target"]

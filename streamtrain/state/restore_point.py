@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from streamtrain.events.records import PartitionKey
+from streamtrain.state.files import CheckpointFiles
 from streamtrain.state.redis_store import TrainedRange, decode_array, encode_array
 
-__all__ = ["RESTORE_KEY", "RestorePoint", "pack", "unpack", "format_offsets"]
+__all__ = ["RESTORE_KEY", "RestorePoint", "ResumePoint", "pack", "unpack", "format_offsets", "kept_files_hint"]
 
 RESTORE_KEY = "restore_point"
 _FORMAT = 1
@@ -104,3 +105,26 @@ def unpack(payload: Mapping[str, Any]) -> tuple[dict[str, Any], RestorePoint | N
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed restore point: {exc!r}") from exc
     return file_state, point
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the worker starts."""
+
+    fresh: bool
+    checkpoint_id: int | None
+    next_checkpoint_id: int
+    events: int
+    offsets: dict[PartitionKey, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    skipped: dict[PartitionKey, int] = field(default_factory=dict)
+    trained_ranges: list[TrainedRange] = field(default_factory=list)  # test mode: the committed history
+
+
+def kept_files_hint(files: CheckpointFiles, limit: int = 5) -> str:
+    """``ids 7, 8, 9 in DIR`` for error messages (newest last)."""
+    ids = files.ids()
+    if not ids:
+        return f"no checkpoint files in {files.dir}"
+    shown = ", ".join(map(str, ids[-limit:]))
+    return f"checkpoint files kept in {files.dir}: ids {shown}{' (and older)' if len(ids) > limit else ''}"

@@ -18,41 +18,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
-from streamtrain.events.records import PartitionKey
 from streamtrain.state.files import CheckpointFiles, file_digest
 from streamtrain.training.engine import TrainingEngine
 from streamtrain.errors import ResumeError, StateStoreError
-from streamtrain.state.restore_point import format_offsets, unpack
-from streamtrain.state.redis_store import RedisStateStore, StoredState, TrainedRange
+from streamtrain.state.restore import restore_from_file
+from streamtrain.state.restore_point import ResumePoint, format_offsets, kept_files_hint, unpack
+from streamtrain.state.redis_store import RedisStateStore, StoredState
 
 __all__ = ["ResumePoint", "resume", "kept_files_hint"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where the worker starts."""
-
-    fresh: bool
-    checkpoint_id: int | None
-    next_checkpoint_id: int
-    events: int
-    offsets: dict[PartitionKey, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    skipped: dict[PartitionKey, int] = field(default_factory=dict)
-    trained_ranges: list[TrainedRange] = field(default_factory=list)  # test mode: the committed history
-
-
-def kept_files_hint(files: CheckpointFiles, limit: int = 5) -> str:
-    """``ids 7, 8, 9 in DIR`` for error messages (newest last)."""
-    ids = files.ids()
-    if not ids:
-        return f"no checkpoint files in {files.dir}"
-    shown = ", ".join(map(str, ids[-limit:]))
-    return f"checkpoint files kept in {files.dir}: ids {shown}{' (and older)' if len(ids) > limit else ''}"
 
 
 def resume(
@@ -74,8 +50,6 @@ def resume(
     if fresh and restore is not None:
         raise ResumeError("--fresh and --restore exclude each other: choose one")
     if restore is not None:
-        from streamtrain.state.restore import restore_from_file
-
         return restore_from_file(engine, store, files, restore, record_ranges=record_ranges)
     try:
         if fresh:

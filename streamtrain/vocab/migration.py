@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from streamtrain.errors import StreamtrainError
 from streamtrain.events.ids import KEY_FUNCTION, encode_ids, id_keys, keys_of_encoded
 
-__all__ = ["check_state", "migrate_state"]
+__all__ = ["VocabularyStateError", "check_state", "migrate_state"]
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,11 @@ _REQUIRED = (
 )
 
 
-def _error(message: str) -> Exception:
-    from streamtrain.vocab.vocabulary import VocabularyStateError
+class VocabularyStateError(StreamtrainError):
+    """A saved vocabulary state does not fit this vocabulary (other capacity or corrupted arrays)."""
 
+
+def _error(message: str) -> Exception:
     return VocabularyStateError(message)
 
 

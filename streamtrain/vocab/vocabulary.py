@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamtrain.errors import StreamtrainError
 from streamtrain.vocab.eviction import EvictionQueue
 from streamtrain.events.ids import KEY_FUNCTION, EncodedIds, KeyedIds, encode_ids, id_keys, keys_of_encoded
 from streamtrain.vocab.id_store import IdStore
 from streamtrain.vocab.key_table import KeyIndex
+from streamtrain.vocab.migration import VocabularyStateError, check_state, migrate_state
 from streamtrain.vocab.pending import PendingSightings
 
 __all__ = ["FALLBACK_ROW", "IdVocabulary", "VocabLookup", "VocabularyStateError", "stable_key"]
@@ -57,10 +57,6 @@ _FALLBACK_KEY_ID = "\x00streamtrain-fallback"
 def _uint8(raw: bytes | np.ndarray) -> np.ndarray:
     """Bytes saved as ``bytes`` (a state dict) or a uint8 array (read back from a checkpoint file)."""
     return np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, bytes) else np.asarray(raw, dtype=np.uint8)
-
-
-class VocabularyStateError(StreamtrainError):
-    """A saved vocabulary state does not fit this vocabulary (other capacity or corrupted arrays)."""
 
 
 def stable_key(item_id: str) -> int:
@@ -345,8 +341,6 @@ class IdVocabulary:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (or migrate a pre-format-2 one); called once at resume.
         Raises VocabularyStateError on mismatch."""
-        from streamtrain.vocab.migration import check_state, migrate_state
-
         if int(state["capacity"]) != self.capacity:
             raise VocabularyStateError(
                 f"saved vocabulary has capacity {int(state['capacity'])}, this one {self.capacity}; "

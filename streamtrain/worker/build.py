@@ -42,10 +42,10 @@ from streamtrain.worker.progress import Progress
 from streamtrain.state.resume import resume
 from streamtrain.ingest.source import KafkaSource
 from streamtrain.errors import StateStoreError
-from streamtrain.state.redis_store import RedisStateStore
+from streamtrain.state.redis_store import RedisStateStore, redis_client, state_store
 from streamtrain.worker.worker import Worker
 
-__all__ = ["WorkerParts", "build_worker", "take_lease", "kafka_client_options", "redis_client", "state_store"]
+__all__ = ["WorkerParts", "build_worker", "take_lease", "kafka_client_options"]
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +63,6 @@ def kafka_client_options(config: Config) -> dict[str, Any]:
         options["sasl_plain_username"] = k.sasl_username
         options["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
     return options
-
-
-def redis_client(config: Config) -> redis.Redis:
-    """A Redis client with the configured timeouts (connects lazily)."""
-    r = config.redis
-    return redis.Redis.from_url(
-        r.url,
-        password=r.password.get_secret_value() if r.password else None,
-        socket_timeout=r.socket_timeout_s,
-        socket_connect_timeout=r.socket_timeout_s,
-    )
-
-
-def state_store(config: Config, client: redis.Redis) -> RedisStateStore:
-    """The run's Redis namespace: ``<redis.key_prefix>:<run.name>``."""
-    return RedisStateStore(client, f"{config.redis.key_prefix}:{config.run.name}")
 
 
 @dataclass

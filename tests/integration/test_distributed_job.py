@@ -17,8 +17,8 @@ import redis
 
 from streamtrain.config import load_config
 from streamtrain.distributed.lease import lease_key
-from streamtrain.worker.build import redis_client as make_redis
-from streamtrain.worker.build import state_store
+from streamtrain.state.redis_store import redis_client as make_redis
+from streamtrain.state.redis_store import state_store
 from streamtrain.events.records import EARLIEST
 from worker_support import consume_command, overrides, produce, spawn_worker, stream, wait_until
 

@@ -10,7 +10,7 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import local_stack_kafka, private_broker_env, produce_in_background, config_for, run_worker, stop_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

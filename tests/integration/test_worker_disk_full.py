@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import produce_in_background, config_for, run_worker, stop_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import config_for, run_worker, stop_worker, stream, wait_until
 
 pytestmark = pytest.mark.integration

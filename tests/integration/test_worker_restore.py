@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from streamtrain.config import load_config
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from streamtrain.state.files import CheckpointFiles
 from streamtrain.state.restore_point import unpack
 from worker_support import produce_in_background, overrides, spawn_worker, stream, wait_until

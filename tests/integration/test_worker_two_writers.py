@@ -23,7 +23,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streamtrain.config import load_config
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from streamtrain.state.files import CheckpointFiles, file_digest
 from streamtrain.state.restore_point import unpack
 from worker_support import overrides, produce, spawn_worker, stream, wait_until

@@ -106,6 +106,6 @@ def test_child_counters_reach_the_trainer_as_increments() -> None:
 
 
 def test_the_confluent_fetcher_builds_without_a_broker_round_trip() -> None:
-    from streamtrain.ingest.fetch import make_fetcher
+    from streamtrain.ingest.child import make_fetcher
 
     make_fetcher("confluent", {"bootstrap_servers": ["127.0.0.1:1"]}, 10).close()
