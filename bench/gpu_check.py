@@ -224,7 +224,7 @@ def checkpoint_and_eval_sections(
     from inprocess import TOPIC, MemoryStateStore
     from prometheus_client import CollectorRegistry
 
-    from streamtrain.evaluation.offline import evaluate_checkpoint
+    from streamtrain.serving.checkpoint_eval import evaluate_checkpoint
     from streamtrain.data.interactions import Interactions
     from streamtrain.events.batch import object_array
     from streamtrain.metrics import Metrics

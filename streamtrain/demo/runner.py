@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.evaluation.offline import evaluate_checkpoint
+from streamtrain.serving.checkpoint_eval import evaluate_checkpoint
 from streamtrain.config import Config, dump_config
 from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR, DatasetError, gowalla_file
 from streamtrain.data.interactions import Interactions, read_interactions

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.evaluation.offline import evaluate_checkpoint
+from streamtrain.serving.checkpoint_eval import evaluate_checkpoint
 from streamtrain.cli import main
 from streamtrain.config import Config
 from streamtrain.data.interactions import read_interactions
