@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -13,11 +14,7 @@ __all__ = ["TrainingEngine", "StepResult"]
 
 @runtime_checkable
 class StepResult(Protocol):
-    """What one ``train_step`` reports (the Trainer's ``StepStats``); read only for metrics and logs.
-
-    Optional, read with ``getattr``: ``baselines``, popularity baseline name -> its rolling
-    Recall@K/NDCG@K on the same evaluated batches (None or absent when the step was not evaluated).
-    """
+    """What one ``train_step`` reports (the Trainer's ``StepStats``); read only for metrics and logs."""
 
     step: int
     num_events: int
@@ -28,6 +25,8 @@ class StepResult(Protocol):
     sampler_stats: Mapping[str, Any]
     progressive: Mapping[str, Any] | None
     applied: bool  # False: the loss was not finite and the update was skipped
+    # streaming baseline name -> its rolling Recall@K/NDCG@K on the same evaluated batches (None: not evaluated)
+    baselines: Mapping[str, Mapping[str, float]] | None
 
 
 @runtime_checkable
@@ -44,15 +43,31 @@ class TrainingEngine(Protocol):
         """Training steps taken so far (restored by ``load_shared_state``/``load_file_state``)."""
         ...
 
+    @property
+    def device(self) -> Any:
+        """Where the model lives (``torch.device`` or its name); reported in the worker's build info."""
+        ...
+
     def train_step(self, batch: EventBatch) -> StepResult:
         """One optimisation step on a micro-batch (progressive evaluation happens inside)."""
         ...
 
-    # Optional (the worker uses them when present, else ``train_step``): the one-step-late path.
-    # ``submit_step(batch) -> StepResult | None`` queues a step and returns the *previous* step's
-    # result; ``flush_stats() -> StepResult | None`` returns the last one now. The worker flushes
-    # before every snapshot (so ``file_state`` includes the step's rolling metrics), when idle and
-    # at stop, and records each result exactly once.
+    def submit_step(self, batch: EventBatch, rank_sizes: Sequence[int] | None = None) -> StepResult | None:
+        """The one-step-late path the worker uses: queue a step, return the *previous* step's result
+        (None for the first one). ``rank_sizes`` (events per rank of a global batch) matters only after
+        :meth:`enable_split`; an engine without a split step trains the whole batch."""
+        ...
+
+    def flush_stats(self) -> StepResult | None:
+        """The last submitted step's result now (None when all were reported). The worker flushes
+        before every snapshot (so ``file_state`` includes the step's rolling metrics), when idle and
+        at stop, and records each result exactly once."""
+        ...
+
+    def enable_split(self, ctx: Any) -> None:
+        """``distributed.step = split`` with W > 1: each rank computes its own events' queries and the
+        ranks share one step through ``ctx`` (a :class:`~streamtrain.distributed.context.DistContext`)."""
+        ...
 
     def probe(self, batch: EventBatch) -> dict[str, float]:
         """Sampling-bias diagnostics on a batch, without updating the model."""

@@ -354,7 +354,7 @@ def _build(
         {
             "version": __version__,
             "sampler": config.sampler.name,
-            "device": str(getattr(engine, "device", config.run.device)),
+            "device": str(engine.device),
         }
     )
     http = None

@@ -67,7 +67,7 @@ class Worker:
         # The lockstep with the other ranks; rank 0 alone writes checkpoints (every rank holds the same state).
         self.exchange = exchange if exchange is not None else StepExchange(DistContext())
         self.writes_checkpoints = self.exchange.ctx.is_main
-        if config.distributed.step == "split" and hasattr(engine, "enable_split"):
+        if config.distributed.step == "split":
             engine.enable_split(self.exchange.ctx)  # W > 1: each rank computes its own events' queries
         self.engine = engine
         self.source = source
@@ -359,7 +359,7 @@ class Worker:
             if len(batch.events):
                 # The stats of the *previous* step (None for the first): this step runs on the device
                 # while the loop fetches the next batch.
-                stats = self.late.submit(batch.events, getattr(batch, "rank_sizes", ()))
+                stats = self.late.submit(batch.events, batch.rank_sizes)
                 interval = self.config.trainer.probe_interval_steps
                 if interval and self.engine.step % interval == 0:
                     probe = self.engine.probe(batch.events.slice(0, self.config.trainer.probe_batch_size))

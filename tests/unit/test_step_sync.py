@@ -113,7 +113,7 @@ def test_the_worker_records_every_step_once_and_counts_the_skipped_one() -> None
     stream = Stream(seed=10)
     good = stream.batch()
     for events in (good, _poisoned(good), stream.batch()):
-        worker._train(SimpleNamespace(events=events, generation=0, ranges={}))  # type: ignore[arg-type]
+        worker._train(SimpleNamespace(events=events, generation=0, ranges={}, rank_sizes=()))  # type: ignore[arg-type]
 
     def sample(name: str) -> float | None:
         return metrics.registry.get_sample_value(name)
