@@ -131,12 +131,12 @@ def run_variant(stream: Stream, batch_size: int, overrides: Sequence[str], seed:
     started = time.perf_counter()
     for i, batch in enumerate(batches):
         if i == half:  # from here on, the rolling windows average the second half exactly
-            trainer.progressive.load_state_dict({"history": []})
-            trainer.popularity.reset_rolling()
+            trainer.state.progressive.load_state_dict({"history": []})
+            trainer.state.popularity.reset_rolling()
         stats = trainer.train_step(batch)
         step_s.append(stats.duration_s)
         losses.append(stats.loss)
-    rankers = {"model": trainer.progressive.averages(), **trainer.popularity.averages()}
+    rankers = {"model": trainer.state.progressive.averages(), **trainer.state.popularity.averages()}
     best = max(rankers[name][f"recall@{K}"] for name in BASELINES)
     return {
         "variant": " ".join(overrides) or "(defaults)",

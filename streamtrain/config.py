@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from streamtrain.errors import ConfigError
 
 __all__ = [
+    "SamplerName",
     "Config",
     "RunConfig",
     "KafkaConfig",
@@ -52,6 +53,9 @@ ENV_PREFIX = "STREAMTRAIN_"
 DEFAULT_TEMPERATURE = 0.1
 RESAMPLING_TEMPERATURE = 0.3
 _MASK = "**********"
+
+SamplerName = Literal["full", "uniform", "inbatch", "inbatch_logq", "mns", "cbns", "bir", "xir"]
+"""Every sampler a config may name; :mod:`streamtrain.sampling` checks its registry against it."""
 
 
 class _Section(BaseModel):
@@ -186,7 +190,7 @@ class XirParams(_Section):
 
 
 class SamplerConfig(_Section):
-    name: Literal["full", "uniform", "inbatch", "inbatch_logq", "mns", "cbns", "bir", "xir"] = "xir"
+    name: SamplerName = "xir"
     uniform: UniformParams = UniformParams()
     mns: MnsParams = MnsParams()
     cbns: CbnsParams = CbnsParams()

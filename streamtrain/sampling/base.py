@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-__all__ = ["SamplerInput", "SamplerOutput", "Sampler", "SAMPLERS", "register", "build_sampler"]
+__all__ = ["SamplerInput", "SamplerOutput", "Sampler", "SAMPLERS", "register"]
 
 
 @dataclass
@@ -130,14 +130,3 @@ def register(cls: type[Sampler]) -> type[Sampler]:
         raise ValueError(f"sampler {cls.name!r} registered twice")
     SAMPLERS[cls.name] = cls
     return cls
-
-
-def build_sampler(config: Any, *, batch_size: int, seed: int, device: torch.device) -> Sampler:
-    """Build the sampler named by ``config`` (a :class:`streamtrain.config.SamplerConfig`)."""
-    import streamtrain.sampling  # noqa: F401  -- importing the package registers every sampler
-
-    try:
-        cls = SAMPLERS[config.name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {config.name!r}; known: {sorted(SAMPLERS)}") from None
-    return cls.from_config(config, batch_size=batch_size, seed=seed, device=device)  # type: ignore[attr-defined]

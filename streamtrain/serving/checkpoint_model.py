@@ -32,7 +32,7 @@ from streamtrain.config import Config
 from streamtrain.errors import StreamtrainError
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.vocab.vocabulary import IdVocabulary, VocabularyStateError
-from streamtrain.training.state import torch_tree_to_numpy
+from streamtrain.training.state_tree import torch_tree_to_numpy
 from streamtrain.state.committed import (
     CommittedCheckpoint,
     CommittedLookup,

@@ -32,11 +32,11 @@ def _poisoned(batch: EventBatch) -> EventBatch:
 
 def _training_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     """Parameters and every optimizer state tensor, cloned."""
-    out = {f"model.{k}": v.detach().clone() for k, v in trainer.model.named_parameters()}
-    for i, state in enumerate(trainer.sparse_optimizer.state):
+    out = {f"model.{k}": v.detach().clone() for k, v in trainer.state.model.named_parameters()}
+    for i, state in enumerate(trainer.state.sparse_optimizer.state):
         out.update({f"sparse.{i}.{k}": v.clone() for k, v in state.items()})
-    assert trainer.dense_optimizer is not None
-    for i, state in enumerate(trainer.dense_optimizer.state.values()):
+    assert trainer.state.dense_optimizer is not None
+    for i, state in enumerate(trainer.state.dense_optimizer.state.values()):
         out.update({f"dense.{i}.{k}": v.clone() for k, v in state.items() if torch.is_tensor(v)})
     return out
 
@@ -94,7 +94,7 @@ def test_one_step_late_trains_exactly_like_the_synchronous_step(features: str) -
         assert b is not None
         assert (a.loss, a.logq_mean, a.applied, a.sampler_stats, a.progressive, a.baselines) == (
             b.loss, b.logq_mean, b.applied, b.sampler_stats, b.progressive, b.baselines)
-    for (name, p), q in zip(sync.model.state_dict().items(), late.model.state_dict().values()):
+    for (name, p), q in zip(sync.state.model.state_dict().items(), late.state.model.state_dict().values()):
         assert torch.equal(p, q), name
 
 
