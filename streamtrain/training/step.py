@@ -1,5 +1,15 @@
 """Steps 4-9 of a training step on a staged batch (:mod:`.staging` did 1-3), and reading its
-statistics back one step later.
+statistics back one step later:
+
+4. read each event's causal history (the user's items before it), then fold the batch into the
+   stored histories;
+5. on a ``progressive_eval_fraction`` of steps, score the batch before training on it, with the
+   popularity baselines on the same positives;
+6. update the frequency estimator and the popularity counts with the batch's items;
+7. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
+8. sampler loss (bf16 autocast on CUDA), backward, optimizer steps masked on the device by the
+   finite-loss flag (:mod:`.guard`): a NaN/inf loss never reaches the parameters;
+9. start the copy of every statistic to pinned host memory (:mod:`.readback`).
 
 Two strategies compute the model's part of a step, with one interface (:class:`StepStrategy`):
 

@@ -1,33 +1,19 @@
 """The Trainer: sequences the steps that turn micro-batches of events into sampled-softmax training.
 
-What a step reads and writes (model, vocabularies, optimizers, sampler, frequency estimator,
-evaluator, RNGs) is a :class:`~streamtrain.training.state.TrainState`; the Trainer holds it with the
-device plumbing (prefetch, readback) and the step whose statistics are still on the device. The
-worker calls :meth:`Trainer.submit_step` per
-micro-batch (and :meth:`Trainer.flush_stats` before a checkpoint and when idle), :meth:`Trainer.probe`
-every few steps, and persists :meth:`Trainer.file_state` (checkpoint file) and
-:meth:`Trainer.shared_state` (Redis) together.
+What a step reads and writes (model, vocabularies, optimizers, sampler, estimator, evaluator, RNGs)
+is a :class:`~streamtrain.training.state.TrainState`; the Trainer holds it with the device plumbing
+(prefetch, readback) and the step whose statistics are still on the device. The worker calls
+:meth:`Trainer.submit_step` per micro-batch (:meth:`Trainer.flush_stats` before a checkpoint and when
+idle), :meth:`Trainer.probe` every few steps, and persists :meth:`Trainer.file_state` (checkpoint file)
+and :meth:`Trainer.shared_state` (Redis) together.
 
-One step, in order:
-1. (:mod:`.staging`) map user and item ids to rows on the host, admitting new ids, and draw initial values for rows
-   the vocabularies (re)assigned; order the batch by user for the history tower (host rows);
-2. upload all of it at once from a pinned buffer on a side stream (:mod:`.prefetch`);
-3. re-initialise the (re)assigned rows, reset their optimizer state, and clear the per-row state
-   that still describes the old id (user histories, sampler caches, popularity counts);
-4. (:mod:`.step`) read each event's causal history (the user's items before it), then fold the batch into the
-   stored histories;
-5. on a ``progressive_eval_fraction`` of steps, score the batch before training on it, with the
-   popularity baselines on the same positives;
-6. update the frequency estimator and the popularity counts with the batch's items;
-7. build the :class:`SamplerInput` (queries, positives, item tower, log p̂, known items);
-8. sampler loss (bf16 autocast on CUDA), backward, optimizer steps masked on the device by the
-   finite-loss flag (:mod:`.guard`): a NaN/inf loss never reaches the parameters (the split step,
-   W > 1, computes this rank's queries only and exchanges gradients: :class:`.step.SplitStep`);
-9. start the copy of every statistic to pinned host memory (:mod:`.readback`).
-
-Nothing in a step reads the device: the host learns step t's statistics (and whether its update
-was applied) during step t+1, after t+1's work is queued. :meth:`Trainer.train_step` is the
-synchronous form (submit, then flush: one wait per step) for callers that want each step's stats.
+One step: :func:`~.staging.stage_batch` maps ids to rows on the host, uploads the batch once and
+re-initialises (re)assigned rows (steps 1-3); :func:`~.step.run_step` reads the causal histories,
+scores the batch before training on it (a ``progressive_eval_fraction`` of steps, baselines on the
+same positives), updates the estimator, computes the loss with a :class:`~.step.StepStrategy` (local,
+or the split step across ranks), applies the finite-loss-guarded optimizer steps and starts the
+statistics' copy to the host (steps 4-9). Nothing in a step reads the device: the host learns step
+t's statistics during step t+1. :meth:`Trainer.train_step` is the synchronous form.
 """
 
 from __future__ import annotations
