@@ -11,7 +11,7 @@ from streamtrain.ingest.counters import CounterSink, CounterSnapshot
 from streamtrain.ingest.pool import deal
 from streamtrain.ingest.slots import SlotLayout, pack, unpack
 from streamtrain.metrics import Metrics
-from streamtrain.model import IdVocabulary
+from streamtrain.vocab.vocabulary import IdVocabulary
 from streamtrain.events.ids import KeyedIds, id_keys
 from streamtrain.events.records import MicroBatch, PartitionRange
 
