@@ -121,6 +121,7 @@ def test_kill9_twenty_times_trains_every_event_exactly_once(
     ends = {p: sum(1 for start in range(0, EVENTS, 100) if (start // 100) % partitions == p) * 100
             for p in range(partitions)}
     assert_trained_once(victim_store, topic, {p: (0, end) for p, end in ends.items()}, every_message_an_event=True)
+    ranges = victim_store.trained_ranges()
     got, want = victim_store.load(), ref_store.load()
     assert got is not None and want is not None
     assert got.events == want.events == EVENTS
