@@ -41,13 +41,14 @@ def decode_tables(opts: Any) -> list[Table]:
     table = Table(
         f"decode: message values -> EventBatch, one core ({opts.decode_events:,} messages, best of "
         f"{opts.decode_repeat})",
-        ["dataset", "chunk", "strategy", "events/s (CPU)", "MB/s", "events/s (wall)", "x default"],
+        ["dataset", "chunk", "strategy", "events/s (CPU)", "MB/s", "events/s (wall)", "x old"],
     )
     for r in rows:
         table.add(r["dataset"], r["chunk"], r["strategy"], fmt_rate(r["events_s"]), f"{r['mb_s']:.1f}",
                   fmt_rate(r["wall_events_s"]), fmt_ratio(r["vs_default"]))
     table.notes.append(f"mean {rows[0]['bytes_per_message']:.0f} B/message; every strategy's output checked equal "
-                       "to decode_values before timing; join+fallback is unsafe (see bench_decode.py)")
+                       "to decode_values before timing; x old = against orjson/message+fast (decode_values, the "
+                       "decoder before decode_batch); join+fallback is unsafe (see bench_decode.py)")
     return [table]
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from streamtrain.events import decode_values
+from streamtrain.events import decode_batch
 from streamtrain.ingest.counters import CounterSnapshot
 from streamtrain.ingest.fetch import Fetched, FetchError, OutOfRange, make_fetcher
 from streamtrain.ingest.slots import SlotLayout, pack
@@ -144,7 +144,7 @@ class IngestChild:
             self.ready.append(due)
 
     def _decode(self, part: Fetched, now: float) -> list[MicroBatch]:
-        result = decode_values(part.values, max_bytes=self.settings["max_message_bytes"])
+        result = decode_batch(part.values, max_bytes=self.settings["max_message_bytes"])
         self.metrics.events_consumed.inc(len(part.values))
         if result.rejects:
             below = self._sent_below.get(part.key, -1)
