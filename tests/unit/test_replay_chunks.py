@@ -1,0 +1,149 @@
+"""The chunked replay path without a broker: chunk encoding, chunks of the log, the librdkafka sink's
+bookkeeping (queue full, failed deliveries placed in the stream) with an in-memory producer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamtrain.events import decode_values, encode_event
+from streamtrain.replay import (
+    ChunkEncoder,
+    ConfluentSink,
+    EventChunk,
+    ProduceError,
+    produce_chunks,
+    read_log,
+)
+from streamtrain.replay.records import Extras
+
+
+def test_chunk_encoding_decodes_like_encode_event() -> None:
+    users = ["u1", "ü-2", 'q"uote', "u1", "x" * 256]
+    items = ["i", "9", "\\back", "i", "y"]
+    times = [0.0, 1.5, 1_700_000_000.123456, 1e-7, 253_402_300_799.0]
+    encoded = ChunkEncoder().encode(EventChunk(10, users, items, times))
+    assert encoded.positions is None and not encoded.invalid
+    assert encoded.keys == [u.encode() for u in users]
+    ours = decode_values(encoded.values)
+    reference = decode_values([encode_event(u, i, t) for u, i, t in zip(users, items, times)])
+    assert not ours.rejects
+    assert list(ours.batch.user_ids) == list(reference.batch.user_ids) == users
+    assert list(ours.batch.item_ids) == list(reference.batch.item_ids) == items
+    assert ours.batch.event_time.tobytes() == reference.batch.event_time.tobytes()
+
+
+def test_chunk_encoding_skips_and_places_what_it_refuses() -> None:
+    extras: list[Extras | None] = [None, None, Extras("click", 2.0, {"k": "v"}), None, None]
+    chunk = EventChunk(100, ["a", "b", "c", "d", "e"], ["i", "i", "i", "j" * 250, "i"],
+                       [1.0, -5.0, 2.0, 3.0, 4.0], extras)
+    encoded = ChunkEncoder(max_message_bytes=200).encode(chunk)
+    assert encoded.invalid == [101]  # a negative time
+    assert encoded.oversized == [103]
+    assert encoded.positions == [100, 102, 104]
+    decoded = decode_values(encoded.values)
+    assert list(decoded.batch.user_ids) == ["a", "c", "e"]
+    assert decoded.batch.event_type[1] == "click" and decoded.batch.context[1] == {"k": "v"}
+
+
+def test_log_chunks_are_the_event_stream(tmp_path: Path) -> None:
+    path = tmp_path / "train.txt"
+    path.write_text("".join(f"{u} {' '.join(str(100 + u * 3 + k) for k in range(1 + u % 4))}\n" for u in range(30)))
+    log, _ = read_log([path], fmt="gowalla")
+    order = log.order("shuffle", 3)
+    events = list(log.events(order, start_at=5, limit=40, time_origin=1000.0, time_step=0.5))
+    chunks = list(log.chunks(order, start_at=5, limit=40, time_origin=1000.0, time_step=0.5, size=7))
+    assert [c.first for c in chunks] == list(range(5, 45, 7))
+    assert [(u, i, t) for c in chunks for u, i, t in zip(c.users, c.items, c.times)] == [
+        (e.user_id, e.item_id, e.event_time) for e in events]
+    assert all(type(t) is float for c in chunks for t in c.times)
+
+
+class FakeMessage:
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def value(self) -> bytes:
+        return bytes(self._value)  # a copy, as librdkafka hands it back
+
+
+class FakeError:
+    def name(self) -> str:
+        return "MSG_SIZE_TOO_LARGE"
+
+    def str(self) -> str:
+        return "Broker: Message size too large"
+
+
+class FakeProducer:
+    """librdkafka's produce/poll/flush: a queue of ``capacity``; values containing ``fail`` fail delivery."""
+
+    def __init__(self, sink: ConfluentSink, capacity: int, fail: bytes) -> None:
+        self.sink, self.capacity, self.fail = sink, capacity, fail
+        self.queue: list[tuple[str, bytes, bytes]] = []
+        self.delivered: list[tuple[str, bytes, bytes]] = []
+        self.full = 0
+
+    def produce(self, topic: str, value: bytes, key: bytes) -> None:
+        if len(self.queue) >= self.capacity:
+            self.full += 1
+            raise BufferError("Local: Queue full")
+        self.queue.append((topic, value, key))
+
+    def poll(self, timeout: float = 0) -> int:
+        served, self.queue = self.queue, []
+        for message in served:
+            if self.fail in message[1]:
+                self.sink.on_delivery(FakeError(), FakeMessage(message[1]))
+            else:
+                self.delivered.append(message)
+        return len(served)
+
+    def flush(self, timeout: float = -1) -> int:
+        self.poll()
+        return 0
+
+
+def test_sink_waits_out_a_full_queue_and_names_failed_positions() -> None:
+    sink = ConfluentSink(None)
+    producer = FakeProducer(sink, capacity=5, fail=b'"bad')
+    sink._producer = producer
+    users = [f"u{k % 3}" for k in range(40)]
+    items = ["bad" if k in (7, 23) else f"i{k}" for k in range(40)]
+    chunks = [EventChunk(lo, users[lo:lo + 16], items[lo:lo + 16], [float(k) for k in range(lo, min(40, lo + 16))])
+              for lo in range(0, 40, 16)]
+    stats = produce_chunks(chunks, sink, "t")
+    assert producer.full > 0  # the queue filled and the sink went on after polling
+    assert stats.sent == 40 and stats.delivery_failures == 2 and stats.produced == 38
+    assert stats.failed_positions == [7, 23] and stats.failed_range == (7, 23)
+    assert "MSG_SIZE_TOO_LARGE" in (stats.first_failure or "")
+    message = stats.failure_message() or ""
+    assert "stream positions 7..23" in message
+    assert [k for _, _, k in producer.delivered] == [u.encode() for k, u in enumerate(users) if k not in (7, 23)]
+
+
+def test_a_refused_produce_raises_with_the_resume_point() -> None:
+    class Refusing(FakeProducer):
+        def produce(self, topic: str, value: bytes, key: bytes) -> None:
+            if len(self.delivered) + len(self.queue) == 9:
+                raise RuntimeError("Local: Unknown topic")
+            super().produce(topic, value, key)
+
+    sink = ConfluentSink(None)
+    sink._producer = Refusing(sink, capacity=100, fail=b"never")
+    chunk = EventChunk(50, ["u"] * 20, ["i"] * 20, [float(k) for k in range(20)])
+    with pytest.raises(ProduceError) as caught:
+        produce_chunks([chunk], sink, "t", start_at=50)
+    assert caught.value.stats.sent == 9 and caught.value.stats.resume_at == 59
+    assert "--start-at 59" in str(caught.value)
+
+
+def test_the_sink_forgets_old_chunks() -> None:
+    sink = ConfluentSink(None, retained_messages=10)
+    sink._producer = FakeProducer(sink, capacity=1000, fail=b"never")
+    for lo in range(0, 100, 4):
+        sink.send_batch("t", ChunkEncoder().encode(EventChunk(lo, ["u"] * 4, [f"i{lo}"] * 4, [1.0] * 4)))
+    assert sum(len(e.values) for e in sink._recent) <= 13
+    assert sink._position(ChunkEncoder().encode(EventChunk(0, ["u"], ["i96"], [1.0])).values[0]) == 96
+    assert sink._position(b"gone") is None
