@@ -13,8 +13,10 @@ the same event (a unit test holds the two equal through the decoder).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import filterfalse
 from typing import Any, NamedTuple
 
 import orjson
@@ -91,6 +93,10 @@ class ChunkEncoder:
         Called once per chunk by :func:`~streamtrain.replay.producer.produce_chunks`. Never raises
         for a bad event.
         """
+        if chunk.extras is None:
+            plain = self._plain(chunk)
+            if plain is not None:
+                return plain
         out = Encoded(chunk.first, [], [])
         values, keys = out.values, out.keys
         json_of, key_of = self._json.get, self._keys.get
@@ -123,6 +129,31 @@ class ChunkEncoder:
             values.append(value)
             keys.append(key)
         return out
+
+    def _plain(self, chunk: EventChunk) -> Encoded | None:
+        """The whole chunk from the template with C-level maps (no Python per event), or None when
+        some event needs the general loop (a new id that is not a plain string, a time out of range
+        or not a float, a message over the size limit)."""
+        json_of, key_of = self._json, self._keys
+        users, items, times = chunk.users, chunk.items, chunk.times
+        seen = set(users)
+        seen.update(items)
+        # filterfalse over the chunk's ids, not set difference with the dict's keys: that walks every
+        # id ever seen, per chunk.
+        for name in list(filterfalse(json_of.__contains__, seen)):
+            if type(name) is not str or not 0 < len(name) <= MAX_ID_CHARS:
+                return None
+            json_of[name] = orjson.dumps(name)
+        if not times or set(map(type, times)) != {float} or not (0.0 <= min(times) and max(times) <= MAX_EVENT_TIME) \
+                or any(map(math.isnan, times)):
+            return None if times else Encoded(chunk.first, [], [])
+        values = list(map(_TEMPLATE.__mod__, zip(map(json_of.__getitem__, users), map(json_of.__getitem__, items),
+                                                 times)))
+        if self.max_message_bytes is not None and max(map(len, values)) > self.max_message_bytes:
+            return None
+        for user in list(filterfalse(key_of.__contains__, set(users))):
+            key_of[user] = user.encode("utf-8")
+        return Encoded(chunk.first, values, list(map(key_of.__getitem__, users)))
 
     def _other(self, user: Any, item: Any, t: Any, extra: Extras | None) -> bytes | None:
         """An event the template did not take: learn its ids' JSON, then template or encode_event."""
