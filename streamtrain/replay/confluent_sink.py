@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from itertools import repeat
+from operator import length_hint
 from typing import Any
 
 from streamtrain.config import KafkaConfig
@@ -53,19 +55,30 @@ class ConfluentSink:
         producer = self._producer
         produce = producer.produce
         values, keys = encoded.values, encoded.keys
-        n = len(values)
         self._retain(encoded)
-        i = 0
-        while i < n:
+        rest_values, rest_keys = iter(values), iter(keys)
+        while True:
             try:
-                for i in range(i, n):  # noqa: B020 - i is where a BufferError leaves off
-                    produce(topic, values[i], keys[i])
-                i = n
-            except BufferError:  # the local queue is full: let librdkafka send, then go on from i
-                producer.poll(_FULL_WAIT_S)
+                # map over the columns: one produce() per message with no Python bytecode in between.
+                deque(map(produce, repeat(topic), rest_values, rest_keys), maxlen=0)
+                break
+            except BufferError:  # the local queue is full: let librdkafka send, then queue that message again
+                i = len(values) - length_hint(rest_values) - 1
+                self._produce_when_room(topic, values[i], keys[i], i)
             except Exception as exc:  # KafkaException: refused before queueing (e.g. unknown topic)
-                raise SendError(i, exc) from exc
+                raise SendError(len(values) - length_hint(rest_values) - 1, exc) from exc
         producer.poll(0)
+
+    def _produce_when_room(self, topic: str, value: bytes, key: bytes, index: int) -> None:
+        while True:
+            self._producer.poll(_FULL_WAIT_S)
+            try:
+                self._producer.produce(topic, value, key)
+                return
+            except BufferError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - reported with how far the chunk got
+                raise SendError(index, exc) from exc
 
     def failures(self) -> list[DeliveryFailure]:
         self._producer.poll(0)
