@@ -77,7 +77,7 @@ class ConfluentSink:
                 return
             except BufferError:
                 continue
-            except Exception as exc:  # noqa: BLE001 - reported with how far the chunk got
+            except Exception as exc:
                 raise SendError(index, exc) from exc
 
     def failures(self) -> list[DeliveryFailure]:

@@ -31,9 +31,17 @@ from typing import Literal
 
 import numpy as np
 
+from streamtrain.events.schema import MAX_ID_CHARS
 from streamtrain.replay.encoding import EventChunk
 from streamtrain.replay.errors import ReplayError
-from streamtrain.replay.readers import FORMATS, ReadOptions, detect_format, open_rows
+from streamtrain.replay.readers import (
+    _NOT_UTF8,
+    FORMATS,
+    ReadOptions,
+    detect_format,
+    gowalla_lines,
+    open_rows,
+)
 from streamtrain.replay.records import (
     EVENT_FIELDS,
     BadLine,
@@ -103,6 +111,18 @@ class EventLog:
         self.times.append(event_time if timed else 0.0)  # type: ignore[arg-type]
         self.extras.append(extras)
         return None
+
+    def extend_untimed(self, user_id: str, item_ids: list[str]) -> None:
+        """Add one user's events without times or extras (ids validated by the caller); the stream
+        must be untimed (the caller checks ``timed`` is not True)."""
+        if self.timed is None:
+            self.timed = False
+        ids = self._ids
+        n = len(item_ids)
+        self.users.extend([ids.setdefault(user_id, user_id)] * n)
+        self.items.extend(map(ids.setdefault, item_ids, item_ids))
+        self.times.frombytes(bytes(8 * n))  # n zeros
+        self.extras.extend([None] * n)
 
     def order(self, order: Order, seed: int) -> np.ndarray:
         """Input positions in replay order, (N,) int64; called once before producing.
@@ -228,9 +248,36 @@ def read_log(
     for path in paths:
         name = fmt or detect_format(path)
         report.files.append((str(path), name))
+        where = _locator(path, FORMATS[name].position)
+        if name == "gowalla" and _plain_ids(fields):
+            _read_gowalla(path, log, report, mapper, max_examples, where)
+            continue
         rows = open_rows(path, name, options)
-        _read_one(rows, log, report, mapper, max_examples, _locator(path, FORMATS[name].position))
+        _read_one(rows, log, report, mapper, max_examples, where)
     return log, report
+
+
+def _plain_ids(fields: FieldMap) -> bool:
+    """The mapping reads a Gowalla row as it is: ids from their own fields, nothing else from them."""
+    ids = ("user_id", "item_id")
+    return all(fields.source(n) == n for n in ids) and all(
+        fields.source(n) not in ids for n in EVENT_FIELDS if n not in ids)
+
+
+def _read_gowalla(
+    path: Path, log: EventLog, report: ReadReport, mapper: RowMapper, max_examples: int, where: Callable[[int], str]
+) -> None:
+    """Gowalla lines appended a line at a time as columns, not a row per event: the same events and
+    bad lines as the row path, which still decides every line this one does not take whole."""
+    for number, tokens in gowalla_lines(path):
+        if tokens is not None and len(tokens) > 1 and log.timed is not True and max(map(len, tokens)) <= MAX_ID_CHARS:
+            log.extend_untimed(tokens[0], tokens[1:])
+            report.rows += len(tokens) - 1
+            continue
+        rows: list[tuple[int, object]] = (
+            [(number, _NOT_UTF8)] if tokens is None
+            else [(number, {"user_id": tokens[0], "item_id": item}) for item in tokens[1:]])
+        _read_one(rows, log, report, mapper, max_examples, where)
 
 
 def _locator(path: Path, position: str) -> Callable[[int], str]:

@@ -4,6 +4,7 @@ bookkeeping (queue full, failed deliveries placed in the stream) with an in-memo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,35 @@ def test_the_sink_forgets_old_chunks() -> None:
     assert sum(len(e.values) for e in sink._recent) <= 13
     assert sink._position(ChunkEncoder().encode(EventChunk(0, ["u"], ["i96"], [1.0])).values[0]) == 96
     assert sink._position(b"gone") is None
+
+
+def _row_path(paths: list[Path]) -> tuple[Any, Any]:
+    """read_log's generic path (a row per event through the row mapper), for comparison."""
+    from streamtrain.replay.eventlog import EventLog, ReadReport, _locator, _read_one
+    from streamtrain.replay.readers import ReadOptions, detect_format, open_rows
+    from streamtrain.replay.records import FieldMap, RowMapper
+
+    log, report = EventLog(), ReadReport()
+    for path in paths:
+        fmt = detect_format(path)
+        report.files.append((str(path), fmt))
+        _read_one(open_rows(path, fmt, ReadOptions()), log, report, RowMapper(FieldMap()), 10, _locator(path, "line"))
+    return log, report
+
+
+@pytest.mark.parametrize("timed_first", [False, True])
+def test_gowalla_columns_read_like_rows(tmp_path: Path, timed_first: bool) -> None:
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"0 1 2 3\n\n7\n1 4\xff 5\n2 " + b"x" * 257 + b" 6 7\n3\t8  9 \r\n0 1\n")
+    paths = [path]
+    if timed_first:
+        timed = tmp_path / "first.jsonl"
+        timed.write_text('{"user_id": "a", "item_id": "b", "event_time": 5}\n')
+        paths = [timed, path]
+    fast_log, fast_report = read_log(paths)
+    slow_log, slow_report = _row_path(paths)
+    assert (fast_log.users, fast_log.items, list(fast_log.times), fast_log.extras, fast_log.timed) == (
+        slow_log.users, slow_log.items, list(slow_log.times), slow_log.extras, slow_log.timed)
+    assert (fast_report.rows, fast_report.bad, fast_report.examples) == (
+        slow_report.rows, slow_report.bad, slow_report.examples)
+    assert len(fast_log) == (1 if timed_first else 8)
