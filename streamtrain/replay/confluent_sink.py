@@ -139,14 +139,15 @@ def _options(kafka: KafkaConfig, settings: ProducerSettings, client_id: str | No
     return conf
 
 
-def confluent_producer(kafka: KafkaConfig, settings: ProducerSettings, *, client_id: str | None = None) -> ConfluentSink:
+def confluent_producer(kafka: KafkaConfig, settings: ProducerSettings, *, client_id: str | None = None,
+                       connect_timeout_s: float = 10.0) -> ConfluentSink:
     """A librdkafka producer for ``kafka``'s brokers and security settings, as a sink.
 
     Called once by the replay command, the demo and the benchmark; the caller closes it. Checks
     that a broker answers, so a wrong address fails here with the fix, not as a minute of timeouts.
 
     Raises:
-        ReplayError: the settings are refused or no broker answered within 10 s.
+        ReplayError: the settings are refused or no broker answered within ``connect_timeout_s``.
     """
     from confluent_kafka import KafkaException, Producer
 
@@ -156,7 +157,7 @@ def confluent_producer(kafka: KafkaConfig, settings: ProducerSettings, *, client
     conf["logger"] = logging.getLogger("streamtrain.replay.librdkafka")
     try:
         producer = Producer(conf)
-        producer.list_topics(timeout=10.0)
+        producer.list_topics(timeout=connect_timeout_s)
     except KafkaException as exc:
         raise ReplayError(
             f"cannot connect a producer to {','.join(kafka.bootstrap_servers)}: {exc.args[0].str()}; "

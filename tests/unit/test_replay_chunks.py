@@ -180,3 +180,11 @@ def test_gowalla_columns_read_like_rows(tmp_path: Path, timed_first: bool) -> No
     assert (fast_report.rows, fast_report.bad, fast_report.examples) == (
         slow_report.rows, slow_report.bad, slow_report.examples)
     assert len(fast_log) == (1 if timed_first else 8)
+
+
+def test_no_broker_is_a_replay_error_that_says_what_to_do() -> None:
+    from streamtrain.config import KafkaConfig
+    from streamtrain.replay import ProducerSettings, ReplayError, kafka_producer
+
+    with pytest.raises(ReplayError, match=r"cannot connect a producer to 127\.0\.0\.1:1: .*local-stack start"):
+        kafka_producer(KafkaConfig(bootstrap_servers=["127.0.0.1:1"]), ProducerSettings(), connect_timeout_s=0.5)
