@@ -11,8 +11,8 @@ the end of the final flush; the best of --repeat interleaved runs is shown, with
 CPU time per event (the sending thread and the client's I/O threads; steadier than events/s on a
 shared machine, and the broker's CPU is not in it).
 
-Rows: the old path (kafka-python ``KafkaProducer``, ``encode_event`` per event, the producer
-before librdkafka) and the new one (``EventLog.chunks`` -> ``ChunkEncoder`` -> librdkafka);
+Rows: the old path (kafka-python ``KafkaProducer``, a ``ReplayEvent`` and ``encode_event`` per
+event: the loop as it was before issue 19, kept here as ``_produce_old``) and the new one (``EventLog.chunks`` -> ``ChunkEncoder`` -> librdkafka);
 "encode only" rows are the ceilings without a broker; "gz file -> topic" adds reading and
 ordering the file (the whole ``streamtrain replay`` run) to the new path. Topics are deleted at
 the end.
@@ -36,12 +36,12 @@ from report import cpu_model
 
 from streamtrain.config import KafkaConfig
 from streamtrain.data.gowalla import gowalla_file
+from streamtrain.events import InvalidEventError, encode_event
 from streamtrain.replay import (
     ProducerSettings,
     kafka_producer,
     kafka_python_producer,
     produce_chunks,
-    produce_events,
     read_log,
 )
 from streamtrain.replay.encoding import Encoded
@@ -87,8 +87,41 @@ class _PerMessageNull:
         return None
 
 
-def _old_events(log: Any, order: Any, n: int) -> Any:
-    return log.events(order, limit=n, time_origin=1_600_000_000.0)
+class _OldStats:
+    def __init__(self, produced: int, failures: list[str], elapsed_s: float) -> None:
+        self.produced, self.delivery_failures, self.elapsed_s = produced - len(failures), len(failures), elapsed_s
+        self._failures = failures
+
+    @property
+    def events_per_s(self) -> float:
+        return self.produced / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def failure_message(self) -> str:
+        return f"{len(self._failures)} failed, first: {self._failures[0]}"
+
+
+def _produce_old(log: Any, order: Any, n: int, sink: Any, topic: str) -> _OldStats:
+    """The replay loop before issue 19 (commit de7d091's produce_events, unpaced): a ReplayEvent per
+    event, encode_event (dict + validation + orjson) per event, one send with an errback per event."""
+    failures: list[str] = []
+    started = time.monotonic()
+    sent = 0
+    for event in log.events(order, limit=n, time_origin=1_600_000_000.0):
+        extras = event.extras
+        try:
+            if extras is None:
+                value = encode_event(event.user_id, event.item_id, event.event_time)
+            else:
+                value = encode_event(event.user_id, event.item_id, event.event_time, event_type=extras.event_type,
+                                     weight=extras.weight, context=extras.context)
+        except InvalidEventError:
+            continue
+        future = sink.send(topic, value=value, key=event.user_id.encode("utf-8"))
+        sent += 1
+        if future is not None and hasattr(future, "add_errback"):
+            future.add_errback(lambda exc: failures.append(repr(exc)))
+    sink.flush(120.0)
+    return _OldStats(sent, failures, time.monotonic() - started)
 
 
 def _run_row(name: str, log: Any, order: Any, n: int, cfg: KafkaConfig, admin: Any, partitions: int,
@@ -104,7 +137,7 @@ def _run_row(name: str, log: Any, order: Any, n: int, cfg: KafkaConfig, admin: A
     cpu_before = time.process_time()
     try:
         if path == "old":
-            stats = produce_events(_old_events(log, order, n), sink, topic)
+            stats = _produce_old(log, order, n, sink, topic)
         else:
             stats = produce_chunks(log.chunks(order, limit=n, time_origin=1_600_000_000.0), sink, topic)
     finally:
