@@ -197,9 +197,13 @@ class ProduceStats:
                 self.failed_unplaced += 1
             elif len(self.failed_positions) < MAX_FAILED_POSITIONS:
                 self.failed_positions.append(failure.position)
-            else:  # keep the range exact: replace the highest kept when a new extreme arrives
-                self.failed_positions[-1] = max(self.failed_positions[-1], failure.position)
-                self.failed_positions[0] = min(self.failed_positions[0], failure.position)
+            else:  # beyond the cap only the extremes move, so the range stays exact
+                kept = self.failed_positions
+                kept.sort()
+                if failure.position < kept[0]:
+                    kept[0] = failure.position
+                elif failure.position > kept[-1]:
+                    kept[-1] = failure.position
         if failures:
             self.failed_positions.sort()
 

@@ -188,3 +188,16 @@ def test_no_broker_is_a_replay_error_that_says_what_to_do() -> None:
 
     with pytest.raises(ReplayError, match=r"cannot connect a producer to 127\.0\.0\.1:1: .*local-stack start"):
         kafka_producer(KafkaConfig(bootstrap_servers=["127.0.0.1:1"]), ProducerSettings(), connect_timeout_s=0.5)
+
+
+def test_failed_positions_keep_the_exact_range_beyond_the_cap() -> None:
+    from streamtrain.replay import DeliveryFailure, ProduceStats
+    from streamtrain.replay.producer import MAX_FAILED_POSITIONS
+
+    stats = ProduceStats()
+    positions = [5000 + (k * 7919) % 20_011 for k in range(MAX_FAILED_POSITIONS + 500)] + [3, 99_999]
+    stats._add_failures([DeliveryFailure(p, "boom") for p in positions[:700]])
+    stats._add_failures([DeliveryFailure(p, "boom") for p in positions[700:]] + [DeliveryFailure(None, "x")])
+    assert stats.delivery_failures == len(positions) + 1 and stats.failed_unplaced == 1
+    assert len(stats.failed_positions) == MAX_FAILED_POSITIONS
+    assert stats.failed_range == (3, 99_999)
