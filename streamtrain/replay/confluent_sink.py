@@ -67,7 +67,7 @@ class ConfluentSink:
                 self._produce_when_room(topic, values[i], keys[i], i)
             except Exception as exc:  # KafkaException: refused before queueing (e.g. unknown topic)
                 raise SendError(len(values) - length_hint(rest_values) - 1, exc) from exc
-        producer.poll(0)
+        # No poll here: failures() serves the reports once per chunk (a paced replay sends one message at a time).
 
     def _produce_when_room(self, topic: str, value: bytes, key: bytes, index: int) -> None:
         while True:

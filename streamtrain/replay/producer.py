@@ -312,7 +312,7 @@ class _Run:
         self.started = clock()
         self._paced_sent = 0
 
-    def send(self, encoded: Encoded) -> None:
+    def send(self, encoded: Encoded, *, collect: bool = True) -> None:
         stats = self.stats
         try:
             self.sink.send_batch(self.topic, encoded)
@@ -326,16 +326,29 @@ class _Run:
         stats.sent += len(encoded.values)
         stats.skipped_invalid += len(encoded.invalid)
         stats.skipped_oversized += len(encoded.oversized)
-        stats._add_failures(self.sink.failures())
+        if collect:
+            stats._add_failures(self.sink.failures())
 
     def send_paced(self, chunk: EventChunk, pacer: Pacer, stop: threading.Event | None) -> bool:
-        """One event at a time, each when the pacer says it is due; False when stopped."""
-        for j in range(len(chunk)):
-            pacer.wait(chunk.times[j])
+        """The chunk encoded at once, each message sent when the pacer says its event is due (the pacer
+        is asked for every event, skipped ones included, as before); False when stopped."""
+        encoded = self.encoder.encode(chunk)
+        invalid, oversized = set(encoded.invalid), set(encoded.oversized)
+        k = 0
+        for j, event_time in enumerate(chunk.times):
+            pacer.wait(event_time)
             if stop is not None and stop.is_set():  # woken from a pacing sleep by Ctrl-C
                 self.stats.stopped = True
                 return False
-            self.send(self.encoder.encode(chunk.slice(j, j + 1)))
+            position = chunk.first + j
+            if position in invalid:
+                self.stats.skipped_invalid += 1
+            elif position in oversized:
+                self.stats.skipped_oversized += 1
+            else:
+                self.send(Encoded(position, [encoded.values[k]], [encoded.keys[k]]), collect=False)
+                k += 1
+        self.stats._add_failures(self.sink.failures())
         return True
 
     def failed(self, exc: BaseException) -> ProduceError:

@@ -201,3 +201,26 @@ def test_failed_positions_keep_the_exact_range_beyond_the_cap() -> None:
     assert stats.delivery_failures == len(positions) + 1 and stats.failed_unplaced == 1
     assert len(stats.failed_positions) == MAX_FAILED_POSITIONS
     assert stats.failed_range == (3, 99_999)
+
+
+def test_paced_chunks_ask_the_pacer_for_every_event_and_count_skips_in_place() -> None:
+    import threading
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.asked: list[float] = []
+
+        def wait(self, event_time: float) -> None:
+            self.asked.append(event_time)
+            if len(self.asked) == 5:
+                stop.set()  # Ctrl-C while waiting for the fifth event
+
+    stop = threading.Event()
+    sink = ConfluentSink(None)
+    sink._producer = FakeProducer(sink, capacity=100, fail=b"never")
+    chunk = EventChunk(10, ["a", "b", "c", "d", "e", "f"], ["i"] * 6, [1.0, -1.0, 2.0, -2.0, 3.0, 4.0])
+    pacer = Recorder()
+    stats = produce_chunks([chunk], sink, "t", start_at=10, pacer=pacer, stop=stop)
+    assert pacer.asked == [1.0, -1.0, 2.0, -2.0, 3.0]
+    assert (stats.sent, stats.skipped_invalid, stats.stopped, stats.resume_at) == (2, 2, True, 14)
+    assert [k for _, _, k in sink._producer.delivered] == [b"a", b"c"]
