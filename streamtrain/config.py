@@ -227,6 +227,11 @@ class TrainerConfig(_Section):
         20_000.0, gt=0,
         description="half-life, in events, of the counts behind the 'most popular recently' progressive baseline",
     )
+    covisit_neighbours: int = Field(
+        200, ge=0,
+        description="neighbours kept per item row by the item-to-item co-visitation progressive baseline "
+        "(8 bytes each, on the host, committed only for items with events); 0 switches the baseline off",
+    )
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")

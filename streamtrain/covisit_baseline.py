@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamtrain.config import Config
 from streamtrain.evaluation import ProgressiveEvaluator
 from streamtrain.model.history import BatchOrder
 from streamtrain.model.vocabulary import FALLBACK_ROW
@@ -81,6 +82,16 @@ class CovisitBaseline:
         # Column c of a right-aligned history is d = H - c events back: weight decay^(d-1).
         self._col_weight = self.decay ** np.arange(history_length - 1, -1, -1, dtype=np.float64)  # (H,)
         self.rolling = ProgressiveEvaluator(self.k_list, window=window)
+
+    @classmethod
+    def from_config(cls, config: Config) -> CovisitBaseline:
+        """H and decay are the history tower's (``model.history_length`` / ``history_decay``)."""
+        mc, tc = config.model, config.trainer
+        return cls(
+            mc.item_capacity, mc.user_capacity, tc.eval_k, history_length=mc.history_length, decay=mc.history_decay,
+            neighbours=tc.covisit_neighbours, window=tc.progressive_eval_window,
+            max_queries=tc.progressive_eval_max_queries,
+        )
 
     @property
     def width(self) -> int:
