@@ -9,7 +9,9 @@ The first thing a team ships for "what next?" (item-kNN over the user's recent i
   user's items before it (newest first, age ``0..H-1``, earlier events of the same batch included),
   with ``c`` and ``n`` frozen at the batch start; ties broken by ``n`` (popularity);
 * **rank**: every known item is a candidate; rank = items scored strictly above the positive (the
-  model's rule), Recall@K = [rank < K], NDCG@K = [rank < K] / log2(rank + 2).
+  model's rule), Recall@K = [rank < K], NDCG@K = [rank < K] / log2(rank + 2). With
+  ``trainer.exclude_history_items`` the query's own last ``H`` items are not candidates (a positive
+  among them is a miss), as for the model and the popularity baselines.
 
 Scale: each item row stores its top-``M`` neighbours (row + 1, 0 = empty; float32 weights), how
 production item-to-item tables are stored, so memory is ``8·M`` bytes per item row plus ``4·H`` per
@@ -44,6 +46,9 @@ __all__ = ["COVISIT", "CovisitBaseline"]
 
 COVISIT = "covisit"
 _STATE_FORMAT = 1
+# Score blocks up to this many (query, item) cells are dense (one bincount); larger catalogues rank
+# from the scored pairs alone (a sort of at most b * H * M keys).
+DENSE_CELLS = 1 << 23
 
 
 class CovisitBaseline:
@@ -65,6 +70,7 @@ class CovisitBaseline:
         neighbours: int,
         window: int = 50,
         max_queries: int = 256,
+        exclude_history: bool = False,
     ) -> None:
         if neighbours < 1 or history_length < 1 or not 0.0 < decay <= 1.0:
             raise ValueError(f"need neighbours >= 1, history_length >= 1, 0 < decay <= 1; got "
@@ -74,6 +80,7 @@ class CovisitBaseline:
         self.history_length = history_length
         self.decay = float(decay)
         self.max_queries = max_queries
+        self.exclude_history = exclude_history  # leave each query's own history out of its ranking
         self.capacity = item_rows
         self.nbr = np.zeros((item_rows, neighbours), dtype=np.int32)  # (R, M) neighbour row + 1, 0 = empty
         self.wts = np.zeros((item_rows, neighbours), dtype=np.float32)  # (R, M) c[row, neighbour]
@@ -90,7 +97,7 @@ class CovisitBaseline:
         return cls(
             mc.item_capacity, mc.user_capacity, tc.eval_k, history_length=mc.history_length, decay=mc.history_decay,
             neighbours=tc.covisit_neighbours, window=tc.progressive_eval_window,
-            max_queries=tc.progressive_eval_max_queries,
+            max_queries=tc.progressive_eval_max_queries, exclude_history=tc.exclude_history_items,
         )
 
     @property
@@ -205,23 +212,63 @@ class CovisitBaseline:
 
     def score(self, hist: np.ndarray, pos: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Sums of Recall@K, NDCG@K and the count over the queries ``hist`` (b, H) with positives
-        ``pos`` (b,) among the candidates ``known`` (N,); a (2K+1,) float64 array."""
-        b, r = pos.size, self.capacity
-        n = self.counts
+        ``pos`` (b,) among the candidates ``known`` (N,, sorted); a (2K+1,) float64 array."""
+        b, r, n = pos.size, self.capacity, self.counts
         valid = hist > FALLBACK_ROW
         valid[valid] = n[hist[valid]] > 0  # an item new in this batch has no counts yet
         qi, ci = np.nonzero(valid)
-        hrows = hist[qi, ci]
+        hrows = hist[qi, ci]  # (V,) the queries' history items
         coef = self._col_weight[ci] / np.sqrt(n[hrows])  # (V,) decay^age / sqrt(n_h)
-        lists = self.nbr[hrows].astype(np.int64) - 1  # (V, M)
+        lists = self.nbr[hrows].astype(np.int64) - 1  # (V, M) their neighbours, -1 empty
+        terms = coef[:, None] * self.wts[hrows]  # (V, M) decay^age c[h, j] / sqrt(n_h)
         known_mask = np.zeros(r, dtype=bool)
         known_mask[known] = True
+        own = np.zeros(0, dtype=np.int64)  # (query, item) keys of each query's own history, when excluded
+        if self.exclude_history:
+            held = hist > FALLBACK_ROW
+            held[held] = known_mask[hist[held]]
+            own = np.unique(np.nonzero(held)[0] * r + hist[held])
+        # Both paths sum a query's terms per item in the same order, so they agree to the bit.
+        ranks = self._ranks_dense if b * (r + 1) <= DENSE_CELLS else self._ranks_sparse
+        rank = ranks(qi, lists, terms, pos, known, known_mask, own)  # (b,)
+        keep = (pos != FALLBACK_ROW) & known_mask[pos]
+        hittable = keep & ~np.isin(np.arange(b) * r + pos, own)  # a positive in its own history misses
+        hit = (rank[:, None] < np.asarray(self.k_list)) & hittable[:, None]  # (b, K)
+        gain = hit / np.log2(rank + 2)[:, None]
+        return np.concatenate([hit.sum(0), gain.sum(0), [keep.sum()]]).astype(np.float64)
+
+    def _ranks_dense(
+        self, qi: np.ndarray, lists: np.ndarray, terms: np.ndarray, pos: np.ndarray, known: np.ndarray,
+        known_mask: np.ndarray, own: np.ndarray,
+    ) -> np.ndarray:
+        """Ranks from a (b, R) score block (small catalogues: one bincount, no sort)."""
+        b, r, n = pos.size, self.capacity, self.counts
+        col = np.where(lists >= 0, lists, r)  # empty slots into a spare column
+        flat = (qi[:, None] * (r + 1) + col).reshape(-1)
+        total = np.bincount(flat, weights=terms.reshape(-1), minlength=b * (r + 1)).reshape(b, r + 1)
+        root = np.sqrt(np.maximum(n, 1))
+        s = total[:, known] / root[known]  # (b, N)
+        s_pos = total[np.arange(b), pos] / root[pos]  # (b,) the same expression as its column of s
+        if own.size:  # not candidates
+            s[own // r, np.searchsorted(known, own % r)] = -np.inf
+        n_known, n_pos = n[known], n[pos]
+        above = (s > s_pos[:, None]) | ((s == s_pos[:, None]) & (n_known > n_pos[:, None]))  # the positive: False
+        return above.sum(1)
+
+    def _ranks_sparse(
+        self, qi: np.ndarray, lists: np.ndarray, terms: np.ndarray, pos: np.ndarray, known: np.ndarray,
+        known_mask: np.ndarray, own: np.ndarray,
+    ) -> np.ndarray:
+        """Ranks from the scored (query, item) pairs only (large catalogues: at most b * H * M of them)."""
+        b, r, n = pos.size, self.capacity, self.counts
         vi, mi = np.nonzero((lists >= 0) & known_mask[np.maximum(lists, 0)])
-        j, q = lists[vi, mi], qi[vi]
-        contrib = coef[vi] * self.wts[hrows[vi], mi] / np.sqrt(np.maximum(n[j], 1))
-        keys, inverse = np.unique(q * r + j, return_inverse=True)
-        s = np.bincount(inverse.reshape(-1), weights=contrib, minlength=keys.size)  # (S,) score per (query, item)
+        keys, inverse = np.unique(qi[vi] * r + lists[vi, mi], return_inverse=True)
+        total = np.bincount(inverse.reshape(-1), weights=terms[vi, mi], minlength=keys.size)
+        if own.size:
+            kept = ~np.isin(keys, own)
+            keys, total = keys[kept], total[kept]
         sq, sj = keys // r, keys % r
+        s = total / np.sqrt(np.maximum(n[sj], 1))  # (S,) score per scored (query, item)
         # The positive's own score (0 when no history item lists it).
         at = np.minimum(np.searchsorted(keys, np.arange(b) * r + pos), max(keys.size - 1, 0))
         has = keys[at] == np.arange(b) * r + pos if keys.size else np.zeros(b, dtype=bool)
@@ -231,15 +278,13 @@ class CovisitBaseline:
         above = (sj != pos[sq]) & ((s > sp) | ((s == sp) & (nj > npq)))
         rank = np.bincount(sq, weights=above, minlength=b)  # (b,)
         # A positive nobody listed scores 0: every scored item is above it, and so is every unscored
-        # known item with more events (the popularity tie-break).
+        # known item with more events (the popularity tie-break) that is not one of its own items.
         known_counts = np.sort(n[known])
         more = known_counts.size - np.searchsorted(known_counts, n_pos, side="right")  # (b,)
         scored_more = np.bincount(sq, weights=nj > npq, minlength=b)
-        rank = rank + np.where(has, 0, more - scored_more)
-        keep = (pos != FALLBACK_ROW) & known_mask[pos]
-        hit = (rank[:, None] < np.asarray(self.k_list)) & keep[:, None]  # (b, K)
-        gain = hit / np.log2(rank + 2)[:, None]
-        return np.concatenate([hit.sum(0), gain.sum(0), [keep.sum()]]).astype(np.float64)
+        oq, oj = own // r, own % r
+        own_more = np.bincount(oq, weights=(oj != pos[oq]) & (n[oj] > n_pos[oq]), minlength=b)
+        return rank + np.where(has, 0, more - scored_more - own_more)
 
     # ------------------------------------------------------------------ rolling metrics, persistence
     def update(self, sums: Sequence[float]) -> dict[str, float]:

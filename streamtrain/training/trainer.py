@@ -238,12 +238,13 @@ class Trainer:
         evaluated = self._rng.random() < self.config.trainer.progressive_eval_fraction
         prog_sums = base_sums = None
         if evaluated and staged.known.numel():
+            own = history if self.config.trainer.exclude_history_items else None  # (B, H) left out of the ranking
             if sizes is None:
                 queries = self.model.query(staged.user_rows, history)  # (B, D)
-                prog_sums = self.progressive.score(self.model, queries, staged.item_rows, staged.known)  # (2K+1,)
+                prog_sums = self.progressive.score(self.model, queries, staged.item_rows, staged.known, own)  # (2K+1,)
             else:
-                prog_sums = split_progressive(self, staged, history, sizes)
-            base_sums = self.popularity.score(staged.item_rows, staged.known)  # (2 * (2K+1),) same positives
+                prog_sums = split_progressive(self, staged, history, sizes, own)
+            base_sums = self.popularity.score(staged.item_rows, staged.known, own)  # (2 * (2K+1),) same positives
 
         self.frequency.update(self._item_keys[staged.item_rows])
         self.popularity.observe(staged.item_rows)

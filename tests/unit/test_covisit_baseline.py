@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from streamtrain import covisit_baseline
 from streamtrain.covisit_baseline import CovisitBaseline
 from streamtrain.model.history import BatchOrder
 from streamtrain.model.vocabulary import FALLBACK_ROW
@@ -17,7 +18,9 @@ from streamtrain.model.vocabulary import FALLBACK_ROW
 class DenseReference:
     """The rule of ALGORITHMS.md "Streaming baselines", one event at a time, dense matrices."""
 
-    def __init__(self, items: int, users: int, h: int, decay: float) -> None:
+    def __init__(self, items: int, users: int, h: int, decay: float, exclude: bool = False) -> None:
+        self.exclude = exclude  # leave the user's last h items out of the ranking; a positive among them misses
+        self.repeats = 0  # positives among their own excluded items
         self.c = np.zeros((items, items))
         self.n = np.zeros(items, dtype=np.int64)
         self.hist: list[list[int]] = [[] for _ in range(users)]
@@ -29,12 +32,14 @@ class DenseReference:
         for col, h in enumerate([-1] * (self.h - len(last)) + last):  # oldest column first
             if h <= FALLBACK_ROW or n[h] == 0:
                 continue
-            coef = self.decay ** (self.h - 1 - col) / math.sqrt(n[h])
-            s += coef * c[h] / np.sqrt(np.maximum(n, 1))
-        return s
+            s += self.decay ** (self.h - 1 - col) / math.sqrt(n[h]) * c[h]
+        return s / np.sqrt(np.maximum(n, 1))
 
-    def rank(self, s: np.ndarray, n: np.ndarray, pos: int, known: np.ndarray) -> int:
-        other = known[known != pos]
+    def rank(self, s: np.ndarray, n: np.ndarray, pos: int, known: np.ndarray, own: list[int]) -> int:
+        if self.exclude and pos in own:
+            self.repeats += 1
+            return 10**9  # a miss at every K
+        other = known[(known != pos) & ~np.isin(known, own if self.exclude else [])]
         return int(np.sum((s[other] > s[pos]) | ((s[other] == s[pos]) & (n[other] > n[pos]))))
 
     def batch(self, users: np.ndarray, items: np.ndarray, known: np.ndarray, times: np.ndarray) -> list[int]:
@@ -45,7 +50,7 @@ class DenseReference:
         for e in order:  # every event in (user, time) order: the same as global time order per user
             u, i = int(users[e]), int(items[e])
             s = self.scores(u, known, c0, n0, self.hist[u])
-            ranks[e] = self.rank(s, n0, i, known)
+            ranks[e] = self.rank(s, n0, i, known, self.hist[u][-self.h:])
             last = self.hist[u][-self.h:]
             for d, h in enumerate(reversed(last), start=1):
                 if h > FALLBACK_ROW and i > FALLBACK_ROW:
@@ -74,17 +79,26 @@ def _dense_of(cv: CovisitBaseline) -> np.ndarray:
 
 def _recall_sums(ranks: list[int], items: np.ndarray, k_list: tuple[int, ...]) -> np.ndarray:
     keep = items != FALLBACK_ROW
-    r = np.asarray(ranks)
+    r = np.asarray(ranks, dtype=np.float64)
     hit = (r[:, None] < np.asarray(k_list)) & keep[:, None]
     return np.concatenate([hit.sum(0), (hit / np.log2(r + 2)[:, None]).sum(0), [keep.sum()]])
 
 
-def test_counts_scores_and_ranks_match_the_dense_reference() -> None:
+@pytest.fixture(params=["dense", "sparse"])
+def ranking_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of ranking (a dense score block, the scored pairs alone) must give the reference's ranks."""
+    monkeypatch.setattr(covisit_baseline, "DENSE_CELLS", 1 << 30 if request.param == "dense" else 0)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("exclude", [False, True], ids=["all-candidates", "own-items-excluded"])
+def test_counts_scores_and_ranks_match_the_dense_reference(ranking_path: str, exclude: bool) -> None:
     rng = np.random.default_rng(3)
     items, users, h, k_list = 30, 12, 4, (1, 3, 10)
     # decay 0.5: every weight and sum is a dyadic rational, exact in float32, so ties are real ties.
-    cv = CovisitBaseline(items, users, k_list, history_length=h, decay=0.5, neighbours=items, max_queries=1000)
-    ref = DenseReference(items, users, h, 0.5)
+    cv = CovisitBaseline(items, users, k_list, history_length=h, decay=0.5, neighbours=items, max_queries=1000,
+                         exclude_history=exclude)
+    ref = DenseReference(items, users, h, 0.5, exclude)
     known = np.arange(1, items)
     for step in range(25):
         b = 16
@@ -100,6 +114,7 @@ def test_counts_scores_and_ranks_match_the_dense_reference() -> None:
         np.testing.assert_array_equal(cv.counts, ref.n)
         np.testing.assert_array_equal(_dense_of(cv), ref.c)
     assert ref.c.sum() > 100  # the stream co-visits (the test is not vacuous)
+    assert not exclude or ref.repeats > 10  # and users come back to their items
 
 
 def test_earlier_events_of_the_same_batch_count_in_order() -> None:
@@ -125,7 +140,7 @@ def _order(users: np.ndarray, times: np.ndarray) -> tuple[BatchOrder, np.ndarray
     return BatchOrder(users, times), users
 
 
-def test_forget_items_matches_the_dense_reference() -> None:
+def test_forget_items_matches_the_dense_reference(ranking_path: str) -> None:
     rng = np.random.default_rng(5)
     items, users = 20, 6
     cv = CovisitBaseline(items, users, (5,), history_length=3, decay=0.5, neighbours=items)
