@@ -5,6 +5,8 @@ trainer passes each event's causal history to every ranker."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,41 @@ def test_trainer_excludes_for_the_model_and_every_baseline() -> None:
     for ranker in ("model", "popular_all", "popular_recent", "covisit"):
         assert results[True][ranker]["recall@10"] < results[False][ranker]["recall@10"] - 0.2, ranker
     assert EMPTY == -1
+
+
+def test_recommend_leaves_the_users_recent_items_out(tmp_path: Path) -> None:
+    from streamtrain.serving.checkpoint_model import load_checkpoint
+    from streamtrain.serving.export_format import ExportError, read_export, write_export
+    from streamtrain.serving.recommend import recommend
+    from streamtrain.worker.checkpoint import take_snapshot
+    from streamtrain.worker.checkpoint_files import CheckpointFiles
+
+    cfg = config().model_copy(update={"checkpoint": config().checkpoint.model_copy(update={"dir": str(tmp_path)})})
+    trainer = Trainer(cfg)
+    rng = np.random.default_rng(5)
+    for t in range(6):
+        users, items = rng.integers(0, 10, size=64), rng.integers(0, 40, size=64)
+        trainer.train_step(EventBatch.from_ids([f"u{u}" for u in users], [f"i{i}" for i in items],
+                                               event_time=t + np.arange(64) * 1e-3))
+    snap = take_snapshot(trainer, 1, {}, 6 * 64, [])
+    path = CheckpointFiles(cfg.checkpoint.dir, cfg.run.name, keep=2).write(snap.checkpoint_id, snap.file_state)
+    write_export(load_checkpoint(path, cfg), tmp_path / "exp", use_faiss=False)
+    export = read_export(tmp_path / "exp")
+    row = trainer.user_vocab.lookup(np.asarray(["u3"], dtype=object), admit=False).rows
+    recent = {i for i in trainer.item_vocab.ids_of(trainer.model.history.current(torch.from_numpy(row))[0].numpy())
+              if i is not None}
+    assert len(recent) >= 2
+    full = recommend(export, "u3", 40)
+    kept = recommend(export, "u3", 40, exclude_recent=True)
+    assert kept.items == [i for i in full.items if i not in recent]  # the same ranking without them
+    assert kept.excluded == len(recent)
+    assert recommend(export, "stranger", 5, exclude_recent=True).excluded == 0
+
+    id_cfg = Config.model_validate({**cfg.model_dump(), "model": {**cfg.model.model_dump(), "user_features": "id"}})
+    id_trainer = Trainer(id_cfg)
+    id_trainer.train_step(EventBatch.from_ids(["a", "b"], ["x", "y"], event_time=np.zeros(2)))
+    snap = take_snapshot(id_trainer, 2, {}, 2, [])
+    path = CheckpointFiles(tmp_path / "id", "id", keep=2).write(snap.checkpoint_id, snap.file_state)
+    write_export(load_checkpoint(path, id_cfg), tmp_path / "id-exp", use_faiss=False)
+    with pytest.raises(ExportError, match="exclude-recent"):
+        recommend(read_export(tmp_path / "id-exp"), "a", 2, exclude_recent=True)
