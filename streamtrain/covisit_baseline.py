@@ -247,7 +247,9 @@ class CovisitBaseline:
         flat = (qi[:, None] * (r + 1) + col).reshape(-1)
         total = np.bincount(flat, weights=terms.reshape(-1), minlength=b * (r + 1)).reshape(b, r + 1)
         root = np.sqrt(np.maximum(n, 1))
-        s = total[:, known] / root[known]  # (b, N)
+        lo, hi = int(known[0]), int(known[-1])
+        cols = slice(lo, hi + 1) if hi - lo + 1 == known.size else known  # no holes: a view, not a gather
+        s = total[:, cols] / root[cols]  # (b, N)
         s_pos = total[np.arange(b), pos] / root[pos]  # (b,) the same expression as its column of s
         if own.size:  # not candidates
             s[own // r, np.searchsorted(known, own % r)] = -np.inf
