@@ -6,8 +6,8 @@
 A session-like stream over R item rows (users walk Zipf-popular items in runs), B events per step,
 H = 20, decay 0.8, M neighbours per row. After ``--warmup`` counted steps, each measured step is timed
 twice on copies of the same state: counting only (an unevaluated step) and scoring + counting (an
-evaluated step, every known item a candidate; dense score block when b·R <= DENSE_CELLS, else the
-scored pairs). RSS is the process's resident growth after building and warming up the baseline, so
+evaluated step, every known item a candidate; "ranking" says whether the last one used a dense score
+block or the scored pairs, see covisit_baseline.DENSE_CELLS). RSS is the process's resident growth after building and warming up the baseline, so
 untouched rows (calloc'd) cost nothing; "allocated" is the arrays' address space (8·M bytes per row).
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/report.py when
 
 from report import Table, machine_info, machine_line, render  # noqa: E402
 
-from streamtrain.covisit_baseline import DENSE_CELLS, CovisitBaseline  # noqa: E402
+from streamtrain.covisit_baseline import CovisitBaseline  # noqa: E402
 
 
 def _rss() -> int:
@@ -67,7 +67,7 @@ def measure(rows: int, neighbours: int, batch: int, warmup: int, steps: int, see
             cv = twin
     return {
         "rows": rows, "neighbours": neighbours, "batch": batch,
-        "path": "dense" if batch * (rows + 1) <= DENSE_CELLS else "sparse",
+        "path": "dense" if cv.last_dense else "pairs",
         "count_ms": statistics.median(count_ms), "eval_ms": statistics.median(eval_ms),
         "rss_mb": rss / 2**20, "allocated_mb": cv.nbytes() / 2**20,
         "rows_with_neighbours": int((cv.nbr[:, 0] > 0).sum()),

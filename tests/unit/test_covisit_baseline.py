@@ -88,6 +88,7 @@ def _recall_sums(ranks: list[int], items: np.ndarray, k_list: tuple[int, ...]) -
 def ranking_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways of ranking (a dense score block, the scored pairs alone) must give the reference's ranks."""
     monkeypatch.setattr(covisit_baseline, "DENSE_CELLS", 1 << 30 if request.param == "dense" else 0)
+    monkeypatch.setattr(covisit_baseline, "DENSE_PER_PAIR", 1 << 30)
     return str(request.param)
 
 
