@@ -124,16 +124,18 @@ class CovisitBaseline:
         rows = np.asarray(rows, dtype=np.int64)
         if not rows.size:
             return
+        gone = np.zeros(self.capacity + 1, dtype=bool)  # by stored value (row + 1): a gather, not a sort
+        gone[rows + 1] = True
         lists = self.nbr[rows]  # (n, M)
         refs = lists[lists > 0].astype(np.int64) - 1  # rows listing one of ``rows``
         if refs.size:
-            stale = np.isin(self.nbr[refs], rows + 1)  # (m, M)
+            stale = gone[self.nbr[refs]]  # (m, M)
             sub_n, sub_w = self.nbr[refs], self.wts[refs]
             sub_n[stale], sub_w[stale] = 0, 0.0
             self.nbr[refs], self.wts[refs] = sub_n, sub_w
         self.nbr[rows], self.wts[rows], self.counts[rows] = 0, 0.0, 0
-        if evicted:
-            self.history[np.isin(self.history, rows + 1)] = 0
+        if evicted:  # a full scan of the histories, as UserHistory.forget_items (O(users * H) per evicting step)
+            self.history[gone[self.history]] = 0
 
     # ------------------------------------------------------------------ histories
     def _window(self, users: np.ndarray, sorted_items: np.ndarray, index: np.ndarray, before: np.ndarray) -> np.ndarray:
