@@ -129,10 +129,13 @@ class CovisitBaseline:
         lists = self.nbr[rows]  # (n, M)
         refs = lists[lists > 0].astype(np.int64) - 1  # rows listing one of ``rows``
         if refs.size:
+            refs = np.unique(refs)
             stale = gone[self.nbr[refs]]  # (m, M)
             sub_n, sub_w = self.nbr[refs], self.wts[refs]
             sub_n[stale], sub_w[stale] = 0, 0.0
-            self.nbr[refs], self.wts[refs] = sub_n, sub_w
+            packed = np.argsort(sub_n == 0, axis=1, kind="stable")  # keep the rows packed: entries first
+            self.nbr[refs] = np.take_along_axis(sub_n, packed, axis=1)
+            self.wts[refs] = np.take_along_axis(sub_w, packed, axis=1)
         self.nbr[rows], self.wts[rows], self.counts[rows] = 0, 0.0, 0
         if evicted:  # a full scan of the histories, as UserHistory.forget_items (O(users * H) per evicting step)
             self.history[gone[self.history]] = 0
@@ -208,10 +211,24 @@ class CovisitBaseline:
         rows, start, k_new = np.unique(s, return_index=True, return_counts=True)
         rank = np.arange(s.size) - np.repeat(start, k_new)  # newcomer's place in its row
         group = np.repeat(np.arange(rows.size), k_new)
-        current = self.wts[rows]  # (G, M); empty slots weigh 0 and sort first
-        ascending = np.argsort(current, axis=1, kind="stable")  # (G, M)
+        # Rows are packed (entries first, then empty slots): where the newcomers fit, they take the
+        # next free slots, no sort; only rows they overflow are merged by weight.
+        fill = np.count_nonzero(self.nbr[rows], axis=1)  # (G,)
+        overflow = k_new > m - fill  # (G,)
+        fits = ~overflow[group]
+        at = fill[group[fits]] + rank[fits]
+        self.nbr[s[fits], at] = (d[fits] + 1).astype(np.int32)
+        self.wts[s[fits], at] = wsum[fits].astype(np.float32)
+        if not overflow.any():
+            return
+        full = rows[overflow]
+        sub = np.cumsum(overflow) - 1  # group -> index among the overflowing rows
+        s, d, wsum, rank, group = s[~fits], d[~fits], wsum[~fits], rank[~fits], sub[group[~fits]]
+        current = self.wts[full]  # (F, M); empty slots weigh 0 and sort first
+        ascending = np.argsort(current, axis=1, kind="stable")  # (F, M)
         slot = ascending[group, np.minimum(rank, m - 1)]
-        # The r-th heaviest newcomer enters iff heavier than the r-th lightest entry: a prefix per row.
+        # The r-th heaviest newcomer enters iff heavier than the r-th lightest entry: a prefix per row
+        # (the empty slots first, so the row stays packed).
         enter = (rank < m) & (wsum > current[group, slot])
         self.nbr[s[enter], slot[enter]] = (d[enter] + 1).astype(np.int32)
         self.wts[s[enter], slot[enter]] = wsum[enter].astype(np.float32)

@@ -77,6 +77,11 @@ def _dense_of(cv: CovisitBaseline) -> np.ndarray:
     return dense
 
 
+def _packed(cv: CovisitBaseline) -> bool:
+    """Every row's entries come first, then its empty slots (what the merge's fast path relies on)."""
+    return bool((np.diff((cv.nbr != 0).astype(np.int8), axis=1) <= 0).all())
+
+
 def _recall_sums(ranks: list[int], items: np.ndarray, k_list: tuple[int, ...]) -> np.ndarray:
     keep = items != FALLBACK_ROW
     r = np.asarray(ranks, dtype=np.float64)
@@ -114,6 +119,7 @@ def test_counts_scores_and_ranks_match_the_dense_reference(ranking_path: str, ex
         np.testing.assert_allclose(sums, _recall_sums(ref_ranks, it, k_list), rtol=1e-12, err_msg=f"step {step}")
         np.testing.assert_array_equal(cv.counts, ref.n)
         np.testing.assert_array_equal(_dense_of(cv), ref.c)
+        assert _packed(cv)
     assert ref.c.sum() > 100  # the stream co-visits (the test is not vacuous)
     assert not exclude or ref.repeats > 10  # and users come back to their items
 
@@ -157,6 +163,7 @@ def test_forget_items_matches_the_dense_reference(ranking_path: str) -> None:
         ref_ranks = ref.batch(u, it, known, t)
         np.testing.assert_allclose(cv.step(u, it, t, known), _recall_sums(ref_ranks, it, (5,)))
         np.testing.assert_array_equal(_dense_of(cv), ref.c)
+        assert _packed(cv)
 
 
 def test_forget_users_clears_their_history() -> None:
@@ -179,7 +186,7 @@ def test_a_full_row_keeps_its_heaviest_neighbours() -> None:
     users = np.arange(100, 105)
     cv.step(np.repeat(users, 2), np.tile([5, 1], 5), np.tile([0.0, 1.0], 5), None)
     listed = {int(r) - 1: float(w) for r, w in zip(cv.nbr[1], cv.wts[1]) if r}
-    assert listed == {5: 5.0, 2: 3.0}
+    assert listed == {5: 5.0, 2: 3.0} and _packed(cv)
 
 
 def test_memory_is_rows_times_m_at_a_million_items() -> None:
