@@ -16,8 +16,8 @@ The first thing a team ships for "what next?" (item-kNN over the user's recent i
 Scale: each item row stores its top-``M`` neighbours (row + 1, 0 = empty; float32 weights), how
 production item-to-item tables are stored, so memory is ``8·M`` bytes per item row plus ``4·H`` per
 user row (its own history, so the baseline does not depend on the query tower). The arrays are
-``np.zeros`` (calloc): pages are committed on first touch, so a large, mostly unused capacity costs
-address space, not memory. A full row takes a new neighbour only if it is heavier than the row's
+``np.zeros`` (calloc): pages are committed on first touch, and the vocabulary hands rows out in order,
+so a large, mostly unused capacity costs address space, not memory. A full row takes a new neighbour only if it is heavier than the row's
 lightest (weights merged exactly: the ``r``-th heaviest newcomer replaces the ``r``-th lightest entry
 iff heavier, which is the top-``M`` of the union). With ``M`` at least the number of co-visited
 items the counts are exact.
