@@ -77,7 +77,10 @@ def split_loss_and_grads(
     return out, global_loss
 
 
-def split_progressive(trainer: Trainer, staged: Staged, history: torch.Tensor | None, rank_sizes: list[int]) -> torch.Tensor:
+def split_progressive(
+    trainer: Trainer, staged: Staged, history: torch.Tensor | None, rank_sizes: list[int],
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(2K+1,) progressive sums of the global batch from this rank's queries, summed over ranks
     (the evaluator scores the first ``max_queries`` events: this rank's part of them)."""
     ex = trainer.split
@@ -85,4 +88,5 @@ def split_progressive(trainer: Trainer, staged: Staged, history: torch.Tensor | 
     lo, hi = local_bounds(rank_sizes, ex.rank)
     hi = min(hi, max(lo, trainer.progressive.max_queries))
     queries = trainer.model.query(staged.user_rows[lo:hi], None if history is None else history[lo:hi])  # (b, D)
-    return ex.sum(trainer.progressive.score(trainer.model, queries, staged.item_rows[lo:hi], staged.known))
+    own = None if exclude is None else exclude[lo:hi]
+    return ex.sum(trainer.progressive.score(trainer.model, queries, staged.item_rows[lo:hi], staged.known, own))

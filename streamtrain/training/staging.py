@@ -47,13 +47,17 @@ class Lookup:
 
 @dataclass
 class Staged:
-    """One batch on the device: rows (B,), weights (B,) or None, batch order, known items (N,)."""
+    """One batch on the device: rows (B,), weights (B,) or None, batch order, known items (N,); and
+    the host's rows and event times (B,) for host-side consumers (the co-visitation baseline)."""
 
     user_rows: torch.Tensor
     item_rows: torch.Tensor
     weights: torch.Tensor | None
     order: OrderTensors | None
     known: torch.Tensor
+    host_user_rows: np.ndarray | None = None
+    host_item_rows: np.ndarray | None = None
+    event_time: np.ndarray | None = None
 
 
 def lookup_ids(trainer: Trainer, tower: str, vocab: IdVocabulary, ids: np.ndarray, times: np.ndarray) -> Lookup:
@@ -81,10 +85,14 @@ def apply_assigned(trainer: Trainer, found: Lookup, dev: list[torch.Tensor]) -> 
         trainer._item_keys[assigned] = dev[3]
         trainer.sampler.forget_rows(assigned)  # cache/bank entries of the row's old id
         trainer.popularity.forget_rows(assigned)
+        if trainer.covisit is not None:  # host rows: the baseline lives on the host
+            trainer.covisit.forget_items(found.assigned, evicted=found.evicted)
         if found.evicted:  # a fresh row is in no history yet
             trainer.model.history.forget_items(assigned)
     else:
         trainer.model.history.forget_users(assigned)
+        if trainer.covisit is not None:
+            trainer.covisit.forget_users(found.assigned)
 
 
 def stage_batch(trainer: Trainer, batch: EventBatch, *, admit: bool = True) -> Staged:
@@ -116,4 +124,5 @@ def stage_batch(trainer: Trainer, batch: EventBatch, *, admit: bool = True) -> S
     return Staged(
         user_rows=split[0][0], item_rows=split[1][0], weights=split[2][0] if split[2] else None,
         order=OrderTensors(*split[3]) if split[3] else None, known=known,
+        host_user_rows=np.asarray(user.rows), host_item_rows=np.asarray(item.rows), event_time=batch.event_time,
     )

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from streamtrain.config import Config
+from streamtrain.covisit_baseline import COVISIT, CovisitBaseline
 from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.split_step import SplitExchange
 from streamtrain.errors import StreamtrainError
@@ -114,6 +115,7 @@ class Trainer:
             mc.item_capacity, tc.eval_k, half_life_events=tc.popularity_half_life_events,
             window=tc.progressive_eval_window, max_queries=tc.progressive_eval_max_queries, device=self.device,
         )
+        self.covisit = CovisitBaseline.from_config(config) if tc.covisit_neighbours else None
         # Finite-loss guard as masked updates (CUDA: the host never reads the flag); on CPU a false flag
         # just skips the optimizer steps (same result, no masking cost). Tests force the masked path.
         self.mask_updates = self.device.type == "cuda"
@@ -236,12 +238,13 @@ class Trainer:
         evaluated = self._rng.random() < self.config.trainer.progressive_eval_fraction
         prog_sums = base_sums = None
         if evaluated and staged.known.numel():
+            own = history if self.config.trainer.exclude_history_items else None  # (B, H) left out of the ranking
             if sizes is None:
                 queries = self.model.query(staged.user_rows, history)  # (B, D)
-                prog_sums = self.progressive.score(self.model, queries, staged.item_rows, staged.known)  # (2K+1,)
+                prog_sums = self.progressive.score(self.model, queries, staged.item_rows, staged.known, own)  # (2K+1,)
             else:
-                prog_sums = split_progressive(self, staged, history, sizes)
-            base_sums = self.popularity.score(staged.item_rows, staged.known)  # (2 * (2K+1),) same positives
+                prog_sums = split_progressive(self, staged, history, sizes, own)
+            base_sums = self.popularity.score(staged.item_rows, staged.known, own)  # (2 * (2K+1),) same positives
 
         self.frequency.update(self._item_keys[staged.item_rows])
         self.popularity.observe(staged.item_rows)
@@ -261,6 +264,11 @@ class Trainer:
             guarded_step(self.dense_optimizer, apply, masked=self.mask_updates)
         self._zero_grads()
         self._step += 1
+        # Host work, after the device's is queued: the co-visitation baseline scores (when evaluated) and counts.
+        covisit_sums = None if self.covisit is None else self.covisit.step(
+            staged.host_user_rows, staged.host_item_rows, staged.event_time,  # type: ignore[arg-type]
+            self.item_vocab.known_rows_np() if prog_sums is not None else None,
+        )
 
         with torch.no_grad():
             log_q = self.frequency.log_prob(self._item_keys[staged.item_rows]).float()  # (B,)
@@ -276,7 +284,7 @@ class Trainer:
                 parts += [prog_sums.float(), base_sums.float()]
             ticket = self._readback.push(torch.cat(parts))
         width = 0 if prog_sums is None else prog_sums.numel()
-        return PendingStep(self._step, len(batch), names, width, ticket)
+        return PendingStep(self._step, len(batch), names, width, ticket, covisit_sums)
 
     def _finish(self, pending: PendingStep) -> StepStats:
         """Read a pending step's statistics (waits for that step on the device) and fold its
@@ -291,6 +299,8 @@ class Trainer:
             n_prog = n_fixed + pending.progressive_width
             progressive = self.progressive.update(values[n_fixed:n_prog])
             baselines = self.popularity.update(values[n_prog:])
+            if self.covisit is not None and pending.covisit_sums is not None:
+                baselines[COVISIT] = self.covisit.update(pending.covisit_sums)
         return StepStats(
             step=pending.step,
             num_events=pending.num_events,
@@ -357,6 +367,7 @@ class Trainer:
             "rng": {"numpy": self._rng.bit_generator.state, "torch": self._gen.get_state()},
             "progressive": self.progressive.state_dict(),
             "popularity": self.popularity.state_dict(),
+            "covisit": None if self.covisit is None else self.covisit.state_dict(),
             # What the tensors cannot tell a reader (eval, export): both change scores, normalize the ranking.
             "model_settings": {
                 "normalize": self.config.model.normalize,
@@ -391,6 +402,14 @@ class Trainer:
                 raise TrainingError(f"checkpoint does not fit the configured model: {exc}") from exc
         else:  # a checkpoint from before the baselines: they restart from zero counts
             log.info("checkpoint has no popularity-baseline counts; the progressive baselines start from zero")
+        if self.covisit is not None:
+            if state.get("covisit") is None:
+                log.info("checkpoint has no co-visitation counts; the covisit baseline starts from zero")
+            else:
+                try:
+                    self.covisit.load_state_dict(state["covisit"])
+                except ValueError as exc:
+                    raise TrainingError(f"checkpoint does not fit the configured baseline: {exc}") from exc
         self._step = int(state["step"])
         if self.split is not None:  # the rank's own draw stream, deterministic from the resume point
             self.split.reseed(self._step, self.device)
