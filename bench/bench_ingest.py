@@ -123,14 +123,16 @@ def run_inline(bootstrap: str, topic: str, events: int, max_records: int, decode
     return ready / elapsed
 
 
-def run_decode_only(values: list[bytes], max_records: int) -> float:
+def run_decode_only(values: list[bytes], max_records: int, decode=None) -> float:  # noqa: ANN001
+    """``decode`` (default decode_values) + Batcher on values in memory; ready events/s."""
+    decode = decode or (lambda chunk: decode_values(chunk, max_bytes=65536))
     batcher = Batcher(BATCH, 1.0)
     t0 = time.perf_counter()
     ready = 0
     for start in range(0, len(values), max_records):
         chunk = values[start:start + max_records]
         offsets = np.arange(start, start + len(chunk), dtype=np.int64)
-        result = decode_values(chunk, max_bytes=65536)
+        result = decode(chunk)
         ready += sum(len(b.events) for b in batcher.add(("t", 0), offsets, result.batch, result.good_index, 0.0))
     return ready / (time.perf_counter() - t0)
 

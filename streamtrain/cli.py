@@ -60,6 +60,12 @@ def quiet_library_logs(config: Config) -> None:
     level = logging.DEBUG if config.run.log_level == "DEBUG" else logging.WARNING
     for name in ("kafka", "faiss"):
         logging.getLogger(name).setLevel(level)
+    # kafka-python warns whenever one of its I/O tasks waited > 100 ms for the GIL ("blocking the event
+    # loop"): in the worker the training thread holds the GIL for a step at a time, so this fires on
+    # every busy start and says nothing actionable; real consumer trouble shows as poll failures,
+    # lag and rebalances in the worker's own logs and metrics.
+    if config.run.log_level != "DEBUG":
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

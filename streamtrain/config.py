@@ -231,6 +231,17 @@ class TrainerConfig(_Section):
         20_000.0, gt=0,
         description="half-life, in events, of the counts behind the 'most popular recently' progressive baseline",
     )
+    covisit_neighbours: int = Field(
+        200, ge=0,
+        description="neighbours kept per item row by the item-to-item co-visitation progressive baseline "
+        "(8 bytes each, on the host, committed only for items with events); 0 switches the baseline off",
+    )
+    exclude_history_items: bool = Field(
+        False,
+        description="leave each user's own recent items (its last model.history_length) out of the ranking: in "
+        "progressive evaluation (model and baselines; a positive among them is a miss) and in `streamtrain "
+        "recommend`; needs a history tower",
+    )
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")
@@ -355,6 +366,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
+        if self.trainer.exclude_history_items and self.model.user_features == "id":
+            raise ValueError(
+                "trainer.exclude_history_items needs the users' recent items, which model.user_features=id does not "
+                "keep: set model.user_features to history or history+id, or trainer.exclude_history_items=false"
+            )
         if self.kafka.security_protocol.startswith("SASL") and not (
             self.kafka.sasl_mechanism and self.kafka.sasl_username and self.kafka.sasl_password
         ):

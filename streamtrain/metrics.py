@@ -131,7 +131,8 @@ class Metrics:
         )
         # --- progressive evaluation ----------------------------------------------
         # model="model" is the trained model; "popular_all" / "popular_recent" rank by all-time / decayed
-        # item counts on the same batches (streamtrain/evaluation/popularity.py): the bar the model must clear.
+        # item counts on the same batches (streamtrain/evaluation/popularity.py), "covisit" by item-to-item
+        # co-visitation over the user's recent items (streamtrain/evaluation/covisit.py): the bars the model must clear.
         self.progressive_recall = Gauge(
             "progressive_recall_ratio", "Rolling test-then-train Recall@K of the model and of the popularity baselines",
             ["k", "model"], namespace=ns, registry=registry,

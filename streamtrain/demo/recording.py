@@ -29,6 +29,8 @@ class StepPoint:
     loss: float
     seconds: float  # since the recorder was created
     progressive: Mapping[str, float] | None  # rolling Recall@K/NDCG@K when the step was evaluated
+    # baseline name ("popular_all", "popular_recent", "covisit") -> its rolling metrics, when evaluated
+    baselines: Mapping[str, Mapping[str, float]] | None = None
 
 
 class StepRecorder:
@@ -85,7 +87,9 @@ class StepRecorder:
             return None
         self._events += stats.num_events
         progressive = dict(stats.progressive) if stats.progressive else None
+        baselines = getattr(stats, "baselines", None)
+        baselines = {name: dict(values) for name, values in baselines.items()} if baselines else None
         self.points.append(
-            StepPoint(stats.step, self._events, float(stats.loss), self._clock() - self._started, progressive)
+            StepPoint(stats.step, self._events, float(stats.loss), self._clock() - self._started, progressive, baselines)
         )
         return stats

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from streamtrain.evaluation.progressive import ProgressiveEvaluator
+from streamtrain.evaluation.progressive import ProgressiveEvaluator, excluded_candidates
 from streamtrain.vocab.vocabulary import FALLBACK_ROW
 
 __all__ = ["BASELINES", "PopularityBaselines"]
@@ -83,24 +83,35 @@ class PopularityBaselines:
         self.counts_recent.index_add_(0, item_rows, torch.ones_like(item_rows, dtype=torch.float32))
 
     @torch.no_grad()
-    def score(self, item_rows: torch.Tensor, known_items: torch.Tensor) -> torch.Tensor:
+    def score(
+        self, item_rows: torch.Tensor, known_items: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Both baselines' sums on this batch, ``(len(BASELINES) * width,)`` on the device, no host sync.
 
         ``item_rows`` (B,) the batch's positives (only the first ``max_queries`` are ranked, as the
-        model's evaluator does); ``known_items`` (N,) the candidate rows, N > 0.
+        model's evaluator does); ``known_items`` (N,) the candidate rows, N > 0; ``exclude`` (B, H)
+        item rows left out of each query's list (its user's recent items; a positive among them misses).
         """
         item_rows = item_rows[: self.max_queries].to(self.device)  # (b,)
         keep = item_rows != FALLBACK_ROW  # (b,)
         k_max = max(self.k_list)
+        ex = None if exclude is None else exclude[: self.max_queries].to(self.device)  # (b, H)
+        hittable = keep if ex is None else keep & ~excluded_candidates(ex, item_rows, known_items)[1]  # (b,)
+        # With exclusions a query's list is the global one without its H items: take k_max + H.
+        length = min(k_max + (0 if ex is None else ex.shape[1]), known_items.numel())
         out = []
         for counts in (self.counts_all, self.counts_recent):
-            top = counts[known_items].topk(min(k_max, known_items.numel())).indices  # (k,)
-            top_rows = known_items[top]  # (k,) the list every query gets
-            match = item_rows.unsqueeze(1) == top_rows.unsqueeze(0)  # (b, k)
+            top = counts[known_items].topk(length).indices  # (L,)
+            top_rows = known_items[top]  # (L,) the list every query gets
+            match = item_rows.unsqueeze(1) == top_rows.unsqueeze(0)  # (b, L)
+            place = torch.arange(length, device=self.device).expand(item_rows.numel(), -1)  # (b, L)
+            if ex is not None:  # place among the entries the query keeps
+                dropped = (top_rows.view(1, -1, 1) == ex.unsqueeze(1)).any(2)  # (b, L)
+                place = (~dropped).long().cumsum(1) - 1
             # Position in the list; k_max (a miss at every K) when the positive is not in it.
-            position = torch.where(match.any(1), match.int().argmax(1), k_max)  # (b,)
+            position = torch.where(match.any(1), place.gather(1, match.int().argmax(1, keepdim=True)).squeeze(1), k_max)
             # Python-int comparisons: torch.tensor(k_list) on CUDA would be a blocking host→device copy.
-            hit = torch.stack([position < k for k in self.k_list], dim=1) & keep.unsqueeze(1)  # (b, K)
+            hit = torch.stack([position < k for k in self.k_list], dim=1) & hittable.unsqueeze(1)  # (b, K)
             gain = hit.float() / torch.log2(position.float() + 2).unsqueeze(1)  # (b, K)
             out += [hit.float().sum(0), gain.sum(0), keep.sum().float().unsqueeze(0)]
         return torch.cat(out)  # (2 * (2K + 1),)

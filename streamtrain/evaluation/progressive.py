@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamtrain.vocab.membership import member
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.vocab.vocabulary import FALLBACK_ROW, IdVocabulary
 
-__all__ = ["ProgressiveEvaluator", "offline_evaluate", "recall_ndcg_at_k"]
+__all__ = ["ProgressiveEvaluator", "excluded_candidates", "offline_evaluate", "recall_ndcg_at_k"]
 
 
 def _discounts(k: int, device: torch.device) -> torch.Tensor:
@@ -77,6 +78,20 @@ def recall_ndcg_at_k(
     return out
 
 
+def excluded_candidates(
+    exclude: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For ``exclude`` (b, H) item rows per query and positives ``item_rows`` (b,): which entries are
+    candidates to remove (b, H) — known, not the positive, the first of repeats — and which positives
+    are themselves excluded (b,). Sync-free (sorted-search membership)."""
+    b, h = exclude.shape
+    valid = (exclude > FALLBACK_ROW) & member(exclude, known_items)  # (b, H)
+    earlier = torch.ones(h, h, dtype=torch.bool, device=exclude.device).tril(-1)  # (H, H) column j < i
+    repeat = ((exclude.unsqueeze(2) == exclude.unsqueeze(1)) & earlier).any(2)  # (b, H) equals an earlier column
+    is_pos = exclude == item_rows[:b].unsqueeze(1)  # (b, H)
+    return valid & ~repeat & ~is_pos, (is_pos & valid).any(1)
+
+
 class ProgressiveEvaluator:
     """Test-then-train metrics: rank each positive of a batch among all known items, then roll.
 
@@ -101,12 +116,15 @@ class ProgressiveEvaluator:
 
     @torch.no_grad()
     def score(
-        self, model: TwoTowerModel, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor
+        self, model: TwoTowerModel, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor,
+        exclude: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sums of Recall@K and NDCG@K over the batch's rankable positives, then their count:
         a (2·len(k_list) + 1,) tensor on the model's device. Called before the step trains on the batch,
         with the step's queries (B, D) (each event's query as the step builds it). Positives without a
-        row (fallback) are skipped: they are not in the candidate set."""
+        row (fallback) are skipped: they are not in the candidate set. ``exclude`` (B, H) item rows
+        (``EMPTY`` = none), e.g. each user's recent items, are left out of that query's ranking; a
+        positive among them is a miss."""
         item_rows = item_rows[: self.max_queries]
         keep = item_rows != FALLBACK_ROW  # (b,)
         q = queries[: self.max_queries].float()  # (b, D)
@@ -117,8 +135,15 @@ class ProgressiveEvaluator:
             s = q @ model.item_tower(cand).float().T  # (b, c)
             above = (s > pos_score.unsqueeze(1)) & (cand.unsqueeze(0) != item_rows.unsqueeze(1))  # (b, c)
             rank += above.sum(1)
+        excluded = torch.zeros_like(keep)  # (b,) the positive is one of the excluded items
+        if exclude is not None:
+            ex = exclude[: self.max_queries]  # (b, H)
+            ex_emb = model.item_tower(ex.clamp(min=0).reshape(-1)).float().reshape(*ex.shape, -1)  # (b, H, D)
+            ex_above = (ex_emb * q.unsqueeze(1)).sum(2) > pos_score.unsqueeze(1)  # (b, H)
+            drop, excluded = excluded_candidates(ex, item_rows, known_items)
+            rank -= (drop & ex_above).sum(1)  # they were counted above; now they are not candidates
         # Compared with Python ints: a torch.tensor(k_list) on CUDA would be a blocking host→device copy.
-        hit = torch.stack([rank < k for k in self.k_list], dim=1) & keep.unsqueeze(1)  # (b, K)
+        hit = torch.stack([rank < k for k in self.k_list], dim=1) & (keep & ~excluded).unsqueeze(1)  # (b, K)
         gain = hit.float() / torch.log2(rank.float() + 2).unsqueeze(1)  # (b, K)
         count = keep.sum().float().unsqueeze(0)  # (1,)
         return torch.cat([hit.float().sum(0), gain.sum(0), count])  # (2K + 1,)

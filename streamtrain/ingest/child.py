@@ -31,7 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from streamtrain.events import decode_values
+from streamtrain.events import decode_batch
 from streamtrain.ingest.counters import CounterSnapshot
 from streamtrain.ingest.fetch import Fetched, Fetcher, FetchError, KafkaPythonFetcher, OutOfRange
 from streamtrain.ingest.fetch_confluent import ConfluentFetcher
@@ -157,7 +157,7 @@ class IngestChild:
             self.ready.append(due)
 
     def _decode(self, part: Fetched, now: float) -> list[MicroBatch]:
-        result = decode_values(part.values, max_bytes=self.settings["max_message_bytes"])
+        result = decode_batch(part.values, max_bytes=self.settings["max_message_bytes"])
         self.metrics.events_consumed.inc(len(part.values))
         if result.rejects:
             below = self._sent_below.get(part.key, -1)

@@ -1,7 +1,7 @@
 """The source thread: Kafka consumer → decoder → dead letters → batcher → bounded queue of micro-batches.
 
 It owns the ``KafkaConsumer`` (which is not thread-safe): polls, decodes each partition's values
-with :func:`decode_values`, dead-letters the rejects, cuts micro-batches and puts them on a
+with :func:`decode_batch`, dead-letters the rejects, cuts micro-batches and puts them on a
 bounded queue (``kafka.queue_batches``) for the training thread. Other threads reach the consumer
 only through requests this thread serves between polls (offset commits, flush of the open batch).
 
@@ -28,7 +28,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
-from streamtrain.events import decode_values
+from streamtrain.events import decode_batch
 from streamtrain.metrics import Metrics
 from streamtrain.ingest.batcher import Batcher
 from streamtrain.events.records import MicroBatch, PartitionKey
@@ -337,7 +337,7 @@ class KafkaSource:
     def _decode(self, tp: Any, records: list[Any], now: float) -> list[MicroBatch]:
         values = [r.value for r in records]
         offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))  # (n,)
-        result = decode_values(values, max_bytes=self._max_bytes)
+        result = decode_batch(values, max_bytes=self._max_bytes)
         self._metrics.events_consumed.inc(len(records))
         key = (tp[0], tp[1])
         if result.rejects:

@@ -45,13 +45,17 @@ class Lookup:
 
 @dataclass
 class Staged:
-    """One batch on the device: rows (B,), weights (B,) or None, batch order, known items (N,)."""
+    """One batch on the device: rows (B,), weights (B,) or None, batch order, known items (N,); and
+    the host's rows and event times (B,) for host-side consumers (the co-visitation baseline)."""
 
     user_rows: torch.Tensor
     item_rows: torch.Tensor
     weights: torch.Tensor | None
     order: OrderTensors | None
     known: torch.Tensor
+    host_user_rows: np.ndarray | None = None
+    host_item_rows: np.ndarray | None = None
+    event_time: np.ndarray | None = None
 
 
 def lookup_ids(state: TrainState, tower: str, vocab: IdVocabulary, ids: np.ndarray, times: np.ndarray) -> Lookup:
@@ -79,10 +83,14 @@ def apply_assigned(state: TrainState, found: Lookup, dev: list[torch.Tensor]) ->
         state.item_keys[assigned] = dev[3]
         state.sampler.forget_rows(assigned)  # cache/bank entries of the row's old id
         state.popularity.forget_rows(assigned)
+        if state.covisit is not None:  # host rows: the baseline lives on the host
+            state.covisit.forget_items(found.assigned, evicted=found.evicted)
         if found.evicted:  # a fresh row is in no history yet
             state.model.history.forget_items(assigned)
     else:
         state.model.history.forget_users(assigned)
+        if state.covisit is not None:
+            state.covisit.forget_users(found.assigned)
 
 
 def stage_batch(state: TrainState, prefetcher: BatchPrefetcher, batch: EventBatch, *, admit: bool = True) -> Staged:
@@ -114,4 +122,5 @@ def stage_batch(state: TrainState, prefetcher: BatchPrefetcher, batch: EventBatc
     return Staged(
         user_rows=split[0][0], item_rows=split[1][0], weights=split[2][0] if split[2] else None,
         order=OrderTensors(*split[3]) if split[3] else None, known=known,
+        host_user_rows=np.asarray(user.rows), host_item_rows=np.asarray(item.rows), event_time=batch.event_time,
     )

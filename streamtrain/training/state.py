@@ -19,6 +19,7 @@ import torch
 
 from streamtrain.config import Config
 from streamtrain.errors import StreamtrainError
+from streamtrain.evaluation.covisit import CovisitBaseline
 from streamtrain.evaluation.popularity import PopularityBaselines
 from streamtrain.evaluation.progressive import ProgressiveEvaluator
 from streamtrain.frequency import build_frequency_estimator
@@ -54,6 +55,7 @@ class TrainState:
     frequency: Any  # a streamtrain.frequency estimator
     progressive: ProgressiveEvaluator
     popularity: PopularityBaselines
+    covisit: CovisitBaseline | None  # host-side; None when trainer.covisit_neighbours is 0
     rng: np.random.Generator  # progressive-eval draws
     gen: torch.Generator  # row initialisation (CPU, device-independent)
     item_keys: torch.Tensor  # (item_capacity,) int64 stable key per item row, on the device
@@ -85,6 +87,7 @@ class TrainState:
             popularity=PopularityBaselines(
                 mc.item_capacity, tc.eval_k, half_life_events=tc.popularity_half_life_events,
                 window=tc.progressive_eval_window, max_queries=tc.progressive_eval_max_queries, device=device),
+            covisit=CovisitBaseline.from_config(config) if tc.covisit_neighbours else None,
             rng=np.random.default_rng(seed), gen=torch.Generator().manual_seed(seed),
             item_keys=torch.from_numpy(item_vocab.row_keys).to(device, copy=True),
         )
@@ -135,6 +138,7 @@ class TrainState:
             "rng": {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state()},
             "progressive": self.progressive.state_dict(),
             "popularity": self.popularity.state_dict(),
+            "covisit": None if self.covisit is None else self.covisit.state_dict(),
             # What the tensors cannot tell a reader (eval, export): both change scores, normalize the ranking.
             "model_settings": {
                 "normalize": self.config.model.normalize,
@@ -168,6 +172,14 @@ class TrainState:
                 raise TrainingError(f"checkpoint does not fit the configured model: {exc}") from exc
         else:  # a checkpoint from before the baselines: they restart from zero counts
             log.info("checkpoint has no popularity-baseline counts; the progressive baselines start from zero")
+        if self.covisit is not None:
+            if state.get("covisit") is None:
+                log.info("checkpoint has no co-visitation counts; the covisit baseline starts from zero")
+            else:
+                try:
+                    self.covisit.load_state_dict(state["covisit"])
+                except ValueError as exc:
+                    raise TrainingError(f"checkpoint does not fit the configured baseline: {exc}") from exc
         self.step = int(state["step"])
 
     # ------------------------------------------------------------------ Redis

@@ -32,6 +32,7 @@ from typing import Protocol
 import torch
 
 from streamtrain.distributed.split_step import SplitExchange
+from streamtrain.evaluation.covisit import COVISIT
 from streamtrain.sampling.base import SamplerInput, SamplerOutput
 from streamtrain.training.device import autocast_context
 from streamtrain.training.guard import finite_flag, guarded_step
@@ -76,8 +77,10 @@ def sampler_input(state: TrainState, staged: Staged, history: torch.Tensor | Non
 class StepStrategy(Protocol):
     """The model's part of a step: progressive sums before training, then loss and gradients."""
 
-    def progressive(self, state: TrainState, staged: Staged, history: torch.Tensor | None) -> torch.Tensor:
-        """(2K+1,) progressive sums of the batch, scored before it trains."""
+    def progressive(self, state: TrainState, staged: Staged, history: torch.Tensor | None,
+                    exclude: torch.Tensor | None) -> torch.Tensor:
+        """(2K+1,) progressive sums of the batch, scored before it trains; ``exclude`` (B, H): items
+        left out of each query's ranking (None: none)."""
         ...
 
     def loss_and_grads(self, state: TrainState, staged: Staged,
@@ -89,9 +92,10 @@ class StepStrategy(Protocol):
 class LocalStep:
     """One process's queries against its own batch."""
 
-    def progressive(self, state: TrainState, staged: Staged, history: torch.Tensor | None) -> torch.Tensor:
+    def progressive(self, state: TrainState, staged: Staged, history: torch.Tensor | None,
+                    exclude: torch.Tensor | None) -> torch.Tensor:
         queries = state.model.query(staged.user_rows, history)  # (B, D)
-        return state.progressive.score(state.model, queries, staged.item_rows, staged.known)  # (2K+1,)
+        return state.progressive.score(state.model, queries, staged.item_rows, staged.known, exclude)  # (2K+1,)
 
     def loss_and_grads(self, state: TrainState, staged: Staged,
                        history: torch.Tensor | None) -> tuple[SamplerOutput, torch.Tensor]:
@@ -116,11 +120,13 @@ class SplitStep:
         self.lo, self.hi = local_bounds(rank_sizes, exchange.rank)
         self.rank_sizes = rank_sizes
 
-    def progressive(self, state: TrainState, staged: Staged, history: torch.Tensor | None) -> torch.Tensor:
+    def progressive(self, state: TrainState, staged: Staged, history: torch.Tensor | None,
+                    exclude: torch.Tensor | None) -> torch.Tensor:
         """Summed over ranks (the evaluator scores the first ``max_queries`` events: this rank's part)."""
         lo, hi = self.lo, min(self.hi, max(self.lo, state.progressive.max_queries))
         queries = state.model.query(staged.user_rows[lo:hi], None if history is None else history[lo:hi])  # (b, D)
-        return self.ex.sum(state.progressive.score(state.model, queries, staged.item_rows[lo:hi], staged.known))
+        own = None if exclude is None else exclude[lo:hi]
+        return self.ex.sum(state.progressive.score(state.model, queries, staged.item_rows[lo:hi], staged.known, own))
 
     def loss_and_grads(self, state: TrainState, staged: Staged,
                        history: torch.Tensor | None) -> tuple[SamplerOutput, torch.Tensor]:
@@ -164,8 +170,9 @@ def run_step(state: TrainState, staged: Staged, strategy: StepStrategy, readback
     evaluated = state.rng.random() < state.config.trainer.progressive_eval_fraction
     prog_sums = base_sums = None
     if evaluated and staged.known.numel():
-        prog_sums = strategy.progressive(state, staged, history)  # (2K+1,)
-        base_sums = state.popularity.score(staged.item_rows, staged.known)  # (2 * (2K+1),) same positives
+        own = history if state.config.trainer.exclude_history_items else None  # (B, H) left out of the ranking
+        prog_sums = strategy.progressive(state, staged, history, own)  # (2K+1,)
+        base_sums = state.popularity.score(staged.item_rows, staged.known, own)  # (2 * (2K+1),) same positives
 
     state.frequency.update(state.item_keys[staged.item_rows])
     state.popularity.observe(staged.item_rows)
@@ -178,6 +185,11 @@ def run_step(state: TrainState, staged: Staged, strategy: StepStrategy, readback
         guarded_step(state.dense_optimizer, apply, masked=masked)
     state.zero_grads()
     state.step += 1
+    # Host work, after the device's is queued: the co-visitation baseline scores (when evaluated) and counts.
+    covisit_sums = None if state.covisit is None else state.covisit.step(
+        staged.host_user_rows, staged.host_item_rows, staged.event_time,  # type: ignore[arg-type]
+        state.item_vocab.known_rows_np() if prog_sums is not None else None,
+    )
 
     with torch.no_grad():
         log_q = state.frequency.log_prob(state.item_keys[staged.item_rows]).float()  # (B,)
@@ -193,7 +205,7 @@ def run_step(state: TrainState, staged: Staged, strategy: StepStrategy, readback
             parts += [prog_sums.float(), base_sums.float()]
         ticket = readback.push(torch.cat(parts))
     width = 0 if prog_sums is None else prog_sums.numel()
-    return PendingStep(state.step, num_events, names, width, ticket)
+    return PendingStep(state.step, num_events, names, width, ticket, covisit_sums)
 
 
 def finish_step(state: TrainState, pending: PendingStep, readback: StatsReadback) -> StepStats:
@@ -209,6 +221,8 @@ def finish_step(state: TrainState, pending: PendingStep, readback: StatsReadback
         n_prog = n_fixed + pending.progressive_width
         progressive = state.progressive.update(values[n_fixed:n_prog])
         baselines = state.popularity.update(values[n_prog:])
+        if state.covisit is not None and pending.covisit_sums is not None:
+            baselines[COVISIT] = state.covisit.update(pending.covisit_sums)
     return StepStats(
         step=pending.step, num_events=pending.num_events, loss=values[1], duration_s=duration,
         logq_mean=values[2], logq_std=values[3], sampler_stats=dict(zip(pending.names, values[FIXED_FIELDS:n_fixed])),

@@ -158,6 +158,10 @@ class IdVocabulary:
         of a cached device ``arange`` and needs no copy."""
         return self._known_rows_np() if self._free.size else None
 
+    def known_rows_np(self) -> np.ndarray:
+        """The known rows as a host array (a fresh ``arange`` when there are no holes): for host-side users."""
+        return self._known_rows_np()
+
     def _known_rows_np(self) -> np.ndarray:
         rows = np.arange(1, self._next_row, dtype=np.int64)
         return np.setdiff1d(rows, self._free, assume_unique=True) if self._free.size else rows

@@ -25,6 +25,7 @@ from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.exchange import StepExchange
 from streamtrain.events import RejectReason
 from streamtrain.metrics import Metrics
+from streamtrain.evaluation.covisit import COVISIT
 from streamtrain.evaluation.popularity import BASELINES
 from streamtrain.events.records import MicroBatch, PartitionKey
 from streamtrain.state.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
@@ -114,7 +115,7 @@ class Worker:
         for tower, size in self.engine.vocabulary_sizes().items():
             m.vocabulary_size.labels(tower=tower).set(size)
         for k in self.config.trainer.eval_k:
-            for ranker in ("model", *BASELINES):
+            for ranker in ("model", *BASELINES, *([COVISIT] if self.config.trainer.covisit_neighbours else [])):
                 m.progressive_recall.labels(k=str(k), model=ranker)
                 m.progressive_ndcg.labels(k=str(k), model=ranker)
         m.assigned_partitions.set(0)

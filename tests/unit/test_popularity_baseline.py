@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from streamtrain.config import Config
+from streamtrain.evaluation.covisit import COVISIT
 from streamtrain.evaluation.progressive import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch
 from streamtrain.evaluation.popularity import BASELINES, PopularityBaselines
@@ -103,7 +104,7 @@ def test_trainer_scores_the_baselines_on_the_models_positives_before_counting_th
     rng = np.random.default_rng(0)
     for step in range(30):
         stats = trainer.train_step(zipf_batch(rng, float(step)))
-        assert stats.baselines is not None and set(stats.baselines) == set(BASELINES)
+        assert stats.baselines is not None and set(stats.baselines) == {*BASELINES, COVISIT}
     # Same positives: the count the model's evaluator and the baselines rank is the same (first 40).
     batch = zipf_batch(rng, 99.0)
     items = torch.from_numpy(trainer.state.item_vocab.lookup(batch.item_ids, admit=False).rows)
@@ -118,13 +119,14 @@ def test_trainer_scores_the_baselines_on_the_models_positives_before_counting_th
     assert trainer.state.popularity.counts_all.sum().item() == 30 * 64
 
     # A batch never counts towards its own ranking: a brand-new item seen 64 times in one batch ranks
-    # below the 64 items of the step before, so it is in neither top-10 list (window 1: this step alone).
+    # below the 64 items of the step before, so it is in none of the top-10 lists (window 1: this step
+    # alone; covisit: no history item lists it, so the 64 counted items are above it).
     fresh = Trainer(config(progressive_eval_window=1))
     fresh.train_step(EventBatch.from_ids(range(64), [f"i{i}" for i in range(64)], event_time=np.zeros(64)))
     only_new = EventBatch.from_ids(range(64), ["brand-new"] * 64, event_time=np.full(64, 1.0))
     stats = fresh.train_step(only_new)
     assert stats.baselines == {name: {"recall@10": 0.0, "recall@20": 0.0, "recall@50": 0.0, "ndcg@10": 0.0,
-                                      "ndcg@20": 0.0, "ndcg@50": 0.0} for name in BASELINES}
+                                      "ndcg@20": 0.0, "ndcg@50": 0.0} for name in (*BASELINES, COVISIT)}
     row = fresh.state.item_vocab.lookup(np.asarray(["brand-new"], dtype=object), admit=False).rows[0]
     assert fresh.state.popularity.counts_all[row].item() == 64  # counted after it was ranked
 
