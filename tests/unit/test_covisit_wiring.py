@@ -113,7 +113,7 @@ def test_trainer_restart_restores_covisit_exactly_and_old_checkpoints_load() -> 
 def test_switched_off_and_exported_with_its_model_label() -> None:
     off = Trainer(config(covisit_neighbours=0))
     stats = off.train_step(session_batch(np.random.default_rng(2), 0.0))
-    assert off.covisit is None and stats.baselines is not None and COVISIT not in stats.baselines
+    assert off.state.covisit is None and stats.baselines is not None and COVISIT not in stats.baselines
 
     trainer = Trainer(config())
     rng = np.random.default_rng(2)
