@@ -92,6 +92,10 @@ class KafkaConfig(_Section):
     )
     session_timeout_s: float = Field(10.0, ge=6, le=300, description="consumer group session timeout")
     lag_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the broker for end offsets")
+    metadata_max_age_s: float = Field(
+        10.0, ge=1, le=300, description="how often the group consumer refreshes topic metadata, so partitions added "
+        "to the topic are assigned and read within about this long (kafka-python's own default is 300 s)"
+    )
     broker_unreachable_s: float = Field(
         30.0, gt=0, description="/readyz fails when no broker round trip succeeded for this long after a failure, "
         "or polls kept failing this long; must exceed kafka.lag_interval_s + 2"

@@ -200,3 +200,11 @@ class Metrics:
             "assigned_partitions", "Input partitions assigned to this worker", namespace=ns, registry=registry
         )
         self.info = Info("build", "Version, sampler and device of this worker", namespace=ns, registry=registry)
+        # --- cluster changes (issue 18) ---------------------------------------------
+        self.partitions_discovered = Counter(
+            "partitions_discovered",
+            "Partitions the run had never owned (the topic grew) that it started reading at their earliest offset",
+            ["topic"],
+            namespace=ns,
+            registry=registry,
+        )

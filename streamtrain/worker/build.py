@@ -289,6 +289,9 @@ def _build(
         max_poll_records=k.max_poll_records,
         session_timeout_ms=int(k.session_timeout_s * 1000),
         heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 4)),
+        # A changed partition count in the metadata makes the group rebalance: this bounds how late new
+        # partitions are noticed.
+        metadata_max_age_ms=int(k.metadata_max_age_s * 1000),
     )
     _create_dead_letter_topic(config)
     producer = KafkaProducer(**common, linger_ms=5, max_request_size=k.dead_letter_max_bytes)

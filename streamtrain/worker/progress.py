@@ -42,6 +42,20 @@ class Progress:
         with self._lock:
             return self._offsets.get(key)
 
+    def is_new_partition(self, key: PartitionKey) -> bool:
+        """True when ``key`` has no stored offset and lies past every partition of its topic this run owned.
+
+        Kafka only ever adds partitions, with higher numbers, and one job owns every partition of its run
+        (the lease), so such a partition was added after the run last checkpointed: it starts at its
+        earliest offset. A missing partition *below* a known one was owned and its offset was lost, and a
+        topic with no known partition at all is another topic than the run's: both stay errors.
+        """
+        with self._lock:
+            if key in self._offsets:
+                return False
+            known = [p for t, p in self._offsets if t == key[0]]
+        return bool(known) and key[1] > max(known)
+
     def set_earliest(self, keys: Iterable[PartitionKey]) -> None:
         """Mark partitions of a fresh run as starting at their beginning."""
         with self._lock:

@@ -392,8 +392,8 @@ class KafkaSource:
             if position is None:
                 self._consumer.pause(tp)
                 self.fatal = WorkerError(
-                    f"partition {key[0]}[{key[1]}] has no stored offset in this run's state; "
-                    "refusing to guess (use --fresh to discard the run's state and start from the beginning)"
+                    f"partition {key[0]}[{key[1]}] has no stored offset in this run's state although the run "
+                    "owned it (a higher partition of the topic has one); refusing to guess (use --fresh to discard the run's state and start from the beginning)"
                 )
                 log.error("%s", self.fatal)
                 continue

@@ -118,6 +118,7 @@ class Worker:
                 m.progressive_recall.labels(k=str(k), model=ranker)
                 m.progressive_ndcg.labels(k=str(k), model=ranker)
         m.assigned_partitions.set(0)
+        m.partitions_discovered.labels(topic=self.source.topic)
         m.redis_connected.set(1)  # resume just read the run's state from Redis
         # Start time as the baseline: 0 would read as "no step for 56 years" on dashboards and make the
         # staleness alerts true from the first scrape; this way they measure time since start.
@@ -171,6 +172,12 @@ class Worker:
         position = self.progress.offset(key)
         if position is None and self._fresh:
             self.progress.set_earliest([key])
+            return EARLIEST
+        if position is None and self.progress.is_new_partition(key):
+            self.progress.set_earliest([key])
+            self.metrics.partitions_discovered.labels(topic=key[0]).inc()
+            log.info("%s[%d] is a partition this run never owned (the topic grew): reading it from its earliest "
+                     "offset", key[0], key[1])
             return EARLIEST
         return position
 
