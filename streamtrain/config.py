@@ -100,6 +100,11 @@ class KafkaConfig(_Section):
         30.0, gt=0, description="/readyz fails when no broker round trip succeeded for this long after a failure, "
         "or polls kept failing this long; must exceed kafka.lag_interval_s + 2"
     )
+    on_topic_recreated: Literal["fail", "restart"] = Field(
+        "fail", description="the topic's id (Kafka's UUID of the topic) differs from the one the run's checkpoint "
+        "recorded, i.e. the topic was deleted and recreated: fail (stop before training; the default) or restart "
+        "(train the new log from its start; the old log's untrained rest is gone either way)"
+    )
     dead_letter_max_bytes: int = Field(
         1 << 20, ge=16384, description="largest dead letter sent in full (producer max_request_size and the "
         "dead-letter topic's max.message.bytes when the worker creates it); larger ones are sent bounded"

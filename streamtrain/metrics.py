@@ -208,3 +208,18 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        self.topic_recreated = Counter(
+            "topic_recreated",
+            "Resumes that found the input topic deleted and recreated (another topic id than the checkpoint's), "
+            "by the decision taken (kafka.on_topic_recreated: fail or restart)",
+            ["topic", "decision"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.lease_retaken = Counter(
+            "lease_retaken",
+            "Times the run's lease had expired with nobody holding it (this job was paused or cut off from Redis "
+            "past distributed.lease_ttl_s) and the heartbeat took it back",
+            namespace=ns,
+            registry=registry,
+        )

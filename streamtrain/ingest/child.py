@@ -7,8 +7,8 @@ from the trainer: ``("assign", generation, {partition key: next offset | EARLIES
   assignment and drops the open batch; ``{}`` stops reading), ``("free", slot)``, ``("flush",)``,
   ``("stop",)``;
 to the trainer: ``("batch", slot)`` (a slot holds a ready batch, :mod:`streamtrain.ingest.slots`),
-  ``("packed", arrays)`` (one that did not fit a slot), ``("reset", key, stored, new)`` (the log no
-  longer holds ``stored``), ``("ack", generation)`` (first fetch of an assignment done),
+  ``("packed", arrays)`` (one that did not fit a slot), ``("reset", key, stored, new, log start)`` (the
+  log no longer holds ``stored``), ``("ack", generation)`` (first fetch of an assignment done),
   ``("status", pending, last_message_at, poll_ok, error, counters)``,
   ``("fatal", text)``.
 
@@ -167,7 +167,7 @@ class IngestChild:
             start, end = marks[key]
             new = start if stored < start else end if stored > end else stored
             self.fetcher.seek(key, new)
-            self._send(("reset", key, stored, new))
+            self._send(("reset", key, stored, new, start))
 
     def _publish(self, batch: MicroBatch) -> None:
         while self._dl_unflushed:

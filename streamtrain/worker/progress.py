@@ -62,15 +62,18 @@ class Progress:
             for key in keys:
                 self._offsets.setdefault(key, EARLIEST)
 
-    def reset_offset(self, key: PartitionKey, offset: int) -> int:
+    def reset_offset(self, key: PartitionKey, offset: int, log_start: int | None = None) -> int:
         """Move ``key`` to ``offset`` because the log no longer holds the stored one; returns offsets skipped.
 
-        Below the log start (retention, deleted records) the offsets in between are lost and counted;
-        past the log end (a truncated or recreated topic) nothing is skipped, the position moves back.
+        Below the log start (retention, deleted records) the offsets in between are lost and counted.
+        Past the log end (a truncated or recreated topic) the position moves back to the end; with
+        ``log_start`` known, the log's ``[log_start, offset)`` is jumped over and counted as skipped.
         """
         with self._lock:
             old = self._offsets.get(key)
             lost = max(0, offset - old) if old is not None and old >= 0 else 0
+            if old is not None and old >= 0 and offset < old and log_start is not None:
+                lost = max(0, offset - log_start)
             self._offsets[key] = offset
             if lost:
                 self._skipped[key] = self._skipped.get(key, 0) + lost
