@@ -143,7 +143,11 @@ class ModelConfig(_Section):
     user_capacity: int = Field(1_000_000, ge=2)
     item_capacity: int = Field(1_000_000, ge=2)
     admission_threshold: int = Field(1, ge=1, description="sightings before an id gets its own row")
-    eviction_after_s: float | None = Field(None, gt=0, description="free rows of ids unseen this long; None = never")
+    eviction_after_s: float | None = Field(
+        0.0, ge=0, description="at capacity, rows of ids unseen this long (event time) are reused, least recently "
+        "seen first; 0 = any row the batch does not use (LRU); None = never: a full table freezes and every later "
+        "new id trains on the shared fallback row"
+    )
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
     init_std: float = Field(0.1, gt=0)

@@ -223,3 +223,27 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        # --- vocabulary under churn (a flood of new ids) ------------------------------
+        self.vocabulary_lookups = Counter(
+            "vocabulary_lookups", "Ids looked up to train (one per event and tower)", ["tower"], namespace=ns,
+            registry=registry,
+        )
+        self.vocabulary_fallback_lookups = Counter(
+            "vocabulary_fallback_lookups",
+            "Ids trained and scored on the shared fallback row (no row of their own); divided by "
+            "streamtrain_vocabulary_lookups_total it is the fallback share",
+            ["tower"], namespace=ns, registry=registry,
+        )
+        self.vocabulary_admissions = Counter(
+            "vocabulary_admissions", "Ids given a row of their own", ["tower"], namespace=ns, registry=registry
+        )
+        self.vocabulary_rejections = Counter(
+            "vocabulary_rejections",
+            "Sightings of ids without a row that got none: below_threshold (model.admission_threshold not reached "
+            "yet) or table_full (no free row and none evictable: model.eviction_after_s)",
+            ["tower", "reason"], namespace=ns, registry=registry,
+        )
+        self.vocabulary_evictions = Counter(
+            "vocabulary_evictions", "Rows taken from the least recently seen ids and given to new ones", ["tower"],
+            namespace=ns, registry=registry,
+        )

@@ -17,6 +17,8 @@ the ids this batch admits (their bytes are stored per row for export and serving
 Rows are handed out in order 1, 2, ...; when the table is full, rows unseen for more than
 ``eviction_after_s`` (event time when the batch carries it, else the clock passed in) are evicted,
 least recently seen first, and reused; a row the batch itself refers to is never evicted by it.
+``eviction_after_s=0`` (the configuration's default) is plain LRU at capacity: any row the batch does
+not use may go. Only ``None`` freezes a full table (every later new id then shares the fallback row).
 Candidates come from :class:`~streamtrain.model.eviction.EvictionQueue` (no scan per batch).
 Each lookup tells the caller which rows were (re)assigned so the model re-initialises them.
 
@@ -97,8 +99,8 @@ class IdVocabulary:
             raise ValueError(f"capacity must be >= 2 (row 0 is the fallback), got {capacity}")
         if admission_threshold < 1:
             raise ValueError(f"admission_threshold must be >= 1, got {admission_threshold}")
-        if eviction_after_s is not None and eviction_after_s <= 0:
-            raise ValueError(f"eviction_after_s must be > 0 or None, got {eviction_after_s}")
+        if eviction_after_s is not None and eviction_after_s < 0:
+            raise ValueError(f"eviction_after_s must be >= 0 or None, got {eviction_after_s}")
         self.capacity = capacity
         self.admission_threshold = admission_threshold
         self.eviction_after_s = eviction_after_s
@@ -119,6 +121,9 @@ class IdVocabulary:
         self.fallback_total = 0  # lookups that ended on the fallback row (admit=True ones)
         self.evictions_total = 0
         self.admissions_total = 0
+        self.lookups_total = 0  # ids looked up with admit=True (the fallback share's denominator)
+        self.held_back_total = 0  # fallback sightings of ids below the admission threshold
+        self.table_full_total = 0  # fallback sightings of ids that qualified but found no free or evictable row
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -167,11 +172,14 @@ class IdVocabulary:
         return np.setdiff1d(rows, self._free, assume_unique=True) if self._free.size else rows
 
     def stats(self) -> dict[str, int]:
-        """Counters for metrics: ids with a row, pending ids, fallbacks, evictions, admissions."""
+        """Counters for metrics: ids with a row, pending ids, lookups, fallbacks (and why), evictions, admissions."""
         return {
             "size": len(self),
             "pending": len(self._pending),
+            "lookups_total": self.lookups_total,
             "fallback_total": self.fallback_total,
+            "held_back_total": self.held_back_total,
+            "table_full_total": self.table_full_total,
             "evictions_total": self.evictions_total,
             "admissions_total": self.admissions_total,
         }
@@ -228,6 +236,7 @@ class IdVocabulary:
             assigned = self._admit(ids, encoded, keys, rows, missing, now)
         owned = rows != FALLBACK_ROW
         self.fallback_total += n - int(np.count_nonzero(owned))
+        self.lookups_total += n
         if times is None:
             self.last_seen[rows[owned]] = now
         elif n:
@@ -258,7 +267,12 @@ class IdVocabulary:
         got = len(new_rows)
         row_of_u = np.zeros(len(uniq), dtype=np.int64)
         row_of_u[admitted_u[:got]] = new_rows
-        rows[missing] = np.where(rank >= need[inverse], row_of_u[inverse], FALLBACK_ROW)
+        ready = rank >= need[inverse]  # (len(missing),) sightings at or past the admission threshold
+        rows[missing] = np.where(ready, row_of_u[inverse], FALLBACK_ROW)
+        refused = rows[missing] == FALLBACK_ROW
+        full = int(np.count_nonzero(refused & ready))
+        self.table_full_total += full
+        self.held_back_total += int(np.count_nonzero(refused)) - full
         if got:
             new_keys = uniq[admitted_u[:got]]
             self.row_keys[new_rows] = new_keys
@@ -339,6 +353,9 @@ class IdVocabulary:
                 "fallback_total": self.fallback_total,
                 "evictions_total": self.evictions_total,
                 "admissions_total": self.admissions_total,
+                "lookups_total": self.lookups_total,
+                "held_back_total": self.held_back_total,
+                "table_full_total": self.table_full_total,
             },
         }
 
@@ -377,4 +394,8 @@ class IdVocabulary:
         self.fallback_total = int(counters["fallback_total"])
         self.evictions_total = int(counters["evictions_total"])
         self.admissions_total = int(counters["admissions_total"])
+        # Counters added later: states written before them start these at 0.
+        self.lookups_total = int(counters.get("lookups_total", 0))
+        self.held_back_total = int(counters.get("held_back_total", 0))
+        self.table_full_total = int(counters.get("table_full_total", 0))
         self.keys_migrated = migrated

@@ -38,6 +38,7 @@ from streamtrain.worker.source import KafkaSource
 from streamtrain.worker.state_store import EARLIEST
 from streamtrain.worker.status_line import StatusLine
 from streamtrain.worker.step_metrics import record_step
+from streamtrain.worker.vocabulary_metrics import VocabularyCounters
 
 __all__ = ["Worker"]
 
@@ -97,6 +98,7 @@ class Worker:
         self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
         runner.on_success = self._on_checkpoint
         self._init_series()
+        self.vocabulary_counters = VocabularyCounters(metrics, engine)
 
     def _init_series(self) -> None:
         """Create every labelled series at 0 so dashboards and ``rate()`` see them before the first event."""
@@ -423,6 +425,7 @@ class Worker:
     def _record_step(self, stats: StepResult, probe: dict[str, float] | None) -> None:
         probe = self.late.probe_for_record(probe)
         record_step(self.metrics, stats, self.engine.vocabulary_sizes(), probe)
+        self.vocabulary_counters.update()
         self.status.observe(stats.progressive, stats.sampler_stats, probe)
         if stats.step % self.config.trainer.log_every_steps == 0:
             self._log_progress(stats)

@@ -92,3 +92,72 @@ def test_a_stored_offset_past_the_log_end_counts_the_log_it_jumps_over() -> None
     progress = Progress({("t", 0): 1000}, events=1000)
     assert progress.reset_offset(("t", 0), 300, log_start=0) == 300
     assert progress.skipped() == {("t", 0): 300} and progress.offset(("t", 0)) == 300
+
+
+# --------------------------------------------------------------------------- vocabulary flood
+import numpy as np  # noqa: E402
+
+from streamtrain.config import ModelConfig  # noqa: E402
+from streamtrain.model.vocabulary import IdVocabulary  # noqa: E402
+from streamtrain.worker.vocabulary_metrics import VocabularyCounters  # noqa: E402
+
+
+def _flood_then_normal(eviction_after_s: float | None) -> tuple[IdVocabulary, float]:
+    """100 rows; a flood of 5,000 one-off ids, then 50 new regular ids seen 10 times each: the share of
+    the regulars' later sightings (after their first) that land on the fallback row."""
+    vocab = IdVocabulary(101, eviction_after_s=eviction_after_s)
+    t = 0.0
+    for start in range(0, 5000, 500):
+        ids = [f"bot{i}" for i in range(start, start + 500)]
+        vocab.lookup(ids, event_time=np.full(500, t))
+        t += 1.0
+    fallback = 0
+    for rep in range(10):
+        rows = vocab.lookup([f"user{i}" for i in range(50)], event_time=np.full(50, t)).rows
+        t += 1.0
+        if rep:
+            fallback += int(np.count_nonzero(rows == 0))
+    return vocab, fallback / (9 * 50)
+
+
+def test_the_default_evicts_the_least_recently_seen_instead_of_freezing() -> None:
+    assert ModelConfig().eviction_after_s == 0.0  # LRU at capacity unless set to None
+    lru, share = _flood_then_normal(ModelConfig().eviction_after_s)
+    assert share == 0.0 and lru.evictions_total >= 50 and all(f"user{i}" in lru for i in range(50))
+    frozen, frozen_share = _flood_then_normal(None)
+    assert frozen_share == 1.0 and frozen.evictions_total == 0
+    assert frozen.table_full_total > 0 and frozen.fallback_total == frozen.held_back_total + frozen.table_full_total
+
+
+def test_rejections_are_split_by_cause_and_survive_a_restart() -> None:
+    vocab = IdVocabulary(4, admission_threshold=2, eviction_after_s=None)
+    vocab.lookup(["a", "b", "a", "c", "c", "d", "d", "e", "e"])  # a, c, d admitted on their 2nd sighting
+    s = vocab.stats()
+    assert s["admissions_total"] == 3 and s["lookups_total"] == 9
+    # First sightings of a, b, c, d, e are held back; e's second finds the table full (3 rows).
+    assert s["held_back_total"] == 5 and s["table_full_total"] == 1 and s["fallback_total"] == 6
+    restored = IdVocabulary(4, admission_threshold=2, eviction_after_s=None)
+    restored.load_state_dict(vocab.state_dict())
+    assert restored.stats() == s
+
+
+def test_vocabulary_counters_export_increases_since_start() -> None:
+    from types import SimpleNamespace
+
+    metrics = Metrics(CollectorRegistry())
+    user, item = IdVocabulary(3, eviction_after_s=0.0), IdVocabulary(10)
+    user.lookup(["x", "y"], event_time=np.array([0.0, 0.0]))  # before the worker started: not re-exported
+    counters = VocabularyCounters(metrics, SimpleNamespace(user_vocab=user, item_vocab=item))
+    user.lookup(["z", "w"], event_time=np.array([1.0, 1.0]))  # 2 rows full: evicts x and y
+    item.lookup(["i"])
+    counters.update()
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(f"streamtrain_vocabulary_{name}_total", labels)
+
+    assert value("lookups", tower="user") == 2 and value("evictions", tower="user") == 2
+    assert value("admissions", tower="user") == 2 and value("admissions", tower="item") == 1
+    assert value("fallback_lookups", tower="user") == 0
+    assert value("rejections", tower="user", reason="table_full") == 0
+    counters.update()  # nothing new: nothing added
+    assert value("lookups", tower="user") == 2
