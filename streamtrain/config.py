@@ -60,6 +60,10 @@ class _Section(BaseModel):
 
 class RunConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="namespaces Redis keys and checkpoints")
+    log_repeat_interval_s: float = Field(
+        30.0, ge=0, description="Kafka client log lines (and the worker's retry warnings) repeating one cause are "
+        "logged once per this many seconds, with a count of the ones held back; 0 keeps every line"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -247,3 +247,9 @@ class Metrics:
             "vocabulary_evictions", "Rows taken from the least recently seen ids and given to new ones", ["tower"],
             namespace=ns, registry=registry,
         )
+        self.log_lines_suppressed = Counter(
+            "log_lines_suppressed",
+            "Kafka client log lines held back as repeats of one cause within run.log_repeat_interval_s (the next "
+            "line of that cause says how many), by logger",
+            ["logger"], namespace=ns, registry=registry,
+        )

@@ -27,6 +27,7 @@ from streamtrain.distributed.exchange import StepExchange
 from streamtrain.distributed.lease import RunLease
 from streamtrain.distributed.startup import on_main, share_resume
 from streamtrain.ingest.pooled_source import PooledSource
+from streamtrain.log_limit import RepeatFilter
 from streamtrain.metrics import Metrics
 from streamtrain.worker.backoff import Backoff
 from streamtrain.worker.batcher import Batcher
@@ -190,7 +191,7 @@ def _pool_factory(config: Config, processes: int, metrics: Metrics) -> Callable[
         "client": k.client, "options": kafka_client_options(config), "max_records": k.max_poll_records,
         "max_message_bytes": k.max_message_bytes, "batch_size": b, "max_latency_s": config.trainer.max_batch_latency_s,
         "dead_letter_topic": k.dead_letter_topic, "dead_letter_max_bytes": k.dead_letter_max_bytes,
-        "log_level": config.run.log_level,
+        "log_level": config.run.log_level, "log_repeat_interval_s": config.run.log_repeat_interval_s,
     }
     layout = SlotLayout(b, b * config.ingest.id_bytes)
 
@@ -224,6 +225,7 @@ def build_worker(
         log.warning("the crc32c package is not installed: kafka-python checks CRCs in pure Python, "
                     "which halves ingest throughput (pip install crc32c)")
     metrics = Metrics(registry or CollectorRegistry())
+    count_held_back_log_lines(metrics)
     client = redis_client(config)
     store = state_store(config, client)
     ctx = ctx if ctx is not None else DistContext()
@@ -244,6 +246,14 @@ def build_worker(
         lease.on_lost = parts.worker.lease_lost
     parts.start_seconds = time.perf_counter() - t0
     return parts
+
+
+def count_held_back_log_lines(metrics: Metrics) -> None:
+    """Count the client log lines the CLI's :class:`RepeatFilter` holds back in this worker's metrics."""
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, RepeatFilter):
+                f.on_suppressed = lambda name: metrics.log_lines_suppressed.labels(logger=name).inc()
 
 
 def take_lease(config: Config, client: redis.Redis, namespace: str, metrics: Metrics | None = None) -> RunLease | None:

@@ -161,3 +161,44 @@ def test_vocabulary_counters_export_increases_since_start() -> None:
     assert value("rejections", tower="user", reason="table_full") == 0
     counters.update()  # nothing new: nothing added
     assert value("lookups", tower="user") == 2
+
+
+# --------------------------------------------------------------------------- client log lines
+import io  # noqa: E402
+import logging  # noqa: E402
+
+from streamtrain.log_limit import limit_client_logs  # noqa: E402
+
+
+def test_client_log_lines_pass_once_per_cause_per_interval_with_a_count() -> None:
+    now = [0.0]
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    held: list[str] = []
+    repeat = limit_client_logs(10.0, on_suppressed=held.append, handlers=[handler])
+    assert repeat is not None
+    repeat._clock = lambda: now[0]  # noqa: SLF001 - a fake clock for the interval
+    kafka, own = logging.getLogger("kafka.conn.test"), logging.getLogger("streamtrain.worker.worker")
+    for logger in (kafka, own):
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        for i in range(200):  # 20 s of a line every 100 ms, the port changing: one cause
+            now[0] = i * 0.1
+            kafka.warning("Connect to 127.0.0.1:%d failed: Connection refused", 9092 + i % 3)
+            if i % 50 == 0:
+                kafka.error("another cause %d", i)
+        own.warning("the worker's own line")
+        own.warning("the worker's own line")
+    finally:
+        for logger in (kafka, own):
+            logger.removeHandler(handler)
+            logger.propagate = True
+    lines = sink.getvalue().splitlines()
+    connects = [line for line in lines if "Connect to" in line]
+    assert len(connects) == 2  # at 0 s and at 10 s
+    assert "[99 more like this in the last 10 s]" in connects[1]
+    assert sum("another cause" in line for line in lines) == 2  # at 0 and 10 s (5 s and 15 s held back)
+    assert lines.count("the worker's own line") == 2  # other loggers untouched
+    assert len(held) == 200 - 2 + 4 - 2 and set(held) == {"kafka.conn.test"}
+    assert limit_client_logs(0.0, handlers=[handler]) is None  # 0 keeps every line
