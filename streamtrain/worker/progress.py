@@ -32,6 +32,7 @@ class Progress:
         self._lock = threading.Lock()
         self._skipped: dict[PartitionKey, int] = dict(skipped or {})
         self._offsets: dict[PartitionKey, int] = dict(offsets)
+        self._discovered: set[PartitionKey] = set()
         self._last_event_time: dict[PartitionKey, float] = {}
         self.events = events
         self._record = record_ranges
@@ -53,8 +54,16 @@ class Progress:
         with self._lock:
             if key in self._offsets:
                 return False
-            known = [p for t, p in self._offsets if t == key[0]]
+            # Partitions found new in this process do not count as owned: an assignment may list the new
+            # partitions in any order (2 before 1).
+            known = [p for t, p in self._offsets if t == key[0] and (t, p) not in self._discovered]
         return bool(known) and key[1] > max(known)
+
+    def add_discovered(self, key: PartitionKey) -> None:
+        """Start a partition the topic gained (``is_new_partition``) at its beginning."""
+        with self._lock:
+            self._discovered.add(key)
+            self._offsets.setdefault(key, EARLIEST)
 
     def set_earliest(self, keys: Iterable[PartitionKey]) -> None:
         """Mark partitions of a fresh run as starting at their beginning."""

@@ -197,7 +197,7 @@ class Worker:
             self.progress.set_earliest([key])
             return EARLIEST
         if position is None and self.progress.is_new_partition(key):
-            self.progress.set_earliest([key])
+            self.progress.add_discovered(key)
             self.metrics.partitions_discovered.labels(topic=key[0]).inc()
             log.info("%s[%d] is a partition this run never owned (the topic grew): reading it from its earliest "
                      "offset", key[0], key[1])

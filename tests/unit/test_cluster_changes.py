@@ -12,6 +12,14 @@ def test_a_partition_above_every_owned_one_is_new() -> None:
     assert progress.is_new_partition(("t", 7))
 
 
+def test_new_partitions_are_new_in_any_order() -> None:
+    progress = Progress({("t", 0): 500}, events=500)
+    assert progress.is_new_partition(("t", 2))
+    progress.add_discovered(("t", 2))
+    assert progress.offset(("t", 2)) == EARLIEST
+    assert progress.is_new_partition(("t", 1))  # 2 was found new here, so it does not make 1 "owned"
+
+
 def test_a_missing_partition_below_an_owned_one_is_not_new() -> None:
     # Partition 1 was owned (partition 2 has an offset) but its offset is gone: an error, not a guess.
     progress = Progress({("t", 0): 500, ("t", 2): 10}, events=510)
