@@ -9,7 +9,8 @@ in its own child process so resident memory is clean: RSS before the flood, the 
 (sampled after each batch), and after the normal traffic. Settings, side by side:
 
 - ``lru`` (the default, ``model.eviction_after_s=0``): at capacity the least recently seen row is reused;
-- ``lru+admit2``: the same, with ``model.admission_threshold=2`` (one-off ids never get a row);
+- ``lru+admit2 sketch`` / ``exact``: the same, with ``model.admission_threshold=2`` (one-off ids get no row),
+  sightings counted in the count-min sketch (the default counter) or exactly per id;
 - ``frozen`` (``eviction_after_s=None``, the old default): a full table keeps its ids for good.
 
 ``fallback share`` is the share of the regulars' sightings after their first that found no row (the
@@ -26,7 +27,8 @@ import time
 
 import numpy as np
 
-SETTINGS = {"lru": (1, 0.0), "lru+admit2": (2, 0.0), "frozen": (1, None)}
+SETTINGS = {"lru": (1, 0.0, None), "lru+admit2 sketch": (2, 0.0, "sketch"), "lru+admit2 exact": (2, 0.0, "exact"),
+            "frozen": (1, None, None)}
 BATCH = 1024
 
 
@@ -41,8 +43,9 @@ def _rss_bytes() -> int:
 def measure(setting: str, flood: int, capacity: int, normal: int, regulars: int) -> dict[str, float | str]:
     from streamtrain.model.vocabulary import IdVocabulary
 
-    threshold, ttl = SETTINGS[setting]
-    vocab = IdVocabulary(capacity, admission_threshold=threshold, eviction_after_s=ttl)
+    threshold, ttl, counter = SETTINGS[setting]
+    sketch = 2 * capacity if counter == "sketch" else None
+    vocab = IdVocabulary(capacity, admission_threshold=threshold, eviction_after_s=ttl, admission_sketch_width=sketch)
     before, peak, t, started = _rss_bytes(), 0, 0.0, time.perf_counter()
     for start in range(0, flood, BATCH):
         ids = np.arange(start, min(flood, start + BATCH)).astype(str)
@@ -51,6 +54,7 @@ def measure(setting: str, flood: int, capacity: int, normal: int, regulars: int)
         if (start // BATCH) % 16 == 0:
             peak = max(peak, _rss_bytes())
     flood_s = time.perf_counter() - started
+    flood_admitted = vocab.stats()["admissions_total"]
     peak = max(peak, _rss_bytes())
     rng = np.random.default_rng(0)
     seen: set[int] = set()
@@ -68,7 +72,7 @@ def measure(setting: str, flood: int, capacity: int, normal: int, regulars: int)
     s = vocab.stats()
     return {"setting": setting, "rss_before_mb": before / 2**20, "rss_peak_flood_mb": peak / 2**20,
             "rss_after_mb": after / 2**20, "vocab_mb": vocab.memory_bytes() / 2**20, "flood_s": flood_s,
-            "evictions": s["evictions_total"], "pending": s["pending"],
+            "evictions": s["evictions_total"], "flood_admitted": flood_admitted / flood,
             "fallback_share": misses / max(later, 1), "regulars_with_row": sum(f"regular-{i}" in vocab for i in range(regulars)) / regulars}
 
 
@@ -78,7 +82,7 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=100_000)
     parser.add_argument("--normal", type=int, default=200_000)
     parser.add_argument("--regulars", type=int, default=5_000)
-    parser.add_argument("--child", choices=sorted(SETTINGS))
+    parser.add_argument("--child", choices=sorted(SETTINGS))  # internal: one setting in this process
     args = parser.parse_args()
     sizes = (args.flood, args.capacity, args.normal, args.regulars)
     if args.child:
@@ -90,15 +94,17 @@ def main() -> None:
                               str(args.capacity), "--normal", str(args.normal), "--regulars", str(args.regulars)],
                              capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout))
+        if args.child is None:
+            print(json.dumps(rows[-1]), file=sys.stderr)
     print(f"flood {args.flood:,} new ids into {args.capacity:,} rows, then {args.normal:,} events of "
           f"{args.regulars:,} new regular ids")
     header = ("setting", "RSS before MB", "peak in flood MB", "after MB", "vocab MB", "flood s", "evictions",
-              "pending", "fallback share", "regulars with row")
+              "flood ids admitted", "fallback share", "regulars with row")
     print(" | ".join(header))
     for r in rows:
         print(" | ".join([str(r["setting"]), f"{r['rss_before_mb']:.0f}", f"{r['rss_peak_flood_mb']:.0f}",
                           f"{r['rss_after_mb']:.0f}", f"{r['vocab_mb']:.1f}", f"{r['flood_s']:.1f}",
-                          f"{r['evictions']:,}", f"{r['pending']:,}", f"{r['fallback_share']:.3f}",
+                          f"{r['evictions']:,}", f"{r['flood_admitted']:.3f}", f"{r['fallback_share']:.3f}",
                           f"{r['regulars_with_row']:.3f}"]))
 
 

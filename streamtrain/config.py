@@ -146,7 +146,13 @@ class ModelConfig(_Section):
     normalize: bool = True
     user_capacity: int = Field(1_000_000, ge=2)
     item_capacity: int = Field(1_000_000, ge=2)
-    admission_threshold: int = Field(1, ge=1, description="sightings before an id gets its own row")
+    admission_threshold: int = Field(
+        1, ge=1, le=255, description="sightings before an id gets its own row (2+ keeps a flood of one-off ids out)"
+    )
+    admission_counter: Literal["sketch", "exact"] = Field(
+        "sketch", description="where sightings below admission_threshold are counted: sketch (count-min, 8 bytes "
+        "per row of capacity, may admit ~2 in 100 one-off ids early) or exact (up to capacity ids, ~56 bytes each)"
+    )
     eviction_after_s: float | None = Field(
         0.0, ge=0, description="at capacity, rows of ids unseen this long (event time) are reused, least recently "
         "seen first; 0 = any row the batch does not use (LRU); None = never: a full table freezes and every later "

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from streamtrain.errors import StreamtrainError
+from streamtrain.model.admission_sketch import SketchSightings
 from streamtrain.model.eviction import EvictionQueue
 from streamtrain.model.id_keys import KEY_FUNCTION, EncodedIds, KeyedIds, encode_ids, id_keys, keys_of_encoded
 from streamtrain.model.id_store import IdStore
@@ -94,7 +95,11 @@ class IdVocabulary:
         eviction_after_s: float | None = None,
         clock: Callable[[], float] = time.time,
         max_pending: int | None = None,
+        admission_sketch_width: int | None = None,
     ) -> None:
+        """``admission_sketch_width``: count sightings below the admission threshold in a count-min sketch of
+        about this many cells per row (fixed memory; :mod:`streamtrain.model.admission_sketch`) instead of
+        exactly per id (``max_pending`` ids at most)."""
         if capacity < 2:
             raise ValueError(f"capacity must be >= 2 (row 0 is the fallback), got {capacity}")
         if admission_threshold < 1:
@@ -112,6 +117,7 @@ class IdVocabulary:
         self._index = KeyIndex(capacity)  # key -> row, for rows that own an id
         self._ids = IdStore(capacity)
         self._pending = PendingSightings(self.max_pending)
+        self._sketch = SketchSightings(admission_sketch_width) if admission_sketch_width and admission_threshold > 1 else None
         self._next_row = 1  # rows [1, _next_row) have been handed out at least once
         self._free = np.zeros(0, dtype=np.int64)  # rows released and not yet reused (only via migration)
         self._sightings = 0  # events looked up with admit=True: the order pending ids are forgotten in
@@ -124,6 +130,18 @@ class IdVocabulary:
         self.lookups_total = 0  # ids looked up with admit=True (the fallback share's denominator)
         self.held_back_total = 0  # fallback sightings of ids below the admission threshold
         self.table_full_total = 0  # fallback sightings of ids that qualified but found no free or evictable row
+
+    @classmethod
+    def from_config(cls, model: Any, capacity: int) -> IdVocabulary:
+        """A vocabulary of ``capacity`` rows with the admission and eviction rules of ``model`` (ModelConfig)."""
+        sketch = 2 * capacity if model.admission_counter == "sketch" else None
+        return cls(capacity, admission_threshold=model.admission_threshold, eviction_after_s=model.eviction_after_s,
+                   admission_sketch_width=sketch)
+
+    @property
+    def _counter(self) -> Any:
+        """Where sightings below the admission threshold are counted (the sketch, or exactly per id)."""
+        return self._sketch if self._sketch is not None else self._pending
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -187,7 +205,8 @@ class IdVocabulary:
     def memory_bytes(self) -> int:
         """Bytes held by the arrays of this vocabulary (for benchmarks)."""
         arrays = self.row_keys.nbytes + self.last_seen.nbytes + self._free.nbytes + self._evictions.nbytes
-        return int(arrays + self._index.nbytes + self._ids.nbytes + self._pending.nbytes)
+        sketch = self._sketch.nbytes if self._sketch is not None else 0
+        return int(arrays + self._index.nbytes + self._ids.nbytes + self._pending.nbytes + sketch)
 
     # ------------------------------------------------------------------ the hot path
     def lookup(
@@ -244,6 +263,8 @@ class IdVocabulary:
             self._evictions.note_seen(float(times.min()))  # seen rows' new last_seen is at least this
         self._evictions.note_seen(now)  # rows assigned by this call
         self._sightings += n
+        if self._sketch is not None:
+            self._sketch.note_sightings(n)
         return VocabLookup(rows=rows, assigned=assigned)
 
     def _admit(
@@ -259,7 +280,7 @@ class IdVocabulary:
         rank = np.empty(len(missing), dtype=np.int64)
         rank[order] = np.arange(len(missing)) - group_start[inverse[order]]
         threshold = self.admission_threshold
-        prior = self._pending.counts_of(uniq) if threshold > 1 else np.zeros(len(uniq), np.int64)
+        prior = self._counter.counts_of(uniq) if threshold > 1 else np.zeros(len(uniq), np.int64)
         need = np.maximum(threshold - 1 - prior, 0)  # (u,) rank of the sighting that admits the id
         admitting = np.flatnonzero(rank == need[inverse])  # positions in `missing`, batch order
         admitted_u = inverse[admitting]  # (a,) ids in admission order
@@ -301,8 +322,8 @@ class IdVocabulary:
         total[admitted_u[got:]] = self.admission_threshold - 1
         stays = np.ones(len(uniq), dtype=bool)
         stays[admitted_u[:got]] = False
-        self._pending.remove(uniq[~stays])
-        self._pending.set(uniq[stays], total[stays], self._sightings + last_pos[stays])
+        self._counter.remove(uniq[~stays])
+        self._counter.set(uniq[stays], total[stays], self._sightings + last_pos[stays])
 
     def _take_rows(self, k: int, now: float, batch_rows: np.ndarray) -> np.ndarray:
         """Up to ``k`` rows for new ids: free ones, never-used ones, then stale ones (evicted)."""
@@ -347,6 +368,7 @@ class IdVocabulary:
             "next_row": self._next_row,
             "free": self._free.copy(),
             **self._pending.state_dict(),
+            **(self._sketch.state_dict() if self._sketch is not None else {}),
             "sightings": self._sightings,
             **self._evictions.state_dict(),
             "counters": {
@@ -387,6 +409,12 @@ class IdVocabulary:
         self._free = np.asarray(state["free"], dtype=np.int64).copy()
         self._pending = PendingSightings(self.max_pending)
         self._pending.load_state_dict(state)
+        if self._sketch is not None:
+            self._sketch.load_state_dict(state)
+            if len(self._pending):  # written with the exact counter: its counts move into the sketch
+                pending = self._pending.state_dict()
+                self._sketch.set(np.frombuffer(pending["pending_ids"], "<i8").astype(np.int64), pending["pending_counts"])
+                self._pending = PendingSightings(self.max_pending)
         self._sightings = int(state["sightings"])
         self._evictions = EvictionQueue(max(4096, self.capacity // 64))
         self._evictions.load_state_dict(state)

@@ -210,3 +210,52 @@ def test_client_log_lines_pass_once_per_cause_per_interval_with_a_count() -> Non
     assert lines.count("the worker's own line") == 2  # other loggers untouched
     assert len(held) == 200 - 2 + 4 - 2 and set(held) == {"kafka.conn.test"}
     assert limit_client_logs(0.0, handlers=[handler]) is None  # 0 keeps every line
+
+
+# --------------------------------------------------------------------------- admission sketch
+from streamtrain.model.admission_sketch import SketchSightings  # noqa: E402
+
+
+def test_sketch_never_undercounts_and_rarely_overcounts_an_unseen_id() -> None:
+    rng = np.random.default_rng(5)
+    sketch = SketchSightings(4096)
+    keys = rng.integers(-(2**63), 2**63 - 1, size=sketch.halve_every - 1, dtype=np.int64)  # one period, no halving
+    truth = rng.integers(1, 4, size=len(keys))
+    sketch.set(keys, truth)
+    assert (sketch.counts_of(keys) >= truth).all()
+    unseen = rng.integers(-(2**63), 2**63 - 1, size=20_000, dtype=np.int64)
+    false_share = float(np.mean(sketch.counts_of(unseen) > 0))
+    assert false_share < 0.05, false_share  # (1 - e^-0.5)^4 ≈ 0.024 expected
+
+
+def test_sketch_halves_every_half_width_sightings() -> None:
+    sketch = SketchSightings(1024)
+    key = np.array([42], dtype=np.int64)
+    sketch.set(key, np.array([8]))
+    sketch.note_sightings(sketch.halve_every - 1)
+    assert sketch.counts_of(key)[0] == 8
+    sketch.note_sightings(1)
+    assert sketch.counts_of(key)[0] == 4
+
+
+def test_vocabulary_with_the_sketch_admits_on_the_threshold_and_restores() -> None:
+    kw = dict(admission_threshold=2, eviction_after_s=0.0, admission_sketch_width=8192)
+    vocab = IdVocabulary(1000, **kw)
+    flood = [f"bot{i}" for i in range(3000)]
+    for start in range(0, 3000, 500):
+        vocab.lookup(flood[start:start + 500])
+    admitted_bots = len(vocab)
+    assert admitted_bots < 0.05 * 3000  # one-off ids mostly kept out
+    vocab.lookup(["alice"])
+    assert "alice" not in vocab
+    restored = IdVocabulary(1000, **kw)
+    restored.load_state_dict(vocab.state_dict())  # the sketch's counts survive a restart
+    restored.lookup(["alice"])
+    assert "alice" in restored and restored.memory_bytes() < IdVocabulary(1000, admission_threshold=2).memory_bytes() + 8 * 8192
+
+    exact = IdVocabulary(1000, admission_threshold=2)
+    exact.lookup(["bob"])
+    folded = IdVocabulary(1000, **kw)
+    folded.load_state_dict(exact.state_dict())  # counted exactly before: the counts move into the sketch
+    folded.lookup(["bob"])
+    assert "bob" in folded
