@@ -5,8 +5,8 @@ per attempt: ~830 identical lines in 45 s drowned the worker's own. :class:`Repe
 log handlers and passes the first record of each *cause* (logger, level and message with its numbers
 masked, so ports, offsets and retry counts do not make a new cause), holds back the repeats for
 ``interval_s``, and appends ``[N more like this in the last S s]`` to the next one it passes. Records of
-other loggers pass untouched. ``on_suppressed`` counts each held-back line (the worker's
-``streamtrain_log_lines_suppressed_total``).
+other loggers pass untouched. ``on_suppressed`` counts each held-back line by the prefix it matched (the
+worker's ``streamtrain_log_lines_suppressed_total{logger}``).
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
         self._causes: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()  # cause -> [passed at, held]
 
-    def _mine(self, name: str) -> bool:
-        return any(name == p or name.startswith(p + ".") for p in self._prefixes)
+    def _prefix(self, name: str) -> str | None:
+        return next((p for p in self._prefixes if name == p or name.startswith(p + ".")), None)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._mine(record.name):
+        prefix = self._prefix(record.name)
+        if prefix is None:
             return True
         message = record.getMessage()
         cause = (record.name, record.levelno, _NUMBERS.sub("#", message)[:300])
@@ -65,7 +66,7 @@ class RepeatFilter(logging.Filter):
                     self._causes.popitem(last=False)
         if held:
             if self.on_suppressed is not None:
-                self.on_suppressed(record.name)
+                self.on_suppressed(prefix)  # the prefix, not the logger: a bounded label set
             return False
         if repeats:
             record.msg, record.args = f"{message} [{repeats} more like this in the last {now - entry[0]:.0f} s]", None

@@ -27,7 +27,7 @@ from streamtrain.distributed.exchange import StepExchange
 from streamtrain.distributed.lease import RunLease
 from streamtrain.distributed.startup import on_main, share_resume
 from streamtrain.ingest.pooled_source import PooledSource
-from streamtrain.log_limit import RepeatFilter
+from streamtrain.log_limit import CLIENT_LOGGERS, RepeatFilter
 from streamtrain.metrics import Metrics
 from streamtrain.worker.backoff import Backoff
 from streamtrain.worker.batcher import Batcher
@@ -250,6 +250,8 @@ def build_worker(
 
 def count_held_back_log_lines(metrics: Metrics) -> None:
     """Count the client log lines the CLI's :class:`RepeatFilter` holds back in this worker's metrics."""
+    for prefix in CLIENT_LOGGERS:
+        metrics.log_lines_suppressed.labels(logger=prefix)  # every series exists at 0, also without the CLI
     for handler in logging.getLogger().handlers:
         for f in handler.filters:
             if isinstance(f, RepeatFilter):
