@@ -88,12 +88,8 @@ class Trainer:
         self._rng = np.random.default_rng(seed)  # progressive-eval draws
         self._gen = torch.Generator().manual_seed(seed)  # row initialisation (CPU, device-independent)
         self.model = TwoTowerModel.from_config(mc).to(self.device)
-        self.user_vocab = IdVocabulary(
-            mc.user_capacity, admission_threshold=mc.admission_threshold, eviction_after_s=mc.eviction_after_s
-        )
-        self.item_vocab = IdVocabulary(
-            mc.item_capacity, admission_threshold=mc.admission_threshold, eviction_after_s=mc.eviction_after_s
-        )
+        self.user_vocab = IdVocabulary.from_config(mc, mc.user_capacity)
+        self.item_vocab = IdVocabulary.from_config(mc, mc.item_capacity)
         self.sparse_optimizer = RowSparseOptimizer(
             self.model.embedding_parameters(), algorithm=mc.optimizer, lr=mc.learning_rate
         )

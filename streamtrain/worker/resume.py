@@ -44,6 +44,7 @@ class ResumePoint:
     seconds: float = 0.0
     skipped: dict[PartitionKey, int] = field(default_factory=dict)
     trained_ranges: list[TrainedRange] = field(default_factory=list)  # test mode: the committed history
+    topic_ids: dict[str, str] = field(default_factory=dict)  # Kafka topic id per topic the offsets are of
 
 
 def kept_files_hint(files: CheckpointFiles, limit: int = 5) -> str:
@@ -117,6 +118,7 @@ def resume(
         seconds=seconds,
         skipped=dict(state.skipped),
         trained_ranges=history,
+        topic_ids=dict(state.topic_ids),
     )
 
 
