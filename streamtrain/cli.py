@@ -16,6 +16,7 @@ from typing import Sequence
 from streamtrain import __version__
 from streamtrain.config import Config, load_config
 from streamtrain.errors import ConfigError, StreamtrainError
+from streamtrain.log_limit import limit_client_logs
 
 __all__ = ["main", "build_parser", "quiet_library_logs"]
 
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     quiet_library_logs(config)
+    limit_client_logs(config.run.log_repeat_interval_s)
     try:
         return int(args.handler(args, config) or 0)
     except ConfigError as exc:

@@ -64,6 +64,10 @@ class _Section(BaseModel):
 
 class RunConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="namespaces Redis keys and checkpoints")
+    log_repeat_interval_s: float = Field(
+        30.0, ge=0, description="Kafka client log lines (and the worker's retry warnings) repeating one cause are "
+        "logged once per this many seconds, with a count of the ones held back; 0 keeps every line"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -96,9 +100,18 @@ class KafkaConfig(_Section):
     )
     session_timeout_s: float = Field(10.0, ge=6, le=300, description="consumer group session timeout")
     lag_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the broker for end offsets")
+    metadata_max_age_s: float = Field(
+        10.0, ge=1, le=300, description="how often the group consumer refreshes topic metadata, so partitions added "
+        "to the topic are assigned and read within about this long (kafka-python's own default is 300 s)"
+    )
     broker_unreachable_s: float = Field(
         30.0, gt=0, description="/readyz fails when no broker round trip succeeded for this long after a failure, "
         "or polls kept failing this long; must exceed kafka.lag_interval_s + 2"
+    )
+    on_topic_recreated: Literal["fail", "restart"] = Field(
+        "fail", description="the topic's id (Kafka's UUID of the topic) differs from the one the run's checkpoint "
+        "recorded, i.e. the topic was deleted and recreated: fail (stop before training; the default) or restart "
+        "(train the new log from its start; the old log's untrained rest is gone either way)"
     )
     dead_letter_max_bytes: int = Field(
         1 << 20, ge=16384, description="largest dead letter sent in full (producer max_request_size and the "
@@ -137,8 +150,18 @@ class ModelConfig(_Section):
     normalize: bool = True
     user_capacity: int = Field(1_000_000, ge=2)
     item_capacity: int = Field(1_000_000, ge=2)
-    admission_threshold: int = Field(1, ge=1, description="sightings before an id gets its own row")
-    eviction_after_s: float | None = Field(None, gt=0, description="free rows of ids unseen this long; None = never")
+    admission_threshold: int = Field(
+        1, ge=1, le=255, description="sightings before an id gets its own row (2+ keeps a flood of one-off ids out)"
+    )
+    admission_counter: Literal["sketch", "exact"] = Field(
+        "sketch", description="where sightings below admission_threshold are counted: sketch (count-min, 8 bytes "
+        "per row of capacity, may admit ~2 in 100 one-off ids early) or exact (up to capacity ids, ~56 bytes each)"
+    )
+    eviction_after_s: float | None = Field(
+        0.0, ge=0, description="at capacity, rows of ids unseen this long (event time) are reused, least recently "
+        "seen first; 0 = any row the batch does not use (LRU); None = never: a full table freezes and every later "
+        "new id trains on the shared fallback row"
+    )
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
     init_std: float = Field(0.1, gt=0)

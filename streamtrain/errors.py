@@ -1,6 +1,6 @@
 """The root of streamtrain's exceptions, so callers can catch everything from one place."""
 
-__all__ = ["StreamtrainError", "ConfigError", "WorkerError", "ResumeError", "CheckpointError", "OffsetsBackwardsError", "StateStoreError", "FencedError"]
+__all__ = ["StreamtrainError", "ConfigError", "WorkerError", "ResumeError", "CheckpointError", "OffsetsBackwardsError", "StateStoreError", "FencedError", "LeaseLostError", "LeaseExpiredError"]
 
 
 class StreamtrainError(Exception):
@@ -54,3 +54,19 @@ class FencedError(StateStoreError):
 
     Two workers must not share a run name; this worker stops instead of overwriting the other's state.
     """
+
+
+class LeaseLostError(FencedError):
+    """Another job holds the run's lease (this one was paused or cut off past ``distributed.lease_ttl_s``).
+
+    The worker writes nothing more (no checkpoint, no Redis record, no Kafka commit) and exits non-zero;
+    the holder carries on with the run.
+    """
+
+    def __init__(self, operation: str, message: str) -> None:
+        WorkerError.__init__(self, message)  # not "redis <operation>: ...": Redis worked, the job lost the run
+        self.operation = operation
+
+
+class LeaseExpiredError(StateStoreError):
+    """The run's lease expired and nobody holds it: no write until the heartbeat takes it back (retried)."""

@@ -7,8 +7,8 @@ from the trainer: ``("assign", generation, {partition key: next offset | EARLIES
   assignment and drops the open batch; ``{}`` stops reading), ``("free", slot)``, ``("flush",)``,
   ``("stop",)``;
 to the trainer: ``("batch", slot)`` (a slot holds a ready batch, :mod:`streamtrain.ingest.slots`),
-  ``("packed", arrays)`` (one that did not fit a slot), ``("reset", key, stored, new)`` (the log no
-  longer holds ``stored``), ``("ack", generation)`` (first fetch of an assignment done),
+  ``("packed", arrays)`` (one that did not fit a slot), ``("reset", key, stored, new, log start)`` (the
+  log no longer holds ``stored``), ``("ack", generation)`` (first fetch of an assignment done),
   ``("status", pending, last_message_at, poll_ok, error, counters)``,
   ``("fatal", text)``.
 
@@ -36,6 +36,7 @@ from streamtrain.ingest.counters import CounterSnapshot
 from streamtrain.ingest.fetch import Fetched, Fetcher, FetchError, KafkaPythonFetcher, OutOfRange
 from streamtrain.ingest.fetch_confluent import ConfluentFetcher
 from streamtrain.ingest.slots import SlotLayout, pack
+from streamtrain.log_limit import limit_client_logs
 from streamtrain.metrics import Metrics
 from streamtrain.events.ids import KeyedIds
 from streamtrain.ingest.batcher import Batcher
@@ -180,7 +181,7 @@ class IngestChild:
             start, end = marks[key]
             new = start if stored < start else end if stored > end else stored
             self.fetcher.seek(key, new)
-            self._send(("reset", key, stored, new))
+            self._send(("reset", key, stored, new, start))
 
     def _publish(self, batch: MicroBatch) -> None:
         while self._dl_unflushed:
@@ -242,9 +243,13 @@ def main(index: int, conn: Connection, shm_name: str, layout: SlotLayout, count:
     for noisy in ("kafka", "streamtrain.ingest.fetch_confluent"):
         if settings.get("log_level", "INFO") != "DEBUG":
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    repeat = limit_client_logs(settings.get("log_repeat_interval_s", 30.0))
     shm = SharedMemory(name=shm_name)
     try:
-        IngestChild(index, conn, shm, layout, count, settings).run()
+        child = IngestChild(index, conn, shm, layout, count, settings)
+        if repeat is not None:  # held-back lines reach the trainer's /metrics with the other counters
+            repeat.on_suppressed = lambda name: child.metrics.log_lines_suppressed.labels(logger=name).inc()
+        child.run()
     except Exception as exc:
         log.exception("ingest %d failed", index)
         try:

@@ -89,9 +89,10 @@ class PooledSource(KafkaSource):
         if batch.release is not None:
             batch.release()
 
-    def _reset_from_pool(self, key: PartitionKey, stored: int, new: int) -> None:
-        self._metrics.kafka_errors.labels(operation="offset_out_of_range").inc()
-        self._hooks.on_offset_reset(key, stored, new)
+    def _reset_from_pool(self, key: PartitionKey, stored: int, new: int, log_start: int | None = None) -> None:
+        # Counted once, by the ingest process (its counters reach this registry); counting here too made
+        # one reset read as two.
+        self._hooks.on_offset_reset(key, stored, new, log_start)
 
     def _health_from_pool(self, ok: bool, error: str) -> None:
         if ok:

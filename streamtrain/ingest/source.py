@@ -58,7 +58,7 @@ class SourceHooks(Protocol):
 
     def trained_offsets(self) -> Mapping[PartitionKey, int]: ...
 
-    def on_offset_reset(self, key: PartitionKey, stored: int, new: int) -> None:
+    def on_offset_reset(self, key: PartitionKey, stored: int, new: int, log_start: int | None = None) -> None:
         """The log no longer holds ``stored``; reading resumes at ``new`` (log start or end)."""
         ...
 
@@ -332,7 +332,7 @@ class KafkaSource:
             stored, start, end = int(positions[tp]), int(starts[tp]), int(ends[tp])
             new = start if stored < start else end if stored > end else stored
             self._consumer.seek(tp, new)
-            self._hooks.on_offset_reset((tp[0], tp[1]), stored, new)
+            self._hooks.on_offset_reset((tp[0], tp[1]), stored, new, start)
 
     def _decode(self, tp: Any, records: list[Any], now: float) -> list[MicroBatch]:
         values = [r.value for r in records]
@@ -393,8 +393,8 @@ class KafkaSource:
             if position is None:
                 self._consumer.pause(tp)
                 self.fatal = WorkerError(
-                    f"partition {key[0]}[{key[1]}] has no stored offset in this run's state; "
-                    "refusing to guess (use --fresh to discard the run's state and start from the beginning)"
+                    f"partition {key[0]}[{key[1]}] has no stored offset in this run's state although the run "
+                    "owned it (a higher partition of the topic has one); refusing to guess (use --fresh to discard the run's state and start from the beginning)"
                 )
                 log.error("%s", self.fatal)
                 continue

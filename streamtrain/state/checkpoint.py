@@ -2,7 +2,8 @@
 
 :meth:`Checkpointer.commit` runs these steps; each step starts only when the previous one succeeded:
 
-0. Refuse offsets that go backwards (smaller than the last committed next offset of a partition).
+0. Refuse offsets that go backwards (smaller than the last committed next offset of a partition), and
+   write nothing while the run's lease is not this job's (checked again, atomically, in step 3).
 1. Flush the dead-letter producer, so every rejected message before the new offsets is durable. A
    letter the producer or broker refuses is replaced by a bounded record of it (see
    :mod:`streamtrain.ingest.dead_letter`), so a refused letter cannot block checkpoints for good.
@@ -51,7 +52,14 @@ from streamtrain.metrics import Metrics
 from streamtrain.events.records import PartitionKey
 from streamtrain.state.files import CheckpointFiles
 from streamtrain.state.restore_point import RestorePoint, pack
-from streamtrain.errors import CheckpointError, FencedError, OffsetsBackwardsError, StateStoreError
+from streamtrain.errors import (
+    CheckpointError,
+    FencedError,
+    LeaseExpiredError,
+    LeaseLostError,
+    OffsetsBackwardsError,
+    StateStoreError,
+)
 from streamtrain.state.redis_store import RedisStateStore, TrainedRange, encode_array
 
 __all__ = ["Snapshot", "Checkpointer", "take_snapshot", "detached_copy"]
@@ -212,6 +220,14 @@ class Checkpointer:
             if new is not None and new < previous:
                 raise OffsetsBackwardsError(0, f"{key[0]}[{key[1]}] next offset {new} < committed {previous}")
 
+        # A job that lost the run's lease writes nothing, not even a file (checked again inside step 3).
+        check_lease = getattr(self._store, "check_lease", None)
+        if check_lease is not None:
+            try:
+                check_lease()
+            except (LeaseLostError, LeaseExpiredError) as exc:
+                raise CheckpointError(0, str(exc)) from exc
+
         # Step 1: dead letters durable before any offset past them is stored.
         if not self._flush_dead_letters(self._flush_timeout_s):
             raise CheckpointError(1, "dead-letter producer did not acknowledge every record")
@@ -220,7 +236,7 @@ class Checkpointer:
         ranges = None if self.history_ranges is None else [*self.history_ranges, *snap.trained_ranges]
         encoded = {name: encode_array(array) for name, array in snap.shared_state.items()}
         point = RestorePoint(snap.checkpoint_id, self._files.writer, snap.step, snap.events, snap.offsets,
-                             snap.shared_state, snap.skipped, ranges)
+                             snap.shared_state, snap.skipped, ranges, dict(getattr(self._store, "topic_ids", {})))
         target = self._files.path(snap.checkpoint_id)
         try:
             written = self._files.write(snap.checkpoint_id, pack(snap.file_state, point, encoded))
@@ -242,6 +258,9 @@ class Checkpointer:
                 writer=self._files.writer,
                 skipped=snap.skipped,
             )
+        except LeaseExpiredError as exc:
+            self._files.remove(written.path)
+            raise CheckpointError(3, str(exc)) from exc
         except FencedError as exc:
             self._metrics.redis_errors.labels(operation=exc.operation).inc()
             self._metrics.redis_connected.set(1)  # Redis answered; it said no

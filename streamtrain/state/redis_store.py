@@ -5,6 +5,7 @@ Keys (``ns`` = ``<redis.key_prefix>:<run.name>``):
 =========================  ====  ==============================================================
 ``ns:meta``                hash  checkpoint_id, file, digest (sha256 of the file), writer, events, step,
                                  timestamp, skipped (JSON: offsets lost to retention per partition), format,
+                                 topic_ids (JSON topic -> Kafka topic id: which incarnation the offsets are of),
                                  world_size and partition_map (JSON rank -> partitions; "group" for W = 1)
 ``ns:offsets``             hash  ``<topic>:<partition>`` → next offset to train (-2: earliest)
 ``ns:state``               hash  shared-state name → ``.npy`` bytes (dtype + shape + data)
@@ -32,7 +33,7 @@ import numpy as np
 import redis
 
 from streamtrain.events.records import PartitionKey
-from streamtrain.errors import FencedError, StateStoreError
+from streamtrain.errors import FencedError, LeaseExpiredError, LeaseLostError, StateStoreError
 
 __all__ = ["redis_client", "state_store", "StoredState", "RedisStateStore", "encode_array", "decode_array", "TrainedRange"]
 
@@ -74,6 +75,7 @@ class StoredState:
     digest: str | None = None  # sha256 of the committed file; None for state written before digests
     writer: str | None = None
     skipped: dict[PartitionKey, int] = field(default_factory=dict)
+    topic_ids: dict[str, str] = field(default_factory=dict)  # {} for state written before topic ids
 
 
 def _offset_field(key: PartitionKey) -> str:
@@ -98,6 +100,10 @@ class RedisStateStore:
         self.ranges_key = f"{namespace}:trained_ranges"
         # Extra ns:meta fields of every commit: the job's layout (world_size, partition_map; see distributed/).
         self.layout: dict[str, str] = {}
+        # Kafka topic id per topic, recorded with every commit (streamtrain/worker/topic_identity.py).
+        self.topic_ids: dict[str, str] = {}
+        # (key, value) of the run's lease when one guards it: a commit applies only while Redis holds our value.
+        self.lease: tuple[str, str] | None = None
 
     def load(self) -> StoredState | None:
         """The committed state, or None when this run has none; called once at start."""
@@ -122,9 +128,40 @@ class RedisStateStore:
                 digest=m.get("digest"),
                 writer=m.get("writer"),
                 skipped={_parse_offset_field(k): int(v) for k, v in json.loads(m.get("skipped", "{}")).items()},
+                topic_ids={str(k): str(v) for k, v in json.loads(m.get("topic_ids", "{}")).items()},
             )
         except (KeyError, ValueError) as exc:
             raise StateStoreError("load", f"state under {self.namespace} is malformed: {exc}") from exc
+
+    def check_lease(self) -> None:
+        """Raise unless this job holds the run's lease (no-op without one); checkpoints call it before writing.
+
+        Raises:
+            LeaseLostError: another job holds it (fatal: write nothing more).
+            LeaseExpiredError: nobody holds it (retried once the heartbeat has taken it back).
+        A Redis failure is left to the commit's transaction, which counts and reports it.
+        """
+        if self.lease is None:
+            return
+        try:
+            current = self._client.get(self.lease[0])
+        except redis.RedisError:
+            return
+        self._judge_lease(current)
+
+    def _judge_lease(self, current: bytes | None) -> None:
+        assert self.lease is not None
+        key, value = self.lease
+        if current is None:
+            raise LeaseExpiredError("commit", f"the run's lease {key} expired and nobody holds it; not writing "
+                                              "until the heartbeat takes it back")
+        if current.decode(errors="replace") != value:
+            holder = current.decode(errors="replace")
+            try:
+                holder = str(json.loads(holder).get("holder", holder))
+            except (ValueError, AttributeError):
+                pass
+            raise LeaseLostError("commit", f"the run's lease {key} is held by {holder}, not by this job")
 
     def checkpoint_id(self) -> int | None:
         """The committed checkpoint id alone (cheap; used to resolve an ambiguous failed commit)."""
@@ -178,45 +215,61 @@ class RedisStateStore:
             "skipped": json.dumps({_offset_field(k): int(v) for k, v in (skipped or {}).items()}),
         }
         meta.update(self.layout)
+        if self.topic_ids:
+            meta["topic_ids"] = json.dumps(self.topic_ids, sort_keys=True)
         if digest is not None:
             meta["digest"] = digest
         if writer is not None:
             meta["writer"] = writer
         ranges = None if trained_ranges is None else [json.dumps(list(r)) for r in trained_ranges]
-        try:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.watch(self.meta_key)
-                raw = pipe.hget(self.meta_key, "checkpoint_id")
-                current = None if raw is None else int(raw)
-                if current is None and allowed - {None}:
-                    # Redis lost the run's keys (restarted without persistence, flushed): the worker's
-                    # memory holds the complete state, so writing it back is the recovery.
-                    log.warning("%s is gone from Redis; rewriting the run's state from memory", self.meta_key)
-                elif current not in allowed:
-                    raise FencedError(
-                        "commit",
-                        f"{self.meta_key} holds checkpoint {current}, expected one of {sorted(allowed, key=str)}: "
-                        "another worker is writing this run",
-                    )
-                pipe.multi()
-                pipe.delete(self.state_key, self.offsets_key)
-                if encoded:
-                    pipe.hset(self.state_key, mapping=encoded)
-                if offsets:
-                    pipe.hset(self.offsets_key, mapping={_offset_field(k): str(v) for k, v in offsets.items()})
-                pipe.delete(self.meta_key)  # no field of an older format survives (e.g. a digest)
-                pipe.hset(self.meta_key, mapping=meta)
-                if ranges is not None:
-                    pipe.delete(self.ranges_key)
-                    if ranges:
-                        pipe.rpush(self.ranges_key, *ranges)
-                pipe.execute()
-        except redis.WatchError as exc:
+        # The lease key is WATCHed too, and the heartbeat's renewal (PEXPIRE) also trips a WATCH: such a
+        # transaction is tried again, and the re-read then tells a renewal from another writer.
+        attempts = 5 if self.lease is not None else 1
+        for attempt in range(attempts):
+            try:
+                with self._client.pipeline(transaction=True) as pipe:
+                    self._transaction(pipe, allowed, encoded, offsets, meta, ranges)
+                return
+            except redis.WatchError as exc:
+                if attempt + 1 < attempts:
+                    continue
+                raise FencedError(
+                    "commit", f"{self.meta_key} or the run's lease changed during the transaction: another worker "
+                    "is writing this run"
+                ) from exc
+            except redis.RedisError as exc:
+                raise StateStoreError("commit", str(exc)) from exc
+
+    def _transaction(self, pipe: Any, allowed: set[int | None], encoded: Mapping[str, bytes],
+                     offsets: Mapping[PartitionKey, int], meta: Mapping[str, str], ranges: list[str] | None) -> None:
+        pipe.watch(self.meta_key, *([self.lease[0]] if self.lease is not None else []))
+        if self.lease is not None:  # WATCHed: the lease cannot change hands before EXEC applies
+            self._judge_lease(pipe.get(self.lease[0]))
+        raw = pipe.hget(self.meta_key, "checkpoint_id")
+        current = None if raw is None else int(raw)
+        if current is None and allowed - {None}:
+            # Redis lost the run's keys (restarted without persistence, flushed): the worker's
+            # memory holds the complete state, so writing it back is the recovery.
+            log.warning("%s is gone from Redis; rewriting the run's state from memory", self.meta_key)
+        elif current not in allowed:
             raise FencedError(
-                "commit", f"{self.meta_key} changed during the transaction: another worker is writing this run"
-            ) from exc
-        except redis.RedisError as exc:
-            raise StateStoreError("commit", str(exc)) from exc
+                "commit",
+                f"{self.meta_key} holds checkpoint {current}, expected one of {sorted(allowed, key=str)}: "
+                "another worker is writing this run",
+            )
+        pipe.multi()
+        pipe.delete(self.state_key, self.offsets_key)
+        if encoded:
+            pipe.hset(self.state_key, mapping=encoded)
+        if offsets:
+            pipe.hset(self.offsets_key, mapping={_offset_field(k): str(v) for k, v in offsets.items()})
+        pipe.delete(self.meta_key)  # no field of an older format survives (e.g. a digest)
+        pipe.hset(self.meta_key, mapping=meta)
+        if ranges is not None:
+            pipe.delete(self.ranges_key)
+            if ranges:
+                pipe.rpush(self.ranges_key, *ranges)
+        pipe.execute()
 
     def load_layout(self) -> dict[str, str]:
         """world_size and partition_map of the last commit ({} before the first, or state before them)."""

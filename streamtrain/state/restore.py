@@ -83,6 +83,7 @@ def restore_from_file(
     ranges = point.trained_ranges if record_ranges else None
     if record_ranges and ranges is None:
         ranges = []
+    store.topic_ids = dict(point.topic_ids)  # the restored offsets are of the topic the file names
     try:
         store.commit(
             checkpoint_id=point.checkpoint_id,
@@ -126,4 +127,5 @@ def restore_from_file(
         seconds=seconds,
         skipped=dict(point.skipped),
         trained_ranges=list(ranges or []),
+        topic_ids=dict(point.topic_ids),
     )

@@ -53,6 +53,7 @@ class RestorePoint:
     shared: dict[str, np.ndarray]
     skipped: dict[PartitionKey, int] = field(default_factory=dict)
     trained_ranges: list[TrainedRange] | None = None  # None unless checkpoint.record_trained_ranges
+    topic_ids: dict[str, str] = field(default_factory=dict)  # Kafka topic id per topic ({} in older files)
 
 
 def pack(file_state: Mapping[str, Any], point: RestorePoint, encoded_shared: Mapping[str, bytes] | None = None) -> dict:
@@ -75,6 +76,7 @@ def pack(file_state: Mapping[str, Any], point: RestorePoint, encoded_shared: Map
             "skipped": {_key(k): int(v) for k, v in point.skipped.items()},
             "shared": dict(shared),
             "trained_ranges": None if point.trained_ranges is None else [list(r) for r in point.trained_ranges],
+            "topic_ids": dict(point.topic_ids),
         },
     }
 
@@ -101,6 +103,7 @@ def unpack(payload: Mapping[str, Any]) -> tuple[dict[str, Any], RestorePoint | N
             shared={k: decode_array(v) for k, v in raw["shared"].items()},
             skipped={_parse(k): int(v) for k, v in raw.get("skipped", {}).items()},
             trained_ranges=None if ranges is None else [tuple(r) for r in ranges],  # type: ignore[misc]
+            topic_ids={str(k): str(v) for k, v in raw.get("topic_ids", {}).items()},
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed restore point: {exc!r}") from exc
@@ -119,6 +122,7 @@ class ResumePoint:
     seconds: float = 0.0
     skipped: dict[PartitionKey, int] = field(default_factory=dict)
     trained_ranges: list[TrainedRange] = field(default_factory=list)  # test mode: the committed history
+    topic_ids: dict[str, str] = field(default_factory=dict)  # Kafka topic id per topic the offsets are of
 
 
 def kept_files_hint(files: CheckpointFiles, limit: int = 5) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from streamtrain.backoff import Backoff
 from streamtrain.state.checkpoint import Checkpointer, Snapshot
-from streamtrain.errors import CheckpointError, FencedError, OffsetsBackwardsError, WorkerError
+from streamtrain.errors import CheckpointError, FencedError, LeaseLostError, OffsetsBackwardsError, WorkerError
 
 __all__ = ["CheckpointRunner"]
 
@@ -110,7 +110,10 @@ class CheckpointRunner:
         except CheckpointError as exc:
             delay = self._backoff.next_delay()
             self._not_before = self._clock() + delay
-            if isinstance(exc, OffsetsBackwardsError) or isinstance(exc.__cause__, FencedError):
+            if isinstance(exc.__cause__, LeaseLostError):
+                self.fatal = exc  # the worker says it once, in one line (Worker.lease_lost)
+                log.debug("checkpoint %d refused: %s", snap.checkpoint_id, exc)
+            elif isinstance(exc, OffsetsBackwardsError) or isinstance(exc.__cause__, FencedError):
                 self.fatal = exc
                 log.error("checkpoint %d refused: %s", snap.checkpoint_id, exc)
             else:

@@ -65,8 +65,7 @@ class TrainState:
     def from_config(cls, config: Config, device: torch.device) -> TrainState:
         mc, tc, seed = config.model, config.trainer, config.run.seed
         model = TwoTowerModel.from_config(mc).to(device)
-        vocab = lambda capacity: IdVocabulary(  # noqa: E731
-            capacity, admission_threshold=mc.admission_threshold, eviction_after_s=mc.eviction_after_s)
+        vocab = lambda capacity: IdVocabulary.from_config(mc, capacity)  # noqa: E731
         dense = model.dense_parameters()
         # capturable Adam keeps its step count on the device, so the finite-loss mask covers it too.
         dense_optimizers = {

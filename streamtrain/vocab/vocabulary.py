@@ -17,6 +17,8 @@ the ids this batch admits (their bytes are stored per row for export and serving
 Rows are handed out in order 1, 2, ...; when the table is full, rows unseen for more than
 ``eviction_after_s`` (event time when the batch carries it, else the clock passed in) are evicted,
 least recently seen first, and reused; a row the batch itself refers to is never evicted by it.
+``eviction_after_s=0`` (the configuration's default) is plain LRU at capacity: any row the batch does
+not use may go. Only ``None`` freezes a full table (every later new id then shares the fallback row).
 Candidates come from :class:`~streamtrain.vocab.eviction.EvictionQueue` (no scan per batch).
 Each lookup tells the caller which rows were (re)assigned so the model re-initialises them.
 
@@ -38,12 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamtrain.vocab.admission_sketch import SketchSightings
 from streamtrain.vocab.eviction import EvictionQueue
 from streamtrain.events.ids import KEY_FUNCTION, EncodedIds, KeyedIds, encode_ids, id_keys, keys_of_encoded
 from streamtrain.vocab.id_store import IdStore
 from streamtrain.vocab.key_table import KeyIndex
-from streamtrain.vocab.migration import VocabularyStateError, check_state, migrate_state
 from streamtrain.vocab.pending import PendingSightings
+from streamtrain.vocab.migration import VocabularyStateError, check_state, migrate_state
 
 __all__ = ["FALLBACK_ROW", "IdVocabulary", "VocabLookup", "VocabularyStateError", "stable_key"]
 
@@ -88,13 +91,17 @@ class IdVocabulary:
         eviction_after_s: float | None = None,
         clock: Callable[[], float] = time.time,
         max_pending: int | None = None,
+        admission_sketch_width: int | None = None,
     ) -> None:
+        """``admission_sketch_width``: count sightings below the admission threshold in a count-min sketch of
+        about this many cells per row (fixed memory; :mod:`streamtrain.vocab.admission_sketch`) instead of
+        exactly per id (``max_pending`` ids at most)."""
         if capacity < 2:
             raise ValueError(f"capacity must be >= 2 (row 0 is the fallback), got {capacity}")
         if admission_threshold < 1:
             raise ValueError(f"admission_threshold must be >= 1, got {admission_threshold}")
-        if eviction_after_s is not None and eviction_after_s <= 0:
-            raise ValueError(f"eviction_after_s must be > 0 or None, got {eviction_after_s}")
+        if eviction_after_s is not None and eviction_after_s < 0:
+            raise ValueError(f"eviction_after_s must be >= 0 or None, got {eviction_after_s}")
         self.capacity = capacity
         self.admission_threshold = admission_threshold
         self.eviction_after_s = eviction_after_s
@@ -106,6 +113,7 @@ class IdVocabulary:
         self._index = KeyIndex(capacity)  # key -> row, for rows that own an id
         self._ids = IdStore(capacity)
         self._pending = PendingSightings(self.max_pending)
+        self._sketch = SketchSightings(admission_sketch_width) if admission_sketch_width and admission_threshold > 1 else None
         self._next_row = 1  # rows [1, _next_row) have been handed out at least once
         self._free = np.zeros(0, dtype=np.int64)  # rows released and not yet reused (only via migration)
         self._sightings = 0  # events looked up with admit=True: the order pending ids are forgotten in
@@ -115,6 +123,21 @@ class IdVocabulary:
         self.fallback_total = 0  # lookups that ended on the fallback row (admit=True ones)
         self.evictions_total = 0
         self.admissions_total = 0
+        self.lookups_total = 0  # ids looked up with admit=True (the fallback share's denominator)
+        self.held_back_total = 0  # fallback sightings of ids below the admission threshold
+        self.table_full_total = 0  # fallback sightings of ids that qualified but found no free or evictable row
+
+    @classmethod
+    def from_config(cls, model: Any, capacity: int) -> IdVocabulary:
+        """A vocabulary of ``capacity`` rows with the admission and eviction rules of ``model`` (ModelConfig)."""
+        sketch = 2 * capacity if model.admission_counter == "sketch" else None
+        return cls(capacity, admission_threshold=model.admission_threshold, eviction_after_s=model.eviction_after_s,
+                   admission_sketch_width=sketch)
+
+    @property
+    def _counter(self) -> Any:
+        """Where sightings below the admission threshold are counted (the sketch, or exactly per id)."""
+        return self._sketch if self._sketch is not None else self._pending
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -167,11 +190,14 @@ class IdVocabulary:
         return np.setdiff1d(rows, self._free, assume_unique=True) if self._free.size else rows
 
     def stats(self) -> dict[str, int]:
-        """Counters for metrics: ids with a row, pending ids, fallbacks, evictions, admissions."""
+        """Counters for metrics: ids with a row, pending ids, lookups, fallbacks (and why), evictions, admissions."""
         return {
             "size": len(self),
             "pending": len(self._pending),
+            "lookups_total": self.lookups_total,
             "fallback_total": self.fallback_total,
+            "held_back_total": self.held_back_total,
+            "table_full_total": self.table_full_total,
             "evictions_total": self.evictions_total,
             "admissions_total": self.admissions_total,
         }
@@ -179,7 +205,8 @@ class IdVocabulary:
     def memory_bytes(self) -> int:
         """Bytes held by the arrays of this vocabulary (for benchmarks)."""
         arrays = self.row_keys.nbytes + self.last_seen.nbytes + self._free.nbytes + self._evictions.nbytes
-        return int(arrays + self._index.nbytes + self._ids.nbytes + self._pending.nbytes)
+        sketch = self._sketch.nbytes if self._sketch is not None else 0
+        return int(arrays + self._index.nbytes + self._ids.nbytes + self._pending.nbytes + sketch)
 
     # ------------------------------------------------------------------ the hot path
     def lookup(
@@ -228,6 +255,7 @@ class IdVocabulary:
             assigned = self._admit(ids, encoded, keys, rows, missing, now)
         owned = rows != FALLBACK_ROW
         self.fallback_total += n - int(np.count_nonzero(owned))
+        self.lookups_total += n
         if times is None:
             self.last_seen[rows[owned]] = now
         elif n:
@@ -235,6 +263,8 @@ class IdVocabulary:
             self._evictions.note_seen(float(times.min()))  # seen rows' new last_seen is at least this
         self._evictions.note_seen(now)  # rows assigned by this call
         self._sightings += n
+        if self._sketch is not None:
+            self._sketch.note_sightings(n)
         return VocabLookup(rows=rows, assigned=assigned)
 
     def _admit(
@@ -250,7 +280,7 @@ class IdVocabulary:
         rank = np.empty(len(missing), dtype=np.int64)
         rank[order] = np.arange(len(missing)) - group_start[inverse[order]]
         threshold = self.admission_threshold
-        prior = self._pending.counts_of(uniq) if threshold > 1 else np.zeros(len(uniq), np.int64)
+        prior = self._counter.counts_of(uniq) if threshold > 1 else np.zeros(len(uniq), np.int64)
         need = np.maximum(threshold - 1 - prior, 0)  # (u,) rank of the sighting that admits the id
         admitting = np.flatnonzero(rank == need[inverse])  # positions in `missing`, batch order
         admitted_u = inverse[admitting]  # (a,) ids in admission order
@@ -258,7 +288,12 @@ class IdVocabulary:
         got = len(new_rows)
         row_of_u = np.zeros(len(uniq), dtype=np.int64)
         row_of_u[admitted_u[:got]] = new_rows
-        rows[missing] = np.where(rank >= need[inverse], row_of_u[inverse], FALLBACK_ROW)
+        ready = rank >= need[inverse]  # (len(missing),) sightings at or past the admission threshold
+        rows[missing] = np.where(ready, row_of_u[inverse], FALLBACK_ROW)
+        refused = rows[missing] == FALLBACK_ROW
+        full = int(np.count_nonzero(refused & ready))
+        self.table_full_total += full
+        self.held_back_total += int(np.count_nonzero(refused)) - full
         if got:
             new_keys = uniq[admitted_u[:got]]
             self.row_keys[new_rows] = new_keys
@@ -287,8 +322,8 @@ class IdVocabulary:
         total[admitted_u[got:]] = self.admission_threshold - 1
         stays = np.ones(len(uniq), dtype=bool)
         stays[admitted_u[:got]] = False
-        self._pending.remove(uniq[~stays])
-        self._pending.set(uniq[stays], total[stays], self._sightings + last_pos[stays])
+        self._counter.remove(uniq[~stays])
+        self._counter.set(uniq[stays], total[stays], self._sightings + last_pos[stays])
 
     def _take_rows(self, k: int, now: float, batch_rows: np.ndarray) -> np.ndarray:
         """Up to ``k`` rows for new ids: free ones, never-used ones, then stale ones (evicted)."""
@@ -333,12 +368,16 @@ class IdVocabulary:
             "next_row": self._next_row,
             "free": self._free.copy(),
             **self._pending.state_dict(),
+            **(self._sketch.state_dict() if self._sketch is not None else {}),
             "sightings": self._sightings,
             **self._evictions.state_dict(),
             "counters": {
                 "fallback_total": self.fallback_total,
                 "evictions_total": self.evictions_total,
                 "admissions_total": self.admissions_total,
+                "lookups_total": self.lookups_total,
+                "held_back_total": self.held_back_total,
+                "table_full_total": self.table_full_total,
             },
         }
 
@@ -368,6 +407,12 @@ class IdVocabulary:
         self._free = np.asarray(state["free"], dtype=np.int64).copy()
         self._pending = PendingSightings(self.max_pending)
         self._pending.load_state_dict(state)
+        if self._sketch is not None:
+            self._sketch.load_state_dict(state)
+            if len(self._pending):  # written with the exact counter: its counts move into the sketch
+                pending = self._pending.state_dict()
+                self._sketch.set(np.frombuffer(pending["pending_ids"], "<i8").astype(np.int64), pending["pending_counts"])
+                self._pending = PendingSightings(self.max_pending)
         self._sightings = int(state["sightings"])
         self._evictions = EvictionQueue(max(4096, self.capacity // 64))
         self._evictions.load_state_dict(state)
@@ -375,4 +420,8 @@ class IdVocabulary:
         self.fallback_total = int(counters["fallback_total"])
         self.evictions_total = int(counters["evictions_total"])
         self.admissions_total = int(counters["admissions_total"])
+        # Counters added later: states written before them start these at 0.
+        self.lookups_total = int(counters.get("lookups_total", 0))
+        self.held_back_total = int(counters.get("held_back_total", 0))
+        self.table_full_total = int(counters.get("table_full_total", 0))
         self.keys_migrated = migrated
