@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from streamtrain.evaluation.progressive import covisit as covisit_baseline
+from streamtrain.evaluation import covisit as covisit_baseline
 from streamtrain.evaluation.covisit import CovisitBaseline
 from streamtrain.model.history import BatchOrder
 from streamtrain.vocab.vocabulary import FALLBACK_ROW
