@@ -9,7 +9,7 @@ synthesised times) -> :func:`produce_events` (encode, key by user, pace, send). 
 from streamtrain.replay.confluent_sink import ConfluentSink
 from streamtrain.replay.confluent_sink import confluent_producer as kafka_producer
 from streamtrain.replay.encoding import ChunkEncoder, EventChunk
-from streamtrain.replay.errors import ProduceError, ReplayError
+from streamtrain.replay.errors import ReplayError
 from streamtrain.replay.eventlog import EventLog, Order, ReadReport, read_log
 from streamtrain.replay.kafka_sink import (
     COMPRESSIONS,
@@ -21,6 +21,7 @@ from streamtrain.replay.producer import (
     BatchSink,
     DeliveryFailure,
     EventSink,
+    ProduceError,
     ProduceStats,
     Progress,
     SendError,

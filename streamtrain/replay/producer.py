@@ -22,7 +22,7 @@ from itertools import islice
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from streamtrain.replay.encoding import ChunkEncoder, Encoded, EventChunk
-from streamtrain.replay.errors import ProduceError
+from streamtrain.replay.errors import ReplayError
 from streamtrain.replay.pacing import Pacer, Unpaced
 from streamtrain.replay.records import ReplayEvent
 
@@ -31,6 +31,7 @@ __all__ = [
     "BatchSink",
     "DeliveryFailure",
     "EventSink",
+    "ProduceError",
     "ProduceStats",
     "Progress",
     "SendError",
@@ -220,6 +221,20 @@ class ProduceStats:
     @property
     def events_per_s(self) -> float:
         return self.produced / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+class ProduceError(ReplayError):
+    """Producing stopped part-way (broker unreachable, send refused).
+
+    Attributes:
+        stats: what was produced before the failure; ``stats.resume_at`` is the ``--start-at``
+            value that continues after the last event handed to the producer; the message says
+            whether those events were all settled (delivered or counted as failed).
+    """
+
+    def __init__(self, message: str, stats: ProduceStats) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 def chunk_events(events: Iterable[ReplayEvent], start_at: int = 0, size: int = 2048) -> Iterator[EventChunk]:
