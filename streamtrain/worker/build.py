@@ -128,7 +128,7 @@ def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, co
         # Every rank resolves every partition (fresh: all at the beginning) so the replicated progress,
         # and so rank 0's checkpoint, covers the partitions of all ranks, also the ones that stay empty.
         for p in partitions:
-            worker.resolve_position((source.topic, p))
+            worker.positions.resolve_position((source.topic, p))
         keys = partitions_for_rank(partitions, ctx.rank, ctx.world_size)
         if ctx.is_main:
             layout = json.dumps(partition_map(partitions, ctx.world_size), sort_keys=True)
@@ -334,7 +334,7 @@ class _Hooks:
         self._progress = progress
 
     def resolve_position(self, key: Any) -> int | None:
-        return self._worker[0].resolve_position(key)
+        return self._worker[0].positions.resolve_position(key)
 
     def on_revoked(self, keys: Any) -> None:
         self._worker[0].on_revoked(keys)
@@ -346,7 +346,7 @@ class _Hooks:
         return self._progress.last_event_times()
 
     def on_offset_reset(self, key: Any, stored: int, new: int, log_start: int | None = None) -> None:
-        self._worker[0].on_offset_reset(key, stored, new, log_start)
+        self._worker[0].positions.on_offset_reset(key, stored, new, log_start)
 
 
 def _kafka_clients(config: Config, metrics: Metrics) -> tuple[KafkaConsumer, KafkaProducer, DeadLetterSink]:
