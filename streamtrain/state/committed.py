@@ -21,8 +21,7 @@ from typing import Any
 
 import redis
 
-from streamtrain.errors import StateStoreError
-from streamtrain.state.redis_store import redis_client
+from streamtrain.state.redis_store import RedisStateStore, redis_client
 
 __all__ = ["CommittedCheckpoint", "CommittedLookup", "checkpoint_file_for_id", "committed_checkpoint",
            "redis_committed_lookup"]
@@ -55,29 +54,17 @@ CommittedLookup = Callable[[str], "CommittedCheckpoint | None"]
 def committed_checkpoint(client: redis.Redis, key_prefix: str, run: str) -> CommittedCheckpoint | None:
     """The checkpoint Redis names as committed for ``run``; None when the run has no state there.
 
-    Reads the two small hashes only (not the shared-state arrays). Raises StateStoreError when Redis
-    cannot be read or the stored meta is malformed.
+    Reads the two small hashes only (not the shared-state arrays), through the worker's own reader
+    (:meth:`RedisStateStore.load`). Raises StateStoreError when Redis cannot be read or the stored
+    meta is malformed.
     """
-    namespace = f"{key_prefix}:{run}"
-    try:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(f"{namespace}:meta").hgetall(f"{namespace}:offsets")
-            meta, offsets = pipe.execute()
-    except redis.RedisError as exc:
-        raise StateStoreError("read", str(exc)) from exc
-    if not meta:
+    state = RedisStateStore(client, f"{key_prefix}:{run}").load(shared=False, operation="read")
+    if state is None:
         return None
-    try:
-        m = {k.decode(): v.decode() for k, v in meta.items()}
-        return CommittedCheckpoint(
-            checkpoint_id=int(m["checkpoint_id"]),
-            file_name=m["file"],
-            events=int(m["events"]),
-            step=int(m["step"]),
-            offsets={k.decode(): int(v) for k, v in offsets.items()},
-        )
-    except (KeyError, ValueError) as exc:
-        raise StateStoreError("read", f"{namespace}:meta is malformed: {exc}") from exc
+    return CommittedCheckpoint(
+        checkpoint_id=state.checkpoint_id, file_name=state.file_name, events=state.events, step=state.step,
+        offsets={f"{topic}:{partition}": offset for (topic, partition), offset in state.offsets.items()},
+    )
 
 
 def redis_committed_lookup(config: Any) -> CommittedLookup:

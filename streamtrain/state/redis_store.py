@@ -105,14 +105,19 @@ class RedisStateStore:
         # (key, value) of the run's lease when one guards it: a commit applies only while Redis holds our value.
         self.lease: tuple[str, str] | None = None
 
-    def load(self) -> StoredState | None:
-        """The committed state, or None when this run has none; called once at start."""
+    def load(self, *, shared: bool = True, operation: str = "load") -> StoredState | None:
+        """The committed state, or None when this run has none; called once at start. ``shared=False``
+        reads the two small hashes only (what a reader outside the worker needs: which checkpoint is
+        committed), not the shared-state arrays. ``operation`` labels a failure for the metrics."""
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self.meta_key).hgetall(self.offsets_key).hgetall(self.state_key)
-                meta, offsets, state = pipe.execute()
+                pipe.hgetall(self.meta_key).hgetall(self.offsets_key)
+                if shared:
+                    pipe.hgetall(self.state_key)
+                meta, offsets, *rest = pipe.execute()
         except redis.RedisError as exc:
-            raise StateStoreError("load", str(exc)) from exc
+            raise StateStoreError(operation, str(exc)) from exc
+        state = rest[0] if rest else {}
         if not meta:
             return None
         try:
@@ -131,7 +136,7 @@ class RedisStateStore:
                 topic_ids={str(k): str(v) for k, v in json.loads(m.get("topic_ids", "{}")).items()},
             )
         except (KeyError, ValueError) as exc:
-            raise StateStoreError("load", f"state under {self.namespace} is malformed: {exc}") from exc
+            raise StateStoreError(operation, f"state under {self.namespace} is malformed: {exc}") from exc
 
     def check_lease(self) -> None:
         """Raise unless this job holds the run's lease (no-op without one); checkpoints call it before writing.
