@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 FALLBACK_ROW = 0
 STATE_FORMAT = 2
 _FALLBACK_KEY_ID = "\x00streamtrain-fallback"
+# Running totals, kept in the state so they survive restarts (stats() reports them for metrics).
+_COUNTERS = ("lookups_total", "fallback_total", "held_back_total", "table_full_total", "evictions_total",
+             "admissions_total")
+_LATER_COUNTERS = frozenset({"lookups_total", "held_back_total", "table_full_total"})  # not in older states
 
 
 def _uint8(raw: bytes | np.ndarray) -> np.ndarray:
@@ -191,16 +195,10 @@ class IdVocabulary:
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics: ids with a row, pending ids, lookups, fallbacks (and why), evictions, admissions."""
-        return {
-            "size": len(self),
-            "pending": len(self._pending),
-            "lookups_total": self.lookups_total,
-            "fallback_total": self.fallback_total,
-            "held_back_total": self.held_back_total,
-            "table_full_total": self.table_full_total,
-            "evictions_total": self.evictions_total,
-            "admissions_total": self.admissions_total,
-        }
+        return {"size": len(self), "pending": len(self._pending), **self._counters()}
+
+    def _counters(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     def memory_bytes(self) -> int:
         """Bytes held by the arrays of this vocabulary (for benchmarks)."""
@@ -371,14 +369,7 @@ class IdVocabulary:
             **(self._sketch.state_dict() if self._sketch is not None else {}),
             "sightings": self._sightings,
             **self._evictions.state_dict(),
-            "counters": {
-                "fallback_total": self.fallback_total,
-                "evictions_total": self.evictions_total,
-                "admissions_total": self.admissions_total,
-                "lookups_total": self.lookups_total,
-                "held_back_total": self.held_back_total,
-                "table_full_total": self.table_full_total,
-            },
+            "counters": self._counters(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -417,11 +408,6 @@ class IdVocabulary:
         self._evictions = EvictionQueue(max(4096, self.capacity // 64))
         self._evictions.load_state_dict(state)
         counters = state["counters"]
-        self.fallback_total = int(counters["fallback_total"])
-        self.evictions_total = int(counters["evictions_total"])
-        self.admissions_total = int(counters["admissions_total"])
-        # Counters added later: states written before them start these at 0.
-        self.lookups_total = int(counters.get("lookups_total", 0))
-        self.held_back_total = int(counters.get("held_back_total", 0))
-        self.table_full_total = int(counters.get("table_full_total", 0))
+        for name in _COUNTERS:  # a counter added later starts at 0 from a state written before it
+            setattr(self, name, int(counters.get(name, 0) if name in _LATER_COUNTERS else counters[name]))
         self.keys_migrated = migrated
