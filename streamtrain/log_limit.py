@@ -18,7 +18,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-__all__ = ["CLIENT_LOGGERS", "RepeatFilter", "limit_client_logs"]
+from streamtrain.metrics import Metrics
+
+__all__ = ["CLIENT_LOGGERS", "RepeatFilter", "count_held_back_log_lines", "limit_client_logs"]
 
 # kafka-python, the librdkafka logger the ingest processes pass to confluent-kafka, and the retry warnings
 # streamtrain itself writes on every failed poll or fetch.
@@ -83,3 +85,13 @@ def limit_client_logs(interval_s: float, *, on_suppressed: Callable[[str], None]
     for handler in handlers if handlers is not None else logging.getLogger().handlers:
         handler.addFilter(repeat)
     return repeat
+
+
+def count_held_back_log_lines(metrics: Metrics) -> None:
+    """Count the client log lines the CLI's :class:`RepeatFilter` holds back in this worker's metrics."""
+    for prefix in CLIENT_LOGGERS:
+        metrics.log_lines_suppressed.labels(logger=prefix)  # every series exists at 0, also without the CLI
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, RepeatFilter):
+                f.on_suppressed = lambda name: metrics.log_lines_suppressed.labels(logger=name).inc()

@@ -27,7 +27,7 @@ from streamtrain.distributed.exchange import StepExchange
 from streamtrain.distributed.lease import RunLease
 from streamtrain.distributed.startup import on_main, share_resume
 from streamtrain.ingest.pooled_source import PooledSource
-from streamtrain.log_limit import CLIENT_LOGGERS, RepeatFilter
+from streamtrain.log_limit import count_held_back_log_lines
 from streamtrain.metrics import Metrics
 from streamtrain.backoff import Backoff
 from streamtrain.ingest.batcher import Batcher
@@ -230,16 +230,6 @@ def build_worker(
         lease.on_lost = parts.worker.lease_lost
     parts.start_seconds = time.perf_counter() - t0
     return parts
-
-
-def count_held_back_log_lines(metrics: Metrics) -> None:
-    """Count the client log lines the CLI's :class:`RepeatFilter` holds back in this worker's metrics."""
-    for prefix in CLIENT_LOGGERS:
-        metrics.log_lines_suppressed.labels(logger=prefix)  # every series exists at 0, also without the CLI
-    for handler in logging.getLogger().handlers:
-        for f in handler.filters:
-            if isinstance(f, RepeatFilter):
-                f.on_suppressed = lambda name: metrics.log_lines_suppressed.labels(logger=name).inc()
 
 
 def take_lease(config: Config, client: redis.Redis, namespace: str, metrics: Metrics | None = None) -> RunLease | None:
