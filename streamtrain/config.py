@@ -147,6 +147,13 @@ class ModelConfig(_Section):
     history_decay: float = Field(
         0.8, gt=0, le=1, description="weight of an item k events old is decay^k (0.7-0.8 measured best on streams)"
     )
+    history_input: Literal["item", "context"] = Field(
+        "item", description="a history item's vector: the item tower's output (item) or its own context row "
+        "(context; a second item table, starts at zero); see streamtrain/model/history_encoder.py",
+    )
+    history_pooling: Literal["mean", "attention"] = Field(
+        "mean", description="decay-weighted mean, or one causal self-attention layer with positions (SASRec)"
+    )
 
 
 class UniformParams(_Section):
@@ -227,6 +234,11 @@ class TrainerConfig(_Section):
         20_000.0, gt=0,
         description="half-life, in events, of the counts behind the 'most popular recently' progressive baseline",
     )
+    extra_steps: int = Field(
+        0, ge=0, le=64, description="optimiser steps per micro-batch beyond the first, each on the batch plus up to "
+        "B events drawn from the last replay_window_events (streamtrain/training/replay.py)",
+    )
+    replay_window_events: int = Field(0, ge=0, description="recent events the extra steps draw from; 0 = the batch only")
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")

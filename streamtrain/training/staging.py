@@ -76,15 +76,19 @@ def apply_assigned(trainer: Trainer, found: Lookup, dev: list[torch.Tensor]) -> 
     tower = found.tower
     assigned, values = dev[1], dev[2]
     trainer.model.reinit_rows(tower, assigned, values=values)  # type: ignore[arg-type]
-    trainer.sparse_optimizer.reset_rows(trainer.model.tower(tower).embedding.weight, assigned)  # type: ignore[arg-type]
+    for table in trainer.model.row_tables(tower):  # type: ignore[arg-type]
+        trainer.sparse_optimizer.reset_rows(table, assigned)
     if tower == "item":
         trainer._item_keys[assigned] = dev[3]
         trainer.sampler.forget_rows(assigned)  # cache/bank entries of the row's old id
         trainer.popularity.forget_rows(assigned)
         if found.evicted:  # a fresh row is in no history yet
             trainer.model.history.forget_items(assigned)
+            trainer.replay.forget()
     else:
         trainer.model.history.forget_users(assigned)
+        if found.evicted:
+            trainer.replay.forget()
 
 
 def stage_batch(trainer: Trainer, batch: EventBatch, *, admit: bool = True) -> Staged:

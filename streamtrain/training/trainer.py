@@ -55,6 +55,7 @@ from streamtrain.training.device import autocast_context, resolve_device
 from streamtrain.training.guard import finite_flag, guarded_step
 from streamtrain.training.prefetch import BatchPrefetcher
 from streamtrain.training.readback import StatsReadback
+from streamtrain.training.replay import ReplaySteps
 from streamtrain.training.split_train import split_loss_and_grads, split_progressive
 from streamtrain.training.staging import Staged, apply_assigned, lookup_ids, stage_batch
 from streamtrain.training.state import (
@@ -128,6 +129,7 @@ class Trainer:
         self.model.reinit_rows("item", fallback, self._gen)
         self._item_keys = self._keys_on_device()  # (item_capacity,) int64 stable key per item row
         self.split: SplitExchange | None = None  # set by enable_split: W > 1 ranks share the step
+        self.replay = ReplaySteps(tc.extra_steps, tc.replay_window_events, self.model.history.length, seed, self.device)
 
     def enable_split(self, ctx: DistContext) -> None:
         """Train with the split step (docs/distributed.md, phase 2) on ``ctx``'s ranks: each rank
@@ -172,18 +174,22 @@ class Trainer:
         return history
 
     def _sampler_input(self, staged: Staged, history: torch.Tensor | None) -> SamplerInput:
+        return self._replay_input(staged.user_rows, staged.item_rows, history, staged.weights, staged.known)
+
+    def _replay_input(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
+                      weights: torch.Tensor | None, known: torch.Tensor) -> SamplerInput:
         keys = self._item_keys
         frequency = self.frequency
         return SamplerInput(
-            queries=self.model.query(staged.user_rows, history),  # (B, D)
-            pos_items=staged.item_rows,  # (B,)
-            pos_emb=self.model.item_tower(staged.item_rows),  # (B, D)
+            queries=self.model.query(users, history),  # (B, D)
+            pos_items=items,  # (B,)
+            pos_emb=self.model.item_tower(items),  # (B, D)
             embed_items=self.model.item_tower,  # (n,) -> (n, D)
             log_q=lambda rows: frequency.log_prob(keys[rows]),  # (n,) -> (n,)
-            known_items=staged.known,  # (N,)
+            known_items=known,  # (N,)
             temperature=self.model.temperature,
             num_item_rows=self.item_vocab.capacity,
-            weights=staged.weights,
+            weights=weights,
         )
 
     def _zero_grads(self) -> None:
@@ -260,6 +266,7 @@ class Trainer:
         if self.dense_optimizer is not None:
             guarded_step(self.dense_optimizer, apply, masked=self.mask_updates)
         self._zero_grads()
+        self.replay.run(self, staged.user_rows, staged.item_rows, history, staged.weights, staged.known)
         self._step += 1
 
         with torch.no_grad():
@@ -357,12 +364,15 @@ class Trainer:
             "rng": {"numpy": self._rng.bit_generator.state, "torch": self._gen.get_state()},
             "progressive": self.progressive.state_dict(),
             "popularity": self.popularity.state_dict(),
+            "replay": self.replay.state_dict(),
             # What the tensors cannot tell a reader (eval, export): both change scores, normalize the ranking.
             "model_settings": {
                 "normalize": self.config.model.normalize,
                 "temperature": self.config.model.temperature,
                 "user_features": self.model.user_features,
                 "history_decay": self.model.history_decay,
+                "history_input": self.model.encoder.history_input,
+                "history_pooling": self.model.encoder.pooling,
             },
         }
 
@@ -391,6 +401,8 @@ class Trainer:
                 raise TrainingError(f"checkpoint does not fit the configured model: {exc}") from exc
         else:  # a checkpoint from before the baselines: they restart from zero counts
             log.info("checkpoint has no popularity-baseline counts; the progressive baselines start from zero")
+        if "replay" in state:
+            self.replay.load_state_dict(state["replay"])
         self._step = int(state["step"])
         if self.split is not None:  # the rank's own draw stream, deterministic from the resume point
             self.split.reseed(self._step, self.device)
