@@ -137,6 +137,9 @@ class ModelConfig(_Section):
     eviction_after_s: float | None = Field(None, gt=0, description="free rows of ids unseen this long; None = never")
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
+    dense_learning_rate: float | None = Field(
+        None, gt=0, description="learning rate of the dense layers (MLP heads, attention); None = learning_rate",
+    )
     init_std: float = Field(0.1, gt=0)
     user_features: Literal["id", "history", "history+id"] = Field(
         "history",
@@ -150,6 +153,10 @@ class ModelConfig(_Section):
     history_input: Literal["item", "context"] = Field(
         "item", description="a history item's vector: the item tower's output (item) or its own context row "
         "(context; a second item table, starts at zero); see streamtrain/model/history_encoder.py",
+    )
+    new_item_init: Literal["random", "query"] = Field(
+        "random", description="a new item's row: N(0, init_std) noise, or the mean of the queries that took it "
+        "in the step that admitted it (after that step's evaluation; streamtrain/model/item_init.py)",
     )
     history_pooling: Literal["mean", "attention"] = Field(
         "mean", description="decay-weighted mean, or one causal self-attention layer with positions (SASRec)"

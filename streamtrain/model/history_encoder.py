@@ -54,6 +54,7 @@ class HistoryEncoder(nn.Module):
         rows = item_capacity if history_input == "context" else 1
         self.context = nn.Embedding(rows, dim, sparse=True)
         nn.init.zeros_(self.context.weight)
+        self.attention = _Attention(dim, length) if pooling == "attention" else None
 
     def forward(self, history: torch.Tensor, item_tower: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         b, h = history.shape
@@ -65,7 +66,10 @@ class HistoryEncoder(nn.Module):
         age = torch.arange(h - 1, -1, -1, device=history.device, dtype=emb.dtype)  # (H,)
         weight = valid.to(emb.dtype) * self.decay**age  # (B, H)
         total = weight.sum(1, keepdim=True).clamp(min=1e-6)  # (B, 1)
-        return torch.einsum("bh,bhd->bd", weight / total, emb)  # (B, D)
+        mean = torch.einsum("bh,bhd->bd", weight / total, emb)  # (B, D)
+        if self.attention is None:
+            return mean
+        return mean + self.attention(mean, emb, valid)  # (B, D)
 
     def row_tables(self) -> list[nn.Parameter]:
         """Tables indexed by item row (the context rows), empty when there are none."""
@@ -76,3 +80,31 @@ class HistoryEncoder(nn.Module):
         """Zero the context rows of item rows handed to new ids."""
         if self.history_input == "context" and rows.numel():
             self.context.weight.index_fill_(0, rows.to(self.context.weight.device), 0.0)
+
+
+class _Attention(nn.Module):
+    """One self-attention read of the history with learned positions, added to the decayed mean.
+
+    The query is the decayed mean (the newest items dominate it), keys and values are the items plus
+    a learned embedding of their position (age), so the layer learns which of the last H items, and
+    which ages, predict the next one (SASRec's causal layer at the newest position). The output
+    projection starts at zero: a fresh model *is* the mean-pooling tower and the attention grows from
+    there, which keeps the first steps of a stream as good as the mean's. No row is empty-safe by
+    itself: an all-empty history has no valid key, and its output is 0."""
+
+    def __init__(self, dim: int, length: int) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.randn(length, dim) * 0.02)  # (H, D), column H-1 newest
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(self.out.weight)
+        self.scale = dim**-0.5
+
+    def forward(self, mean: torch.Tensor, emb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = emb + self.position.to(emb.dtype)  # (B, H, D)
+        logits = torch.einsum("bd,bhd->bh", self.q(mean), self.k(x)) * self.scale  # (B, H)
+        logits = logits.float().masked_fill(~valid, -1e9)
+        attn = torch.softmax(logits, dim=1) * valid.any(1, keepdim=True)  # (B, H); 0 for an empty history
+        return self.out(torch.einsum("bh,bhd->bd", attn.to(x.dtype), self.v(x)))  # (B, D)

@@ -54,6 +54,7 @@ class Staged:
     weights: torch.Tensor | None
     order: OrderTensors | None
     known: torch.Tensor
+    new_items: torch.Tensor | None = None  # (n,) item rows assigned this step; None when none
 
 
 def lookup_ids(trainer: Trainer, tower: str, vocab: IdVocabulary, ids: np.ndarray, times: np.ndarray) -> Lookup:
@@ -120,4 +121,5 @@ def stage_batch(trainer: Trainer, batch: EventBatch, *, admit: bool = True) -> S
     return Staged(
         user_rows=split[0][0], item_rows=split[1][0], weights=split[2][0] if split[2] else None,
         order=OrderTensors(*split[3]) if split[3] else None, known=known,
+        new_items=split[1][1] if item.assigned.size else None,
     )

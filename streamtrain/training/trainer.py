@@ -45,6 +45,7 @@ from streamtrain.errors import StreamtrainError
 from streamtrain.evaluation import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch, object_array
 from streamtrain.frequency import build_frequency_estimator
+from streamtrain.model.item_init import init_new_items_from_queries
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary
@@ -100,10 +101,11 @@ class Trainer:
         dense = self.model.dense_parameters()
         cuda = self.device.type == "cuda"
         # capturable Adam keeps its step count on the device, so the finite-loss mask covers it too.
+        dense_lr = mc.dense_learning_rate or mc.learning_rate
         dense_optimizers = {
-            "adam": lambda: torch.optim.Adam(dense, lr=mc.learning_rate, capturable=cuda),
-            "adagrad": lambda: torch.optim.Adagrad(dense, lr=mc.learning_rate),
-            "sgd": lambda: torch.optim.SGD(dense, lr=mc.learning_rate),
+            "adam": lambda: torch.optim.Adam(dense, lr=dense_lr, capturable=cuda),
+            "adagrad": lambda: torch.optim.Adagrad(dense, lr=dense_lr),
+            "sgd": lambda: torch.optim.SGD(dense, lr=dense_lr),
         }
         self.dense_optimizer = dense_optimizers[mc.optimizer]() if dense else None
         self.sampler = build_sampler(config.sampler, batch_size=tc.batch_size, seed=seed, device=self.device)
@@ -248,6 +250,9 @@ class Trainer:
             else:
                 prog_sums = split_progressive(self, staged, history, sizes)
             base_sums = self.popularity.score(staged.item_rows, staged.known)  # (2 * (2K+1),) same positives
+        if self.config.model.new_item_init == "query" and staged.new_items is not None:
+            init_new_items_from_queries(self.model, staged.new_items, staged.item_rows,
+                                        self.model.query(staged.user_rows, history))
 
         self.frequency.update(self._item_keys[staged.item_rows])
         self.popularity.observe(staged.item_rows)
