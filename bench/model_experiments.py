@@ -20,13 +20,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from covisit_dense import stream_covisit  # noqa: E402
-from stream_quality import REPO, K, gowalla_stream, movielens_stream, run_variant, synthetic_stream  # noqa: E402
+from stream_quality import (  # noqa: E402
+    REPO, SEQ_SKEW, SEQ_TRANSITION, K, gowalla_stream, movielens_stream, run_variant, synthetic_stream,
+)
 
 
 def load(name: str, args: argparse.Namespace):
-    if name.startswith("synthetic"):
-        spec = name.removeprefix("synthetic-")
-        return synthetic_stream(spec, args.synthetic_events, args.seed)
+    if name == "synthetic-seq":
+        return synthetic_stream(SEQ_SKEW, args.synthetic_events, args.seed, SEQ_TRANSITION)
+    if name.startswith("synthetic-zipf"):
+        return synthetic_stream(float(name.removeprefix("synthetic-zipf")), args.synthetic_events, args.seed)
     if name == "movielens":
         return movielens_stream(args.movielens, args.max_events)
     return gowalla_stream(args.gowalla, args.max_events, args.seed)

@@ -150,7 +150,7 @@ class ModelConfig(_Section):
     history_decay: float = Field(
         0.8, gt=0, le=1, description="weight of an item k events old is decay^k (0.7-0.8 measured best on streams)"
     )
-    history_input: Literal["item", "context"] = Field(
+    history_input: Literal["item", "context", "both"] = Field(
         "item", description="a history item's vector: the item tower's output (item) or its own context row "
         "(context; a second item table, starts at zero); see streamtrain/model/history_encoder.py",
     )
@@ -246,6 +246,7 @@ class TrainerConfig(_Section):
         "B events drawn from the last replay_window_events (streamtrain/training/replay.py)",
     )
     replay_window_events: int = Field(0, ge=0, description="recent events the extra steps draw from; 0 = the batch only")
+    replay_reverse: bool = Field(False, description="extra steps also train each event read backwards (item -> the one before)")
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")

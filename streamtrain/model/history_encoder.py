@@ -29,9 +29,9 @@ from streamtrain.model.history import EMPTY
 
 __all__ = ["HISTORY_INPUTS", "HISTORY_POOLINGS", "HistoryEncoder"]
 
-HistoryInput = Literal["item", "context"]
+HistoryInput = Literal["item", "context", "both"]
 HistoryPooling = Literal["mean", "attention"]
-HISTORY_INPUTS: tuple[str, ...] = ("item", "context")
+HISTORY_INPUTS: tuple[str, ...] = ("item", "context", "both")
 HISTORY_POOLINGS: tuple[str, ...] = ("mean", "attention")
 
 
@@ -51,7 +51,7 @@ class HistoryEncoder(nn.Module):
         self.pooling = pooling
         self.decay = decay
         # A 1-row placeholder when unused, so every checkpoint has the same keys.
-        rows = item_capacity if history_input == "context" else 1
+        rows = item_capacity if history_input != "item" else 1
         self.context = nn.Embedding(rows, dim, sparse=True)
         nn.init.zeros_(self.context.weight)
         self.attention = _Attention(dim, length) if pooling == "attention" else None
@@ -60,7 +60,12 @@ class HistoryEncoder(nn.Module):
         b, h = history.shape
         valid = history != EMPTY  # (B, H)
         rows = history.clamp(min=0).reshape(-1)  # (B·H,); B = 0 on an idle rank of the split step
-        flat = self.context(rows) if self.history_input == "context" else item_tower(rows)
+        if self.history_input == "context":
+            flat = self.context(rows)
+        elif self.history_input == "item":
+            flat = item_tower(rows)
+        else:  # both: the item's own vector (symmetric similarity) plus its context row (what follows it)
+            flat = item_tower(rows) + self.context(rows)
         emb = flat.reshape(b, h, flat.shape[-1])  # (B, H, D)
         # Column H-1 is the newest item; older ones weigh decay^age.
         age = torch.arange(h - 1, -1, -1, device=history.device, dtype=emb.dtype)  # (H,)
@@ -73,12 +78,12 @@ class HistoryEncoder(nn.Module):
 
     def row_tables(self) -> list[nn.Parameter]:
         """Tables indexed by item row (the context rows), empty when there are none."""
-        return [self.context.weight] if self.history_input == "context" else []  # type: ignore[list-item]
+        return [self.context.weight] if self.history_input != "item" else []  # type: ignore[list-item]
 
     @torch.no_grad()
     def reset_rows(self, rows: torch.Tensor) -> None:
         """Zero the context rows of item rows handed to new ids."""
-        if self.history_input == "context" and rows.numel():
+        if self.history_input != "item" and rows.numel():
             self.context.weight.index_fill_(0, rows.to(self.context.weight.device), 0.0)
 
 

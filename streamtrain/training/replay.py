@@ -38,10 +38,11 @@ class ReplaySteps:
     """Ring of recent events (user row, item row, causal history, weight) and the extra steps."""
 
     def __init__(self, extra_steps: int, window_events: int, history_length: int, seed: int,
-                 device: torch.device) -> None:
+                 device: torch.device, reverse: bool = False) -> None:
         if extra_steps < 0 or window_events < 0:
             raise ValueError(f"extra_steps and window_events must be >= 0, got {extra_steps}, {window_events}")
         self.extra_steps = extra_steps
+        self.reverse = reverse
         self.window = window_events if extra_steps else 0
         self.device = device
         self._rng = np.random.default_rng([seed, 16])
@@ -99,6 +100,8 @@ class ReplaySteps:
                 i = torch.cat([items, self.items[idx]])
                 h = None if history is None else torch.cat([history, self.history[idx].long()])
                 w = torch.cat([torch.ones(b, device=self.device) if weights is None else weights, self.weights[idx]])
+            if self.reverse and h is not None:
+                u, i, h, w = self._with_reversed(u, i, h, w)
             trainer._zero_grads()
             with autocast_context(trainer.device, trainer.config.trainer.mixed_precision):
                 out = trainer.sampler.loss(trainer._replay_input(u, i, h, w, known), update_state=False)
@@ -110,6 +113,17 @@ class ReplaySteps:
                 guarded_step(trainer.dense_optimizer, apply, masked=trainer.mask_updates)
         trainer._zero_grads()
         self._push(users, items, history, weights)
+
+    def _with_reversed(self, u, i, h, w):
+        """Append, for each event, the pair read backwards: history = [its item], positive = the item
+        just before it (weight 0 where there is none). Co-visitation counts both directions."""
+        b, length = h.shape
+        prev = h[:, -1]  # (b,) newest item before each event
+        rev_h = torch.full_like(h, EMPTY)
+        rev_h[:, -1] = i
+        has = (prev != EMPTY).float()
+        w = torch.ones(b, device=self.device) if w is None else w
+        return (torch.cat([u, u]), torch.cat([i, prev.clamp(min=0)]), torch.cat([h, rev_h]), torch.cat([w, w * has]))
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -131,7 +131,8 @@ class Trainer:
         self.model.reinit_rows("item", fallback, self._gen)
         self._item_keys = self._keys_on_device()  # (item_capacity,) int64 stable key per item row
         self.split: SplitExchange | None = None  # set by enable_split: W > 1 ranks share the step
-        self.replay = ReplaySteps(tc.extra_steps, tc.replay_window_events, self.model.history.length, seed, self.device)
+        self.replay = ReplaySteps(tc.extra_steps, tc.replay_window_events, self.model.history.length, seed, self.device,
+                                  reverse=tc.replay_reverse)
 
     def enable_split(self, ctx: DistContext) -> None:
         """Train with the split step (docs/distributed.md, phase 2) on ``ctx``'s ranks: each rank
