@@ -10,8 +10,9 @@ What the query is built from (``user_features``, see docs/algorithms.md "The que
 * ``"history"``: the mean of the item-tower outputs of the user's last H items (weighted towards
   the newest by ``history_decay``) plus one shared learned vector (the user table's fallback row,
   which is all a user with no history gets: a learned "popular now" query), ``q = f(pool + e_0)``;
-* ``"history+id"``: the history query plus the user's own row, ``q = f(pool + e_0 + e_u)``; the own
-  row starts at zero, so a new user's query is the history's until their row has trained.
+* ``"history+id"``: the pooled history plus the user's own row, ``q = f(pool + e_u)``; the own row
+  starts as a copy of the shared row ``e_0``, so a new user's query is the history tower's until
+  their row has trained (a random start would be noise in every new user's query).
 
 ``f`` is the user tower's head and norm. The histories live in :class:`UserHistory`, a buffer of
 this module, so checkpoints, ``eval`` and ``export`` carry them; training passes each event's
@@ -157,12 +158,8 @@ class TwoTowerModel(nn.Module):
         ignored by an id-only model."""
         if not self.uses_history or history is None:
             return self.user(user_rows)
-        x = self.user.embedding(torch.zeros_like(user_rows)) + self._pool(history)  # (B, D) shared row + history
-        if self.user_features == "history+id":
-            # The user's own row starts at zero (reinit_rows), so it adds nothing until it has trained;
-            # row 0 (unknown users) is the shared row already.
-            own = self.user.embedding(user_rows) * (user_rows != 0).unsqueeze(1).to(x.dtype)  # (B, D)
-            x = x + own
+        own = user_rows if self.user_features == "history+id" else torch.zeros_like(user_rows)
+        x = self.user.embedding(own) + self._pool(history)  # (B, D)
         return self.user.finish(x)
 
     def _pool(self, history: torch.Tensor) -> torch.Tensor:
@@ -210,10 +207,13 @@ class TwoTowerModel(nn.Module):
         if values is None:
             assert generator is not None, "reinit_rows needs values or a generator"
             values = self.init_values(rows.numel(), generator)  # (n, D)
+        rows = rows.to(weight.device)
+        values = values.to(weight.device, weight.dtype)
         if name == "user" and self.user_features == "history+id":
-            # A new user's own row starts at zero: the query is the history's until the row has trained
-            # (a random row would be noise added to every new user's query). Row 0, shared, keeps its values.
-            values = values * (rows == 0).to(values.device).unsqueeze(1).to(values.dtype)
-        weight.index_copy_(0, rows.to(weight.device), values.to(weight.device, weight.dtype))
+            # A new user's own row starts as a copy of the shared row 0 (the query of a user with no row):
+            # the query is exactly the history tower's until the row has trained; a random row would add
+            # noise to every new user's query. Row 0 itself keeps its values. On the device: no sync.
+            values = torch.where((rows == 0).unsqueeze(1), values, weight[0].detach().expand_as(values))
+        weight.index_copy_(0, rows, values)
         if name == "item":
             self.encoder.reset_rows(rows)
