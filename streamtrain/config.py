@@ -148,14 +148,15 @@ class ModelConfig(_Section):
     )
     history_length: int = Field(20, ge=1, le=1024, description="items per user kept for the history query")
     history_decay: float = Field(
-        0.8, gt=0, le=1, description="weight of an item k events old is decay^k (0.7-0.8 measured best on streams)"
+        0.7, gt=0, le=1, description="weight of an item k events old is decay^k (0.7 measured best on streams, issue 16)"
     )
     history_input: Literal["item", "context", "both"] = Field(
-        "item", description="a history item's vector: the item tower's output (item) or its own context row "
-        "(context; a second item table, starts at zero); see streamtrain/model/history_encoder.py",
+        "both", description="a history item's vector: the item tower's output (item), its own context row "
+        "(context; a second item table, starts at zero), or their sum (both, the default: +5% over context and "
+        "+18% over item on MovieLens); see streamtrain/model/history_encoder.py",
     )
     new_item_init: Literal["random", "query"] = Field(
-        "random", description="a new item's row: N(0, init_std) noise, or the mean of the queries that took it "
+        "query", description="a new item's row: N(0, init_std) noise, or the mean of the queries that took it "
         "in the step that admitted it (after that step's evaluation; streamtrain/model/item_init.py)",
     )
     history_pooling: Literal["mean", "attention"] = Field(
@@ -242,10 +243,12 @@ class TrainerConfig(_Section):
         description="half-life, in events, of the counts behind the 'most popular recently' progressive baseline",
     )
     extra_steps: int = Field(
-        0, ge=0, le=64, description="optimiser steps per micro-batch beyond the first, each on the batch plus up to "
+        3, ge=0, le=64, description="optimiser steps per micro-batch beyond the first, each on the batch plus up to "
         "B events drawn from the last replay_window_events (streamtrain/training/replay.py)",
     )
-    replay_window_events: int = Field(0, ge=0, description="recent events the extra steps draw from; 0 = the batch only")
+    replay_window_events: int = Field(
+        10_240, ge=0, description="recent events the extra steps draw from; 0 = the batch only"
+    )
     replay_reverse: bool = Field(False, description="extra steps also train each event read backwards (item -> the one before)")
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)

@@ -99,11 +99,17 @@ class _Attention(nn.Module):
 
     def __init__(self, dim: int, length: int) -> None:
         super().__init__()
-        self.position = nn.Parameter(torch.randn(length, dim) * 0.02)  # (H, D), column H-1 newest
+        # Initial values from a fixed local generator, not the process-wide one: every rank of a
+        # distributed job, and a process that rebuilds the model, starts from the same layer.
+        gen = torch.Generator().manual_seed(16)
+        self.position = nn.Parameter(torch.randn(length, dim, generator=gen) * 0.02)  # (H, D), column H-1 newest
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            for layer in (self.q, self.k, self.v):
+                layer.weight.copy_(torch.randn(dim, dim, generator=gen) * dim**-0.5)
         nn.init.zeros_(self.out.weight)
         self.scale = dim**-0.5
 

@@ -185,7 +185,8 @@ class TwoTowerModel(nn.Module):
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """MLP head parameters (dense gradients; a standard torch optimizer)."""
-        sparse = {id(p) for p in self.embedding_parameters()}
+        # Every table is sparse, also an unused 1-row placeholder (which no optimizer steps).
+        sparse = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         return [p for p in self.parameters() if id(p) not in sparse]
 
     def init_values(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -9,8 +9,9 @@ time. The samplers run with ``update_state=False`` on these steps (XIR's cache a
 follow the stream, once per batch).
 
 Costs (BENCHMARKS.md): each extra step costs about one training step on 2B events. Nothing here
-reads the device: the ring's fill and write position, and the draws, live on the host (a seeded
-numpy generator persisted with the checkpoint), so the step stays sync-free on CUDA; the ring is
+reads the device: the ring's fill and write position live on the host, the draws are a ``randperm``
+on the device (a seeded device generator, persisted with the checkpoint), so the step stays
+sync-free on CUDA; the ring is
 part of the checkpoint file, so a restart replays exactly what an uninterrupted run would.
 
 Rows handed to new ids (eviction) would make stored events point at another id; the trainer calls
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from streamtrain.model.history import EMPTY
@@ -45,7 +45,8 @@ class ReplaySteps:
         self.reverse = reverse
         self.window = window_events if extra_steps else 0
         self.device = device
-        self._rng = np.random.default_rng([seed, 16])
+        # On the device: the draws need no upload (a host array would be a pageable copy on CUDA).
+        self._gen = torch.Generator(device=device).manual_seed(seed + 16)
         self.users = torch.zeros(self.window, dtype=torch.int64, device=device)
         self.items = torch.zeros(self.window, dtype=torch.int64, device=device)
         self.history = torch.full((self.window, history_length), EMPTY, dtype=torch.int32, device=device)
@@ -65,8 +66,7 @@ class ReplaySteps:
         if not self._filled or not n:
             return None
         take = min(n, self._filled)
-        idx = self._rng.choice(self._filled, size=take, replace=False)
-        return torch.from_numpy(idx).to(self.device, non_blocking=True)
+        return torch.randperm(self._filled, generator=self._gen, device=self.device)[:take]
 
     def _push(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
               weights: torch.Tensor | None) -> None:
@@ -74,7 +74,7 @@ class ReplaySteps:
             return
         b = users.numel()
         keep = min(b, self.window)
-        pos = torch.from_numpy((self._at + np.arange(keep)) % self.window).to(self.device, non_blocking=True)
+        pos = (torch.arange(keep, device=self.device) + self._at) % self.window
         self.users[pos] = users[b - keep:]
         self.items[pos] = items[b - keep:]
         if history is not None:
@@ -128,7 +128,7 @@ class ReplaySteps:
     def state_dict(self) -> dict[str, Any]:
         return {
             "users": self.users.cpu(), "items": self.items.cpu(), "history": self.history.cpu(),
-            "weights": self.weights.cpu(), "filled": self._filled, "at": self._at, "rng": self._rng.bit_generator.state,
+            "weights": self.weights.cpu(), "filled": self._filled, "at": self._at, "rng": self._gen.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -137,4 +137,4 @@ class ReplaySteps:
         for name in ("users", "items", "history", "weights"):
             getattr(self, name).copy_(state[name])
         self._filled, self._at = int(state["filled"]), int(state["at"])
-        self._rng.bit_generator.state = state["rng"]
+        self._gen.set_state(state["rng"])
