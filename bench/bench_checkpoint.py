@@ -30,10 +30,10 @@ from streamtrain.events import EventBatch
 from streamtrain.localstack import StackAddresses
 from streamtrain.metrics import Metrics
 from streamtrain.training.trainer import Trainer
-from streamtrain.worker.build import redis_client, state_store
-from streamtrain.worker.checkpoint import Checkpointer, take_snapshot
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.resume import resume
+from streamtrain.state.redis_store import redis_client, state_store
+from streamtrain.state.checkpoint import Checkpointer, take_snapshot
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.resume import resume
 
 
 def measure(capacity: int, dim: int, steps: int, repeats: int) -> dict:

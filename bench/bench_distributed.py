@@ -30,7 +30,7 @@ from streamtrain.config import load_config  # noqa: E402
 from streamtrain.distributed.context import init_context  # noqa: E402
 from streamtrain.distributed.exchange import StepExchange  # noqa: E402
 from streamtrain.events.batch import EventBatch  # noqa: E402
-from streamtrain.worker.batcher import MicroBatch, PartitionRange  # noqa: E402
+from streamtrain.events.records import MicroBatch, PartitionRange
 
 
 def _batches(rank: int, batch: int, steps: int) -> list[MicroBatch]:

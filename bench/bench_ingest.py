@@ -34,11 +34,11 @@ from prometheus_client import CollectorRegistry
 from streamtrain.events import decode_values, encode_event
 from streamtrain.localstack import StackAddresses
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import Batcher
-from streamtrain.worker.dead_letter import DeadLetterSink
-from streamtrain.worker.lag import LagTracker
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.ingest.dead_letter import DeadLetterSink
+from streamtrain.ingest.lag import LagTracker
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.events.records import EARLIEST
 
 BATCH = 1024
 
@@ -123,14 +123,16 @@ def run_inline(bootstrap: str, topic: str, events: int, max_records: int, decode
     return ready / elapsed
 
 
-def run_decode_only(values: list[bytes], max_records: int) -> float:
+def run_decode_only(values: list[bytes], max_records: int, decode=None) -> float:  # noqa: ANN001
+    """``decode`` (default decode_values) + Batcher on values in memory; ready events/s."""
+    decode = decode or (lambda chunk: decode_values(chunk, max_bytes=65536))
     batcher = Batcher(BATCH, 1.0)
     t0 = time.perf_counter()
     ready = 0
     for start in range(0, len(values), max_records):
         chunk = values[start:start + max_records]
         offsets = np.arange(start, start + len(chunk), dtype=np.int64)
-        result = decode_values(chunk, max_bytes=65536)
+        result = decode(chunk)
         ready += sum(len(b.events) for b in batcher.add(("t", 0), offsets, result.batch, result.good_index, 0.0))
     return ready / (time.perf_counter() - t0)
 

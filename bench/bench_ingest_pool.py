@@ -17,11 +17,11 @@ from typing import Any
 from bench_ingest import BATCH
 from prometheus_client import CollectorRegistry
 
-from streamtrain.ingest.fetch import make_fetcher
+from streamtrain.ingest.child import make_fetcher
 from streamtrain.ingest.pool import IngestPool
 from streamtrain.ingest.slots import SlotLayout
 from streamtrain.metrics import Metrics
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["fetch_only_rate", "pool_rate", "partitions_of"]
 

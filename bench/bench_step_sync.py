@@ -60,7 +60,7 @@ def _config(args: argparse.Namespace, sampler: str) -> Config:
 
 
 def _same_parameters(a: Any, b: Any) -> bool:
-    sa, sb = a.model.state_dict(), b.model.state_dict()
+    sa, sb = a.state.model.state_dict(), b.state.model.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from streamtrain.config import Config
 from streamtrain.events.batch import EventBatch
-from streamtrain.sampling.base import build_sampler
+from streamtrain.sampling import build_sampler
 from streamtrain.training.trainer import Trainer
 
 
@@ -90,7 +90,7 @@ def sampler_for(trainer: Trainer, sampler: str, batch_size: int) -> Any:
 
 def set_sampler(trainer: Trainer, sampler: str, batch_size: int) -> None:
     """Swap the sampler in place: refilling a 10M vocabulary per sampler costs minutes."""
-    trainer.sampler = sampler_for(trainer, sampler, batch_size)
+    trainer.state.sampler = sampler_for(trainer, sampler, batch_size)
 
 
 def round_robin(

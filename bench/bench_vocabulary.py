@@ -5,7 +5,7 @@
 Each implementation runs in its own child process pinned to one core, so resident memory is
 measured cleanly (RSS after filling minus RSS before, divided by N) and neither heap disturbs the
 other. "old" is the per-event ``OrderedDict`` vocabulary as of commit ``LEGACY_COMMIT``, loaded from
-git history (nothing is copied into the tree); "new" is ``streamtrain.model.vocabulary``.
+git history (nothing is copied into the tree); "new" is ``streamtrain.vocab.vocabulary``.
 
 Measured per batch size B, over batches of ids drawn uniformly from the N known ones (the
 cache-unfriendly case), each lookup with ``admit=True`` and event times as the trainer calls it:
@@ -52,7 +52,7 @@ def _rss() -> int:
 
 def _legacy_class() -> Any:
     source = subprocess.run(
-        ["git", "show", f"{LEGACY_COMMIT}:streamtrain/model/vocabulary.py"], cwd=REPO, capture_output=True,
+        ["git", "show", f"{LEGACY_COMMIT}:streamtrain/vocab/vocabulary.py"], cwd=REPO, capture_output=True,
         text=True, check=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "legacy_vocabulary.py"
@@ -89,9 +89,9 @@ def child(impl: str, n: int, batch_sizes: list[int], seconds: float) -> dict[str
     """Fill one vocabulary with ``n`` ids and time lookups; runs in its own pinned process."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    from streamtrain.model.id_keys import id_keys
+    from streamtrain.events.ids import id_keys
 
-    cls = _legacy_class() if impl == "old" else __import__("streamtrain.model.vocabulary", fromlist=["x"]).IdVocabulary
+    cls = _legacy_class() if impl == "old" else __import__("streamtrain.vocab.vocabulary", fromlist=["x"]).IdVocabulary
     rng = np.random.default_rng(0)
     queries = {b: [_names(rng.integers(0, n, size=b)) for _ in range(max(4, 2**20 // b))] for b in batch_sizes}
     keys = {b: [id_keys(q) for q in qs] for b, qs in queries.items()}

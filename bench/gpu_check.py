@@ -139,7 +139,7 @@ def train_section(p: dict[str, Any], device: str, budget: Budget, rows: list[dic
                     continue
 
                 def cell(name: str = name, batch_size: int = batch_size, catalogue: int = catalogue) -> dict[str, Any]:
-                    trainer.sampler = sampler_for(trainer, name, batch_size)
+                    trainer.state.sampler = sampler_for(trainer, name, batch_size)
                     _peak_start(trainer.device)
                     step = lambda: _timed_step(  # noqa: E731
                         trainer, _batch(rng, batch_size, p["users"] - 1, catalogue - 1, float(trainer.step))
@@ -162,12 +162,12 @@ def worker_section(p: dict[str, Any], device: str, budget: Budget, rows: list[di
     from prometheus_client import CollectorRegistry
 
     from streamtrain.metrics import Metrics
-    from streamtrain.worker.backoff import Backoff
-    from streamtrain.worker.checkpoint import Checkpointer
-    from streamtrain.worker.checkpoint_files import CheckpointFiles
-    from streamtrain.worker.checkpoint_runner import CheckpointRunner
+    from streamtrain.backoff import Backoff
+    from streamtrain.state.checkpoint import Checkpointer
+    from streamtrain.state.files import CheckpointFiles
+    from streamtrain.state.runner import CheckpointRunner
     from streamtrain.worker.progress import Progress
-    from streamtrain.worker.resume import resume
+    from streamtrain.state.resume import resume
     from streamtrain.worker.worker import Worker
 
     batch, catalogue = p["worker_batch"], p["worker_catalogue"]
@@ -180,7 +180,7 @@ def worker_section(p: dict[str, Any], device: str, budget: Budget, rows: list[di
         def run(name: str = name) -> dict[str, Any]:
             trainer, _ = make_trainer(catalogue, user_capacity=p["users"], dim=p["dim"], device=device,
                                       sampler=name, batch_size=batch)
-            trainer.sampler = sampler_for(trainer, name, batch)
+            trainer.state.sampler = sampler_for(trainer, name, batch)
             registry = CollectorRegistry()
             metrics = Metrics(registry)
             store = MemoryStateStore()
@@ -224,15 +224,15 @@ def checkpoint_and_eval_sections(
     from inprocess import TOPIC, MemoryStateStore
     from prometheus_client import CollectorRegistry
 
-    from streamtrain.checkpoint_eval import evaluate_checkpoint
+    from streamtrain.serving.checkpoint_eval import evaluate_checkpoint
     from streamtrain.data.interactions import Interactions
     from streamtrain.events.batch import object_array
     from streamtrain.metrics import Metrics
     from streamtrain.serving.checkpoint_model import load_checkpoint
     from streamtrain.training.trainer import Trainer
-    from streamtrain.worker.checkpoint import Checkpointer, take_snapshot
-    from streamtrain.worker.checkpoint_files import CheckpointFiles
-    from streamtrain.worker.resume import resume
+    from streamtrain.state.checkpoint import Checkpointer, take_snapshot
+    from streamtrain.state.files import CheckpointFiles
+    from streamtrain.state.resume import resume
 
     catalogue, batch = p["ckpt_catalogue"], min(p["batch_sizes"])
     state: dict[str, Any] = {}
@@ -259,8 +259,8 @@ def checkpoint_and_eval_sections(
         fresh = Trainer(trainer.config)
         point = resume(fresh, store, files, fresh=False)  # type: ignore[arg-type]
         resume_s = time.perf_counter() - t0
-        equal = all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(),
-                                                      fresh.model.state_dict().values()))
+        equal = all(torch.equal(a, b) for a, b in zip(trainer.state.model.state_dict().values(),
+                                                      fresh.state.model.state_dict().values()))
         state.update(path=files.path(point.checkpoint_id), config=trainer.config, device=trainer.device)
         return {"rate": None, "unit": "", "peak_bytes": None, "pause_s": second.copy_seconds,
                 "first_pause_s": first.copy_seconds, "commit_s": commit_s, "resume_s": resume_s, "equal": equal,

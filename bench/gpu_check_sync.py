@@ -50,7 +50,7 @@ def sync_section(
                 continue
 
             def cell(name: str = name) -> dict[str, Any]:
-                trainer.sampler = sampler_for(trainer, name, batch)
+                trainer.state.sampler = sampler_for(trainer, name, batch)
                 make = lambda: [_batch(rng, batch, catalogue, catalogue, float(trainer.step)) for _ in range(steps)]  # noqa: E731
                 for b in make():  # warm-up: lazy state, pinned buffers
                     trainer.submit_step(b)

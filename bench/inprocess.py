@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from streamtrain.events.decoder import decode_values, encode_event
-from streamtrain.worker.batcher import Batcher, MicroBatch, PartitionKey
-from streamtrain.worker.state_store import StoredState, decode_array
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.state.redis_store import StoredState, decode_array
 
 __all__ = ["InProcessSource", "MemoryStateStore", "synthetic_messages"]
 

@@ -40,7 +40,7 @@ import torch
 
 from streamtrain.config import Config, validate_tree
 from streamtrain.data.gowalla import load_gowalla
-from streamtrain.evaluation import offline_evaluate
+from streamtrain.evaluation.progressive import offline_evaluate
 from streamtrain.events.batch import EventBatch
 from streamtrain.training.trainer import Trainer
 
@@ -136,8 +136,8 @@ def _config(args: argparse.Namespace, sampler: str, n_users: int, n_items: int) 
 
 def _evaluate(trainer: Trainer, data: dict[str, Any]) -> dict[str, float]:
     return offline_evaluate(
-        trainer.model,
-        {"user": trainer.user_vocab, "item": trainer.item_vocab},
+        trainer.state.model,
+        {"user": trainer.state.user_vocab, "item": trainer.state.item_vocab},
         (data["train_users"], data["train_items"]),
         data["test"],
         k_list=(10, 20, 50),

@@ -2,10 +2,15 @@
 
 Protocol (issue 9): each stream is cut into micro-batches in its order and seen once; every batch is
 scored before the model trains on it (test-then-train, ``progressive_eval_fraction=1``, every event
-of the batch a query), and so are the two popularity baselines of ``streamtrain.popularity_baseline``
-on the same positives ("most popular so far", "most popular recently"). The table reports the
-second half of the stream (rolling windows reset at the midpoint, window = the whole half): the
-model's Recall@20 and NDCG@20, each baseline's, and model / best baseline (>= 1.5 is the target).
+of the batch a query), and so are the two popularity baselines of ``streamtrain.evaluation.popularity``
+on the same positives ("most popular so far", "most popular recently") and the item-to-item
+co-visitation baseline of ``streamtrain.evaluation.covisit`` (H and decay the model's; M =
+``--covisit-neighbours``, 1000 by default: exact on these catalogues; run once per stream and reused by
+the variants with the same H, decay, M and exclusion). The table
+reports the second half of the stream (rolling windows reset at the midpoint, window = the whole
+half): the model's Recall@20 and NDCG@20, each baseline's, model / best popularity baseline (>= 1.5
+is the target) and model / covisit (>= 1.1 is issue 16's target); "covisit ms" is the baseline's
+host time per evaluated step (scoring and counting), beside the model's step.
 
 Streams: the synthetic stream (``streamtrain.data.synthetic``) at two Zipf skews; MovieLens
 ml-latest-small ``ratings.csv`` in timestamp order, read in place (``--movielens``; research-only
@@ -43,7 +48,8 @@ from streamtrain.config import load_config  # noqa: E402
 from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR, read_user_items  # noqa: E402
 from streamtrain.data.synthetic import SyntheticSpec, generate_stream, oracle_recall, stream_stats  # noqa: E402
 from streamtrain.events.batch import EventBatch, object_array  # noqa: E402
-from streamtrain.popularity_baseline import BASELINES  # noqa: E402
+from streamtrain.evaluation.covisit import COVISIT  # noqa: E402
+from streamtrain.evaluation.popularity import BASELINES  # noqa: E402
 from streamtrain.replay import read_log  # noqa: E402
 from streamtrain.replay.records import FieldMap  # noqa: E402
 from streamtrain.training.trainer import Trainer  # noqa: E402
@@ -55,6 +61,9 @@ ALL_STREAMS = ["synthetic-zipf0.8", "synthetic-zipf1.2", "synthetic-seq", "movie
 SEQ_SKEW, SEQ_TRANSITION = 0.8, 5.0
 DEFAULT_OUT = REPO / "bench/results/stream-quality.json"
 K = 20
+# Neighbours per item row for the covisit column: enough to be exact on these catalogues (ml-latest-small:
+# M 200 gives Recall@20 0.1001, M 1000 0.1071 = issue 16's number; the worker's default is 200).
+COVISIT_NEIGHBOURS = 1000
 
 
 @dataclasses.dataclass
@@ -117,8 +126,14 @@ def gowalla_stream(root: Path, events: int | None, seed: int) -> Stream | None:
 
 
 # --------------------------------------------------------------------------- one run
-def run_variant(stream: Stream, batch_size: int, overrides: Sequence[str], seed: int, device: str) -> dict[str, Any]:
-    """One single pass of ``stream`` with the config ``overrides``; second-half progressive metrics."""
+def run_variant(
+    stream: Stream, batch_size: int, overrides: Sequence[str], seed: int, device: str,
+    covisit_cache: dict[tuple[Any, ...], dict[str, Any]] | None = None, covisit_neighbours: int = COVISIT_NEIGHBOURS,
+) -> dict[str, Any]:
+    """One single pass of ``stream`` with the config ``overrides``; second-half progressive metrics.
+
+    ``covisit_cache``: the covisit baseline does not depend on the model, so a variant whose
+    baseline settings were run already reuses that result and runs without it (faster)."""
     batches = stream.batches(batch_size)
     half = len(batches) // 2
     base = [
@@ -128,43 +143,85 @@ def run_variant(stream: Stream, batch_size: int, overrides: Sequence[str], seed:
         f"trainer.batch_size={batch_size}", "trainer.progressive_eval_fraction=1.0",
         f"trainer.progressive_eval_max_queries={batch_size}",
         f"trainer.progressive_eval_window={max(1, len(batches) - half)}",
+        f"trainer.covisit_neighbours={covisit_neighbours}",
     ]
-    trainer = Trainer(load_config(overrides=[*base, *overrides], environ={}))
+    config = load_config(overrides=[*base, *overrides], environ={})
+    mc, tc = config.model, config.trainer
+    key = (mc.history_length, mc.history_decay, tc.covisit_neighbours, tc.exclude_history_items)
+    cached = None if covisit_cache is None else covisit_cache.get(key)
+    if cached is not None:
+        config = load_config(overrides=[*base, *overrides, "trainer.covisit_neighbours=0"], environ={})
+    trainer = Trainer(config)
+    covisit_s = _time_covisit(trainer)
     step_s: list[float] = []
     losses: list[float] = []
     started = time.perf_counter()
     for i, batch in enumerate(batches):
         if i == half:  # from here on, the rolling windows average the second half exactly
-            trainer.progressive.load_state_dict({"history": []})
-            trainer.popularity.reset_rolling()
+            trainer.state.progressive.load_state_dict({"history": []})
+            trainer.state.popularity.reset_rolling()
+            if trainer.state.covisit is not None:
+                trainer.state.covisit.reset_rolling()
         stats = trainer.train_step(batch)
         step_s.append(stats.duration_s)
         losses.append(stats.loss)
-    rankers = {"model": trainer.progressive.averages(), **trainer.popularity.averages()}
+    rankers = {"model": trainer.state.progressive.averages(), **trainer.state.popularity.averages()}
+    nan = {f"recall@{K}": math.nan, f"ndcg@{K}": math.nan}
+    rankers[COVISIT] = (cached or {}).get("averages", nan) if trainer.state.covisit is None else trainer.state.covisit.averages()
+    if cached is not None:
+        covisit_s = cached["seconds"]
+    elif covisit_cache is not None and trainer.state.covisit is not None:
+        covisit_cache[key] = {"averages": rankers[COVISIT], "seconds": covisit_s}
     best = max(rankers[name][f"recall@{K}"] for name in BASELINES)
+    covisit = rankers[COVISIT][f"recall@{K}"]
     return {
         "variant": " ".join(overrides) or "(defaults)",
         "overrides": list(overrides),
         "steps": len(batches),
         **{name: {f"recall@{K}": v[f"recall@{K}"], f"ndcg@{K}": v[f"ndcg@{K}"]} for name, v in rankers.items()},
         "model_over_best_baseline": rankers["model"][f"recall@{K}"] / best if best > 0 else math.nan,
+        "model_over_covisit": rankers["model"][f"recall@{K}"] / covisit if covisit > 0 else math.nan,
         "step_ms": 1e3 * statistics.median(step_s) if step_s else math.nan,
+        # The step's duration_s includes the baseline's host work (it runs inside submit_step).
+        "covisit_ms": 1e3 * statistics.median(covisit_s) if covisit_s else math.nan,
         "train_s": time.perf_counter() - started,
         "final_loss": float(np.mean(losses[-20:])) if losses else math.nan,
     }
+
+
+def _time_covisit(trainer: Trainer) -> list[float]:
+    """Wrap the trainer's covisit baseline so each evaluated step's host time (score + count) is recorded."""
+    times: list[float] = []
+    cv = trainer.state.covisit
+    if cv is None:
+        return times
+    step = cv.step
+
+    def timed(*args: Any) -> Any:
+        start = time.perf_counter()
+        out = step(*args)
+        if out is not None:
+            times.append(time.perf_counter() - start)
+        return out
+
+    cv.step = timed  # type: ignore[method-assign]
+    return times
 
 
 def _table(name: str, stream: Stream, stats: dict[str, float], rows: list[dict[str, Any]], batch_size: int) -> Table:
     table = Table(
         f"{name}: single pass, test-then-train, second half, B = {batch_size}",
         ["variant", f"model R@{K}", f"model N@{K}", f"pop all R@{K}", f"pop recent R@{K}", f"pop all N@{K}",
-         f"pop recent N@{K}", "model / best pop", "step ms"],
+         f"pop recent N@{K}", f"covisit R@{K}", f"covisit N@{K}", "model / best pop", "model / covisit", "step ms",
+         "covisit ms"],
     )
     for r in rows:
         table.add(r["variant"], f"{r['model'][f'recall@{K}']:.4f}", f"{r['model'][f'ndcg@{K}']:.4f}",
                   f"{r['popular_all'][f'recall@{K}']:.4f}", f"{r['popular_recent'][f'recall@{K}']:.4f}",
                   f"{r['popular_all'][f'ndcg@{K}']:.4f}", f"{r['popular_recent'][f'ndcg@{K}']:.4f}",
-                  f"{r['model_over_best_baseline']:.2f}x", f"{r['step_ms']:.1f}")
+                  f"{r[COVISIT][f'recall@{K}']:.4f}", f"{r[COVISIT][f'ndcg@{K}']:.4f}",
+                  f"{r['model_over_best_baseline']:.2f}x", f"{r['model_over_covisit']:.2f}x", f"{r['step_ms']:.1f}",
+                  f"{r['covisit_ms']:.1f}")
     table.notes.append(
         f"{stream.note}; {stats['events']:.0f} events, {stats['users']:.0f} users, {stats['items']:.0f} items; "
         f"a user's share of events in their first micro-batch {stats['first_batch_share']:.2f}, "
@@ -194,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_gowalla = REPO / "data/gowalla" if (REPO / "data/gowalla/train.txt").is_file() else DEFAULT_GOWALLA_DIR
     parser.add_argument("--gowalla", type=Path, default=default_gowalla)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--covisit-neighbours", type=int, default=COVISIT_NEIGHBOURS,
+                        help="trainer.covisit_neighbours of the covisit column (run once per stream and reused)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run (< 1 minute): 8k events per stream; writes no JSON unless --out")
     parser.add_argument("--out", type=Path, default=None, help=f"JSON results (default {DEFAULT_OUT.relative_to(REPO)})")
@@ -221,11 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         stats = stream_stats(stream.users, stream.items, args.batch_size)
         rows = []
+        covisit_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         for overrides in variants:
-            row = run_variant(stream, args.batch_size, [*args.set, *overrides], args.seed, args.device)
+            row = run_variant(stream, args.batch_size, [*args.set, *overrides], args.seed, args.device, covisit_cache,
+                              args.covisit_neighbours)
             rows.append(row)
             print(f"# {name} [{row['variant']}]: model R@{K} {row['model'][f'recall@{K}']:.4f}, popular all "
-                  f"{row['popular_all'][f'recall@{K}']:.4f} / recent {row['popular_recent'][f'recall@{K}']:.4f} "
+                  f"{row['popular_all'][f'recall@{K}']:.4f} / recent {row['popular_recent'][f'recall@{K}']:.4f}, "
+                  f"covisit {row[COVISIT][f'recall@{K}']:.4f} "
                   f"({row['train_s']:.0f} s)", flush=True)
         results["streams"][name] = {"note": stream.note, "stats": stats, "rows": rows, "ceiling": stream.ceiling}
         tables.append(_table(name, stream, stats, rows, args.batch_size))

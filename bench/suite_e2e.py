@@ -153,7 +153,7 @@ def e2e_tables(opts: Any) -> list[Table]:
 
     from streamtrain.config import load_config
     from streamtrain.localstack import StackAddresses
-    from streamtrain.worker.build import redis_client, state_store
+    from streamtrain.state.redis_store import redis_client, state_store
 
     stack = StackAddresses.from_env()
     bootstrap, n, size, cap = stack.kafka_bootstrap, opts.e2e_events, opts.e2e_batch_size, opts.e2e_capacity

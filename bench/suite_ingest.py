@@ -37,7 +37,7 @@ def _consumer_process(idx: int, bootstrap: str, topic: str, group: str, max_reco
 
     from bench_ingest import BATCH
     from streamtrain.events import decode_values
-    from streamtrain.worker.batcher import Batcher
+    from streamtrain.ingest.batcher import Batcher
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
                              auto_offset_reset="earliest", max_poll_records=max_records,
@@ -150,19 +150,22 @@ def ingest_tables(opts: Any) -> list[Table]:
     one = Table(
         f"ingest: broker -> ready batches of 1024, one process pinned to one core ({events:,} events, "
         f"{parts} partitions, best of {opts.ingest_repeat})",
-        ["variant", "decoder", "max_poll_records", "events/s", "x inline default"],
+        ["variant", "decoder", "max_poll_records", "events/s", "x inline old"],
     )
     with one_core():
         for max_records in opts.poll_records:
             variants: dict[tuple[str, str], Any] = {
                 ("poll only", "-"): lambda m=max_records: run_poll_only(bootstrap, topic, events, m),
-                ("decode only (in memory)", "orjson/message+fast"): lambda m=max_records: run_decode_only(values, m),
             }
+            for label in ("orjson/message+fast", "msgspec/batch"):
+                variants[("decode only (in memory)", label)] = (
+                    lambda m=max_records, s=STRATEGIES[label]: run_decode_only(values, m, decode=s)
+                )
             for label, strategy in STRATEGIES.items():
                 variants[("inline poll+decode+batch", label)] = (
                     lambda m=max_records, s=strategy: run_inline(bootstrap, topic, events, m, decode=s)
                 )
-            variants[("background KafkaSource", "orjson/message+fast")] = (
+            variants[("background KafkaSource", "msgspec/batch")] = (
                 lambda m=max_records: run_background(bootstrap, topic, events, m)
             )
             best: dict[tuple[str, str], float] = {}
@@ -172,7 +175,9 @@ def ingest_tables(opts: Any) -> list[Table]:
             base = best[("inline poll+decode+batch", "orjson/message+fast")]
             for (name, dec), rate in best.items():
                 one.add(name, dec, max_records, fmt_rate(rate), fmt_ratio(rate / base))
-    one.notes.append("poll only = kafka-python's ceiling; decode only = the decoder's ceiling without a broker")
+    one.notes.append("poll only = kafka-python's ceiling; decode only = the decoder's ceiling without a broker; "
+                     "x inline old = against inline with orjson/message+fast (decode_values, the decoder before "
+                     "decode_batch); the worker now decodes with msgspec/batch (decode_batch)")
 
     max_records = max(opts.poll_records)
     many = Table(
@@ -220,7 +225,8 @@ def pool_tables(opts: Any, bootstrap: str, topic: str, events: int, max_records:
     for variant in ("fetch only", "1 ingest process"):
         per_core.notes.append(f"{variant}: confluent / kafka-python = "
                               f"{best[(variant, 'confluent')] / best[(variant, 'kafka-python')]:.2f}x")
-    per_core.notes.append("1 ingest process = fetch, decode, dead letters, batcher, stable keys, slot write, pinned to "
+    per_core.notes.append("1 ingest process = fetch, decode (decode_batch), dead letters, batcher, stable keys, slot "
+                          "write, pinned to "
                           "one core; the trainer side (this process) reads slot views on the other cores")
     curve = Table(
         f"ingest processes: N processes -> one trainer process ({events:,} events, {opts.ingest_partitions} "

@@ -92,7 +92,7 @@ def _measure_catalogue(params: dict[str, Any]) -> list[dict[str, Any]]:
 
         def step(name: str) -> float:
             cell = cells[name]
-            trainer.sampler = built[name]
+            trainer.state.sampler = built[name]
             batch = _batch(rng, batch_size, users - 1, catalogue - 1, float(trainer.step))
             resettable = reset_peak_rss()
             before = peak_rss()[0]

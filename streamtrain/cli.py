@@ -16,6 +16,7 @@ from typing import Sequence
 from streamtrain import __version__
 from streamtrain.config import Config, load_config
 from streamtrain.errors import ConfigError, StreamtrainError
+from streamtrain.log_limit import limit_client_logs
 
 __all__ = ["main", "build_parser", "quiet_library_logs"]
 
@@ -60,6 +61,12 @@ def quiet_library_logs(config: Config) -> None:
     level = logging.DEBUG if config.run.log_level == "DEBUG" else logging.WARNING
     for name in ("kafka", "faiss"):
         logging.getLogger(name).setLevel(level)
+    # kafka-python warns whenever one of its I/O tasks waited > 100 ms for the GIL ("blocking the event
+    # loop"): in the worker the training thread holds the GIL for a step at a time, so this fires on
+    # every busy start and says nothing actionable; real consumer trouble shows as poll failures,
+    # lag and rebalances in the worker's own logs and metrics.
+    if config.run.log_level != "DEBUG":
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     quiet_library_logs(config)
+    limit_client_logs(config.run.log_repeat_interval_s)
     try:
         return int(args.handler(args, config) or 0)
     except ConfigError as exc:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from streamtrain.errors import ConfigError
 
 __all__ = [
+    "SamplerName",
     "Config",
     "RunConfig",
     "KafkaConfig",
@@ -53,6 +54,9 @@ DEFAULT_TEMPERATURE = 0.1
 RESAMPLING_TEMPERATURE = 0.3
 _MASK = "**********"
 
+SamplerName = Literal["full", "uniform", "inbatch", "inbatch_logq", "mns", "cbns", "bir", "xir"]
+"""Every sampler a config may name; :mod:`streamtrain.sampling` checks its registry against it."""
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -60,6 +64,10 @@ class _Section(BaseModel):
 
 class RunConfig(_Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="namespaces Redis keys and checkpoints")
+    log_repeat_interval_s: float = Field(
+        30.0, ge=0, description="Kafka client log lines (and the worker's retry warnings) repeating one cause are "
+        "logged once per this many seconds, with a count of the ones held back; 0 keeps every line"
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -92,9 +100,18 @@ class KafkaConfig(_Section):
     )
     session_timeout_s: float = Field(10.0, ge=6, le=300, description="consumer group session timeout")
     lag_interval_s: float = Field(5.0, gt=0, description="how often the worker asks the broker for end offsets")
+    metadata_max_age_s: float = Field(
+        10.0, ge=1, le=300, description="how often the group consumer refreshes topic metadata, so partitions added "
+        "to the topic are assigned and read within about this long (kafka-python's own default is 300 s)"
+    )
     broker_unreachable_s: float = Field(
         30.0, gt=0, description="/readyz fails when no broker round trip succeeded for this long after a failure, "
         "or polls kept failing this long; must exceed kafka.lag_interval_s + 2"
+    )
+    on_topic_recreated: Literal["fail", "restart"] = Field(
+        "fail", description="the topic's id (Kafka's UUID of the topic) differs from the one the run's checkpoint "
+        "recorded, i.e. the topic was deleted and recreated: fail (stop before training; the default) or restart "
+        "(train the new log from its start; the old log's untrained rest is gone either way)"
     )
     dead_letter_max_bytes: int = Field(
         1 << 20, ge=16384, description="largest dead letter sent in full (producer max_request_size and the "
@@ -135,8 +152,18 @@ class ModelConfig(_Section):
     normalize: bool = True
     user_capacity: int = Field(1_000_000, ge=2)
     item_capacity: int = Field(1_000_000, ge=2)
-    admission_threshold: int = Field(1, ge=1, description="sightings before an id gets its own row")
-    eviction_after_s: float | None = Field(None, gt=0, description="free rows of ids unseen this long; None = never")
+    admission_threshold: int = Field(
+        1, ge=1, le=255, description="sightings before an id gets its own row (2+ keeps a flood of one-off ids out)"
+    )
+    admission_counter: Literal["sketch", "exact"] = Field(
+        "sketch", description="where sightings below admission_threshold are counted: sketch (count-min, 8 bytes "
+        "per row of capacity, may admit ~2 in 100 one-off ids early) or exact (up to capacity ids, ~56 bytes each)"
+    )
+    eviction_after_s: float | None = Field(
+        0.0, ge=0, description="at capacity, rows of ids unseen this long (event time) are reused, least recently "
+        "seen first; 0 = any row the batch does not use (LRU); None = never: a full table freezes and every later "
+        "new id trains on the shared fallback row"
+    )
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
     dense_learning_rate: float | None = Field(
@@ -150,7 +177,7 @@ class ModelConfig(_Section):
     )
     history_length: int = Field(20, ge=1, le=1024, description="items per user kept for the history query")
     history_decay: float = Field(
-        0.7, gt=0, le=1, description="weight of an item k events old is decay^k (0.7 measured best on streams, issue 16)"
+        0.8, gt=0, le=1, description="weight of an item k events old is decay^k; also the co-visitation baseline's decay"
     )
     history_input: Literal["item", "context", "both"] = Field(
         "both", description="a history item's vector: the item tower's output (item), its own context row "
@@ -203,7 +230,7 @@ class XirParams(_Section):
 
 
 class SamplerConfig(_Section):
-    name: Literal["full", "uniform", "inbatch", "inbatch_logq", "mns", "cbns", "bir", "xir"] = "xir"
+    name: SamplerName = "xir"
     uniform: UniformParams = UniformParams()
     mns: MnsParams = MnsParams()
     cbns: CbnsParams = CbnsParams()
@@ -251,7 +278,17 @@ class TrainerConfig(_Section):
     replay_window_events: int = Field(
         10_240, ge=0, description="recent events the extra steps draw from; 0 = the batch only"
     )
-    replay_reverse: bool = Field(False, description="extra steps also train each event read backwards (item -> the one before)")
+    covisit_neighbours: int = Field(
+        200, ge=0,
+        description="neighbours kept per item row by the item-to-item co-visitation progressive baseline "
+        "(8 bytes each, on the host, committed only for items with events); 0 switches the baseline off",
+    )
+    exclude_history_items: bool = Field(
+        False,
+        description="leave each user's own recent items (its last model.history_length) out of the ranking: in "
+        "progressive evaluation (model and baselines; a positive among them is a miss) and in `streamtrain "
+        "recommend`; needs a history tower",
+    )
     probe_interval_steps: int = Field(200, ge=0, description="0 disables the sampling-bias probe")
     probe_batch_size: int = Field(256, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps; None = run forever")
@@ -376,6 +413,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
+        if self.trainer.exclude_history_items and self.model.user_features == "id":
+            raise ValueError(
+                "trainer.exclude_history_items needs the users' recent items, which model.user_features=id does not "
+                "keep: set model.user_features to history or history+id, or trainer.exclude_history_items=false"
+            )
         if self.kafka.security_protocol.startswith("SASL") and not (
             self.kafka.sasl_mechanism and self.kafka.sasl_username and self.kafka.sasl_password
         ):

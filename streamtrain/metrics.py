@@ -131,7 +131,8 @@ class Metrics:
         )
         # --- progressive evaluation ----------------------------------------------
         # model="model" is the trained model; "popular_all" / "popular_recent" rank by all-time / decayed
-        # item counts on the same batches (streamtrain/popularity_baseline.py): the bar the model must clear.
+        # item counts on the same batches (streamtrain/evaluation/popularity.py), "covisit" by item-to-item
+        # co-visitation over the user's recent items (streamtrain/evaluation/covisit.py): the bars the model must clear.
         self.progressive_recall = Gauge(
             "progressive_recall_ratio", "Rolling test-then-train Recall@K of the model and of the popularity baselines",
             ["k", "model"], namespace=ns, registry=registry,
@@ -200,3 +201,56 @@ class Metrics:
             "assigned_partitions", "Input partitions assigned to this worker", namespace=ns, registry=registry
         )
         self.info = Info("build", "Version, sampler and device of this worker", namespace=ns, registry=registry)
+        # --- cluster changes (issue 18) ---------------------------------------------
+        self.partitions_discovered = Counter(
+            "partitions_discovered",
+            "Partitions the run had never owned (the topic grew) that it started reading at their earliest offset",
+            ["topic"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.topic_recreated = Counter(
+            "topic_recreated",
+            "Resumes that found the input topic deleted and recreated (another topic id than the checkpoint's), "
+            "by the decision taken (kafka.on_topic_recreated: fail or restart)",
+            ["topic", "decision"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.lease_retaken = Counter(
+            "lease_retaken",
+            "Times the run's lease had expired with nobody holding it (this job was paused or cut off from Redis "
+            "past distributed.lease_ttl_s) and the heartbeat took it back",
+            namespace=ns,
+            registry=registry,
+        )
+        # --- vocabulary under churn (a flood of new ids) ------------------------------
+        self.vocabulary_lookups = Counter(
+            "vocabulary_lookups", "Ids looked up to train (one per event and tower)", ["tower"], namespace=ns,
+            registry=registry,
+        )
+        self.vocabulary_fallback_lookups = Counter(
+            "vocabulary_fallback_lookups",
+            "Ids trained and scored on the shared fallback row (no row of their own); divided by "
+            "streamtrain_vocabulary_lookups_total it is the fallback share",
+            ["tower"], namespace=ns, registry=registry,
+        )
+        self.vocabulary_admissions = Counter(
+            "vocabulary_admissions", "Ids given a row of their own", ["tower"], namespace=ns, registry=registry
+        )
+        self.vocabulary_rejections = Counter(
+            "vocabulary_rejections",
+            "Sightings of ids without a row that got none: below_threshold (model.admission_threshold not reached "
+            "yet) or table_full (no free row and none evictable: model.eviction_after_s)",
+            ["tower", "reason"], namespace=ns, registry=registry,
+        )
+        self.vocabulary_evictions = Counter(
+            "vocabulary_evictions", "Rows taken from the least recently seen ids and given to new ones", ["tower"],
+            namespace=ns, registry=registry,
+        )
+        self.log_lines_suppressed = Counter(
+            "log_lines_suppressed",
+            "Kafka client log lines held back as repeats of one cause within run.log_repeat_interval_s (the next "
+            "line of that cause says how many), by logger",
+            ["logger"], namespace=ns, registry=registry,
+        )

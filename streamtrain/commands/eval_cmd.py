@@ -1,4 +1,4 @@
-"""``streamtrain eval``: Recall@K / NDCG@K of a checkpoint on a held-out file (:mod:`streamtrain.checkpoint_eval`)."""
+"""``streamtrain eval``: Recall@K / NDCG@K of a checkpoint on a held-out file (:mod:`streamtrain.serving.checkpoint_eval`)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    from streamtrain.checkpoint_eval import evaluate_checkpoint
+    from streamtrain.serving.checkpoint_eval import evaluate_checkpoint
     from streamtrain.data.interactions import read_interactions
     from streamtrain.serving.checkpoint_model import choose_checkpoint, load_checkpoint
 

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=20, help="how many items")
     p.add_argument("--exclude-seen", type=Path, nargs="*", default=[], metavar="FILE",
                    help="interaction files (Gowalla or JSONL); the user's items in them are not recommended")
+    p.add_argument("--exclude-recent", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave the user's own last H items (at the export) out; default: trainer.exclude_history_items")
     p.add_argument("--backend", choices=("auto", "numpy", "faiss"), default="auto")
     p.add_argument("--json", action="store_true", help="print JSON (one object per user, in a list)")
     p.set_defaults(handler=_run)
@@ -45,7 +47,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return 2
     export = read_export(args.export, load_faiss=args.backend != "numpy", checkpoint_id=args.checkpoint_id)
     seen = read_interactions(args.exclude_seen).by_user() if args.exclude_seen else {}
-    results = [recommend(export, u, args.k, exclude=seen.get(u, ()), backend=args.backend) for u in args.user]
+    recent = config.trainer.exclude_history_items if args.exclude_recent is None else args.exclude_recent
+    results = [recommend(export, u, args.k, exclude=seen.get(u, ()), backend=args.backend, exclude_recent=recent)
+               for u in args.user]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0

@@ -25,7 +25,8 @@ from streamtrain.replay import (
     COMPRESSIONS,
     FORMATS,
     TIME_UNITS,
-    EventSink,
+    BatchSink,
+    DeliveryFailure,
     Order,
     Pacer,
     ProduceError,
@@ -38,9 +39,10 @@ from streamtrain.replay import (
     SpeedupPacer,
     kafka_producer,
     parse_field_map,
-    produce_events,
+    produce_chunks,
     read_log,
 )
+from streamtrain.replay.encoding import Encoded
 
 __all__ = ["register"]
 
@@ -100,11 +102,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     out.add_argument("--topic", help="destination topic (default: kafka.topic)")
     out.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]", help="default: kafka.bootstrap_servers")
     out.add_argument("--linger-ms", type=non_negative_int, default=ProducerSettings.linger_ms,
-                     help="producer linger_ms")
+                     help="producer linger.ms")
     out.add_argument("--batch-bytes", type=non_negative_int, default=ProducerSettings.batch_bytes,
-                     help="producer batch_size")
+                     help="producer batch.size (bytes per partition batch)")
     out.add_argument("--compression", choices=COMPRESSIONS, default=ProducerSettings.compression,
-                     help="producer compression")
+                     help="producer compression.type")
     out.add_argument("--dry-run", action="store_true", help="read, order and encode, but send nothing")
     out.add_argument("--progress", choices=("auto", "tqdm", "line", "none"), default="auto",
                      help="auto: tqdm on a terminal when installed, else a line every few seconds")
@@ -115,8 +117,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class _NullSink:
     """--dry-run: accepts everything, sends nothing."""
 
-    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> None:
+    def send_batch(self, topic: str, encoded: Encoded) -> None:
         return None
+
+    def failures(self) -> list[DeliveryFailure]:
+        return []
 
     def flush(self, timeout: float | None = None) -> None:
         return None
@@ -195,6 +200,7 @@ def _summary(args: argparse.Namespace, report: ReadReport, events: int, order: s
         "produced": stats.produced,
         "delivery_failures": stats.delivery_failures,
         "first_failure": stats.first_failure,
+        "failed_positions": list(stats.failed_range) if stats.failed_range else None,
         "skipped_invalid": stats.skipped_invalid,
         "skipped_oversized": stats.skipped_oversized,
         "elapsed_s": round(stats.elapsed_s, 3),
@@ -222,7 +228,9 @@ def _print_text(s: dict[str, Any], out: TextIO) -> None:
     print(f"  produced:  {s['produced']:,} events {target}, from stream position {s['start_at']:,} "
           f"({s['delivery_failures']:,} delivery failures, {skipped:,} skipped)", file=out)
     if s["first_failure"]:
-        print(f"  failure:   {s['first_failure']}", file=out)
+        where = "" if not s["failed_positions"] else (
+            f" (stream positions {s['failed_positions'][0]}..{s['failed_positions'][1]} did not arrive)")
+        print(f"  failure:   {s['first_failure']}{where}", file=out)
     print(f"  elapsed:   {s['elapsed_s']:.2f}s, {s['events_per_s']:,.0f} events/s", file=out)
     state = "stopped early; " if s["stopped"] else ""
     print(f"  resume:    {state}next run continues with --start-at {s['resume_at']}", file=out)
@@ -253,7 +261,7 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     print(f"replay: read {len(log):,} events ({report.bad_total:,} bad lines) from {len(args.paths)} file(s) "
           f"in {time.monotonic() - began:.1f}s; order: {order}", file=err)
     total = max(0, min(len(log), args.start_at + (args.limit if args.limit is not None else len(log))) - args.start_at)
-    events = log.events(positions, start_at=args.start_at, limit=args.limit,
+    chunks = log.chunks(positions, start_at=args.start_at, limit=args.limit,
                         time_origin=origin or 0.0, time_step=args.time_step)
 
     stop = threading.Event()
@@ -262,13 +270,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         pacer = RatePacer(args.rate, time.monotonic, stop.wait)
     elif args.speedup is not None:
         pacer = SpeedupPacer(args.speedup, time.monotonic, stop.wait)
-    sink: EventSink = _NullSink() if args.dry_run else kafka_producer(
+    sink: BatchSink = _NullSink() if args.dry_run else kafka_producer(
         kafka, ProducerSettings(args.linger_ms, args.batch_bytes, args.compression))
     progress = _progress(args.progress, total, err)
     previous = _install_stop_handlers(stop)
     try:
-        stats = produce_events(
-            events, sink, topic, start_at=args.start_at, total=total, pacer=pacer,
+        stats = produce_chunks(
+            chunks, sink, topic, start_at=args.start_at, total=total, pacer=pacer,
             max_message_bytes=kafka.max_message_bytes, stop=stop, on_progress=progress,
             progress_interval_s=progress.interval_s if progress else 1.0,
         )
@@ -281,6 +289,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             progress.close()
         if not args.dry_run:
             sink.close()  # type: ignore[attr-defined]
+    failures = stats.failure_message()
+    if failures:
+        print(f"replay: error: {failures}", file=err)
     summary = _summary(args, report, len(log), order, origin, topic, stats)
     if args.summary_format == "json":
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

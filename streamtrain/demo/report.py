@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -56,6 +56,9 @@ def progressive_points(
             f"recall@{k}": round(float(p.progressive[f"recall@{k}"]), 4),  # type: ignore[index]
             f"ndcg@{k}": round(float(p.progressive.get(f"ndcg@{k}", math.nan)), 4),  # type: ignore[union-attr]
             "loss": round(float(np.mean(recent)), 4) if recent else None,
+            # Recall@k of the baselines on the same batches: the bars the model must clear.
+            "baselines": {name: round(float(v[f"recall@{k}"]), 4) for name, v in (p.baselines or {}).items()
+                          if f"recall@{k}" in v},
         })
     return rows
 
@@ -77,6 +80,12 @@ def write_steps_csv(points: Sequence[StepPoint], path: Path) -> Path:
             out.writerow([p.step, p.events, f"{p.seconds:.3f}", f"{p.loss:.6f}",
                           *(f"{prog[n]:.6f}" if n in prog else "" for n in names)])
     return path
+
+
+_CHART_BASELINES = (
+    ("covisit", "tab:purple", "item-to-item co-visitation, same batches"),
+    ("popular_all", "tab:gray", "most popular so far, same batches"),
+)
 
 
 def write_chart(
@@ -105,6 +114,11 @@ def write_chart(
         recall = [p.progressive["recall@20"] for p in evaluated]  # type: ignore[index]
         ax_rec.plot([p.events for p in evaluated], recall,
                     color="tab:green", marker=".", label="progressive Recall@20 (test-then-train, rolling)")
+    for name, color, label in _CHART_BASELINES:  # the same batches, ranked by counting
+        shown = [p for p in evaluated if p.baselines and "recall@20" in p.baselines.get(name, {})]
+        if shown:
+            ax_rec.plot([p.events for p in shown], [p.baselines[name]["recall@20"] for p in shown],  # type: ignore[index]
+                        color=color, linewidth=1, label=label)
     if offline_recall is not None:
         ax_rec.axhline(offline_recall, color="tab:red", linestyle="--",
                        label=f"offline Recall@20 on test = {offline_recall:.4f}")
@@ -131,6 +145,28 @@ def _num(value: Any, fmt: str = ".4f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+def _progressive_lines(r: dict[str, Any], w: Callable[..., None]) -> None:
+    """The report's progressive table: the model's rolling metrics beside the baselines' Recall@20."""
+    w("  progressive evaluation (each batch ranked against every known item before training on it;")
+    w("  rolling over the last evaluated steps)")
+    if r["progressive"]:
+        # Baselines' Recall@20 on the same batches (covisit: item-to-item co-visitation; pop: most popular so far).
+        shown = [(name, head) for name, head in (("covisit", "covisit R@20"), ("popular_all", "pop R@20"))
+                 if any(name in p.get("baselines", {}) for p in r["progressive"])]
+        w(f"  {'events':>10} {'pass':>5} {'step':>6} {'seconds':>8} {'Recall@20':>10} {'NDCG@20':>9} {'loss':>8}"
+          + "".join(f" {head:>12}" for _, head in shown))
+        for p in r["progressive"]:
+            base = p.get("baselines", {})
+            w(f"  {p['events']:>10,} {p['pass']:>5} {p['step']:>6} {p['seconds']:>8.1f} {p['recall@20']:>10.4f} "
+              f"{p['ndcg@20']:>9.4f} {_num(p['loss']):>8}" + "".join(f" {_num(base.get(name)):>12}" for name, _ in shown))
+        if r["epochs"] > 1:
+            w("  from pass 2 on, every event was trained once before: progressive recall there measures what")
+            w("  the model kept of trained interactions, not generalisation (the offline test below does)")
+    else:
+        w("  (no evaluated step: the run was too short)")
+    w()
+
+
 def format_report(r: dict[str, Any], out: TextIO) -> None:
     """The demo's report as text (``streamtrain demo`` prints it to stdout)."""
     s, off = r["settings"], r["offline"]
@@ -147,19 +183,7 @@ def format_report(r: dict[str, Any], out: TextIO) -> None:
         w(f"  NOTE        stopped before the topic was drained: {r['stop_reason']}")
     w(f"  loss        {_num(r['loss_first'])} -> {_num(r['loss_last'])} (mean of the first / last 20 steps)")
     w()
-    w("  progressive evaluation (each batch ranked against every known item before training on it;")
-    w("  rolling over the last evaluated steps)")
-    if r["progressive"]:
-        w(f"  {'events':>10} {'pass':>5} {'step':>6} {'seconds':>8} {'Recall@20':>10} {'NDCG@20':>9} {'loss':>8}")
-        for p in r["progressive"]:
-            w(f"  {p['events']:>10,} {p['pass']:>5} {p['step']:>6} {p['seconds']:>8.1f} {p['recall@20']:>10.4f} "
-              f"{p['ndcg@20']:>9.4f} {_num(p['loss']):>8}")
-        if r["epochs"] > 1:
-            w("  from pass 2 on, every event was trained once before: progressive recall there measures what")
-            w("  the model kept of trained interactions, not generalisation (the offline test below does)")
-    else:
-        w("  (no evaluated step: the run was too short)")
-    w()
+    _progressive_lines(r, w)
     w(f"  offline on {', '.join(off['test_files'])} (the sampled users' test items): {off['test_users']:,} users, "
       f"full ranking over {off['candidate_items']:,} items, each user's train+valid items excluded")
     ks = off["k_list"]

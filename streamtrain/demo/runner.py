@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtrain.checkpoint_eval import evaluate_checkpoint
+from streamtrain.serving.checkpoint_eval import evaluate_checkpoint
 from streamtrain.config import Config, dump_config
 from streamtrain.data.gowalla import DEFAULT_GOWALLA_DIR, DatasetError, gowalla_file
 from streamtrain.data.interactions import Interactions, read_interactions
@@ -54,7 +54,7 @@ from streamtrain.demo.settings import DEFAULT_EPOCHS, DEFAULT_USERS, demo_config
 from streamtrain.errors import StreamtrainError
 from streamtrain.events.batch import object_array
 from streamtrain.localstack import REPO_ROOT, StackAddresses, StackError, register_scrape_target, wait_for_sample
-from streamtrain.replay import EventLog, ProducerSettings, kafka_producer, produce_events, read_log
+from streamtrain.replay import EventLog, ProducerSettings, kafka_producer, produce_chunks, read_log
 from streamtrain.serving.ann import IndexSpec
 from streamtrain.serving.checkpoint_model import choose_checkpoint, load_checkpoint
 from streamtrain.serving.export_format import read_export, resolve_export, write_export
@@ -167,8 +167,8 @@ def _replay(config: Config, event_log: EventLog, order: np.ndarray) -> dict[str,
     origin = float(math.floor(time.time() - count))  # synthesised times end about now, 1 s apart
     sink = kafka_producer(config.kafka, ProducerSettings())
     try:
-        stats = produce_events(
-            event_log.events(order, time_origin=origin),
+        stats = produce_chunks(
+            event_log.chunks(order, time_origin=origin),
             sink, config.kafka.topic, total=count, max_message_bytes=config.kafka.max_message_bytes,
         )
     except StreamtrainError as exc:
@@ -177,8 +177,8 @@ def _replay(config: Config, event_log: EventLog, order: np.ndarray) -> dict[str,
         sink.close()  # type: ignore[attr-defined]
     if stats.produced != count:
         raise DemoError(
-            f"replay delivered {stats.produced:,} of {count:,} events ({stats.delivery_failures} delivery failures, "
-            f"first: {stats.first_failure}; {stats.skipped_invalid + stats.skipped_oversized} skipped)"
+            f"replay delivered {stats.produced:,} of {count:,} events ({stats.failure_message() or 'no delivery failures'}; "
+            f"{stats.skipped_invalid + stats.skipped_oversized} skipped)"
         )
     return {"events": stats.produced, "seconds": stats.elapsed_s}
 

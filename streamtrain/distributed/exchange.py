@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from streamtrain.distributed.context import DistContext
 from streamtrain.events.batch import EventBatch
-from streamtrain.worker.batcher import MicroBatch
+from streamtrain.events.records import MicroBatch
 
 __all__ = ["Agreement", "StepExchange", "merge_batches"]
 

@@ -26,17 +26,18 @@ from typing import Any
 
 import redis
 
-from streamtrain.worker.errors import WorkerError
+from streamtrain.errors import WorkerError
 
 __all__ = ["LeaseHeldError", "RunLease", "lease_key"]
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] lease key, ARGV[1] our value, ARGV[2] ttl ms. 1: renewed or re-taken, 0: someone else holds it.
+# KEYS[1] lease key, ARGV[1] our value, ARGV[2] ttl ms. 1: renewed, 2: re-taken after it expired,
+# 0: someone else holds it.
 _RENEW = """
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
 return 0
 """
 _RELEASE = """
@@ -65,6 +66,7 @@ class RunLease:
         ttl_s: float,
         world_size: int = 1,
         on_lost: Callable[[str], None] | None = None,
+        on_retaken: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self.key = lease_key(namespace)
@@ -76,8 +78,10 @@ class RunLease:
             "world_size": world_size, "since": time.time(),
         }, sort_keys=True)
         self.on_lost = on_lost  # called on the heartbeat thread when another job took the lease
+        self.on_retaken = on_retaken  # called when the lease had expired and nobody had taken it (counted)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_renewed: float | None = None
         self.held = False
 
     # ------------------------------------------------------------------ start / stop
@@ -89,6 +93,7 @@ class RunLease:
                 taken = self._client.set(self.key, self._value, nx=True, px=self._ttl_ms)
                 if taken:
                     self.held = True
+                    self._last_renewed = time.monotonic()
                     log.info("took the run's lease %s as %s (expires %.1f s after the last heartbeat)",
                              self.key, self.holder, self._ttl_ms / 1000)
                     return
@@ -123,9 +128,29 @@ class RunLease:
             self._thread = threading.Thread(target=self._beat, name="streamtrain-lease", daemon=True)
             self._thread.start()
 
+    @property
+    def value(self) -> str:
+        """What the lease key holds while this job has it (the state store's commits check it)."""
+        return self._value
+
     def renew(self) -> bool:
-        """Extend our lease once; False when another holder has it (raises redis errors)."""
-        return bool(self._client.eval(_RENEW, 1, self.key, self._value, self._ttl_ms))
+        """Extend our lease once; False when another holder has it (raises redis errors).
+
+        A lease that expired with nobody taking it (this process was paused, or Redis unreachable, past
+        the TTL) is taken back, logged and counted: nobody else resumed the run meanwhile, and if one did
+        and let go again, the checkpoint fence still refuses this job's next commit.
+        """
+        since = time.monotonic()
+        result = int(self._client.eval(_RENEW, 1, self.key, self._value, self._ttl_ms))
+        if result == 2:
+            gap = time.monotonic() - self._last_renewed if self._last_renewed is not None else float("nan")
+            log.warning("the run's lease %s had expired (%.1f s since the last renewal, TTL %.1f s: paused or cut "
+                        "off) and nobody had taken it: took it back", self.key, gap, self._ttl_ms / 1000)
+            if self.on_retaken is not None:
+                self.on_retaken()
+        if result:
+            self._last_renewed = since
+        return bool(result)
 
     def _beat(self) -> None:
         interval = self._ttl_ms / 3000
@@ -138,9 +163,10 @@ class RunLease:
                 continue
             self.held = False
             reason = f"lost the run's lease {self.key} to another job"
-            log.error("%s", reason)
             if self.on_lost is not None:
-                self.on_lost(reason)
+                self.on_lost(reason)  # the worker logs it, once
+            else:
+                log.error("%s", reason)
             return
 
     def release(self) -> None:

@@ -1,7 +1,7 @@
 """Starting a job's ranks together: rank 0 takes the lease and resumes, the others receive its state.
 
 Rank 0 alone touches the run's stored state (lease, ``--fresh``, Redis, the checkpoint file). It
-then broadcasts what it resumed (the :class:`~streamtrain.worker.resume.ResumePoint` and, unless
+then broadcasts what it resumed (the :class:`~streamtrain.state.resume.ResumePoint` and, unless
 the run is fresh, the engine's file and shared state), so every rank starts bit-identical without
 reading the checkpoint volume (ranks on other nodes need not mount it). A failure on rank 0 is
 broadcast too: every rank exits with its message instead of waiting for a collective timeout.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from streamtrain.distributed.context import DistContext
-from streamtrain.worker.errors import WorkerError
+from streamtrain.errors import WorkerError
 
 __all__ = ["on_main", "share_resume"]
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from streamtrain.events.schema import ContextValue
-from streamtrain.model.id_keys import KeyedIds
+from streamtrain.events.ids import KeyedIds
 
 __all__ = ["EventBatch", "normalize_id", "object_array"]
 

@@ -12,6 +12,8 @@ and converted with one numpy call each. bench/bench_decode.py compares this with
 whole chunk as one JSON array; that is not used because it cannot tell which message a parsed
 element came from when one message is malformed (e.g. ``{"a":[{}`` followed by ``{}]}``
 parses as a single element), so a bad message could hide or impersonate its neighbours.
+:mod:`streamtrain.events.batch_decoder` parses whole batches safely (a random marker between
+messages) and uses this function as its reference for every message it does not accept outright.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from the trainer: ``("assign", generation, {partition key: next offset | EARLIES
   assignment and drops the open batch; ``{}`` stops reading), ``("free", slot)``, ``("flush",)``,
   ``("stop",)``;
 to the trainer: ``("batch", slot)`` (a slot holds a ready batch, :mod:`streamtrain.ingest.slots`),
-  ``("packed", arrays)`` (one that did not fit a slot), ``("reset", key, stored, new)`` (the log no
-  longer holds ``stored``), ``("ack", generation)`` (first fetch of an assignment done),
+  ``("packed", arrays)`` (one that did not fit a slot), ``("reset", key, stored, new, log start)`` (the
+  log no longer holds ``stored``), ``("ack", generation)`` (first fetch of an assignment done),
   ``("status", pending, last_message_at, poll_ok, error, counters)``,
   ``("fatal", text)``.
 
@@ -24,19 +24,23 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from streamtrain.events import decode_values
+from streamtrain.events import decode_batch
 from streamtrain.ingest.counters import CounterSnapshot
-from streamtrain.ingest.fetch import Fetched, FetchError, OutOfRange, make_fetcher
+from streamtrain.ingest.fetch import Fetched, Fetcher, FetchError, KafkaPythonFetcher, OutOfRange
+from streamtrain.ingest.fetch_confluent import ConfluentFetcher
 from streamtrain.ingest.slots import SlotLayout, pack
+from streamtrain.log_limit import limit_client_logs
 from streamtrain.metrics import Metrics
-from streamtrain.model.id_keys import KeyedIds
-from streamtrain.worker.batcher import Batcher, MicroBatch, PartitionKey
+from streamtrain.events.ids import KeyedIds
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.events.records import MicroBatch, PartitionKey
 
 __all__ = ["main"]
 
@@ -44,6 +48,16 @@ log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT_S = 0.1
 _STATUS_EVERY_S = 0.2
+
+
+
+def make_fetcher(client: str, options: Mapping[str, Any], max_records: int) -> Fetcher:
+    """``options`` as :func:`streamtrain.worker.build.kafka_client_options` returns them."""
+    if client == "confluent":
+        return ConfluentFetcher(options, max_records)
+    if client == "kafka-python":
+        return KafkaPythonFetcher(options, max_records)
+    raise ValueError(f"kafka.client must be 'confluent' or 'kafka-python', got {client!r}")
 
 
 class _Stop(Exception):
@@ -144,7 +158,7 @@ class IngestChild:
             self.ready.append(due)
 
     def _decode(self, part: Fetched, now: float) -> list[MicroBatch]:
-        result = decode_values(part.values, max_bytes=self.settings["max_message_bytes"])
+        result = decode_batch(part.values, max_bytes=self.settings["max_message_bytes"])
         self.metrics.events_consumed.inc(len(part.values))
         if result.rejects:
             below = self._sent_below.get(part.key, -1)
@@ -167,7 +181,7 @@ class IngestChild:
             start, end = marks[key]
             new = start if stored < start else end if stored > end else stored
             self.fetcher.seek(key, new)
-            self._send(("reset", key, stored, new))
+            self._send(("reset", key, stored, new, start))
 
     def _publish(self, batch: MicroBatch) -> None:
         while self._dl_unflushed:
@@ -190,7 +204,7 @@ class IngestChild:
         if self._dead_letters is None:  # most runs never reject: no producer until needed
             from kafka import KafkaProducer
 
-            from streamtrain.worker.dead_letter import DeadLetterSink
+            from streamtrain.ingest.dead_letter import DeadLetterSink
 
             s = self.settings
             producer = KafkaProducer(**s["options"], linger_ms=5, max_request_size=s["dead_letter_max_bytes"])
@@ -229,9 +243,13 @@ def main(index: int, conn: Connection, shm_name: str, layout: SlotLayout, count:
     for noisy in ("kafka", "streamtrain.ingest.fetch_confluent"):
         if settings.get("log_level", "INFO") != "DEBUG":
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    repeat = limit_client_logs(settings.get("log_repeat_interval_s", 30.0))
     shm = SharedMemory(name=shm_name)
     try:
-        IngestChild(index, conn, shm, layout, count, settings).run()
+        child = IngestChild(index, conn, shm, layout, count, settings)
+        if repeat is not None:  # held-back lines reach the trainer's /metrics with the other counters
+            repeat.on_suppressed = lambda name: child.metrics.log_lines_suppressed.labels(logger=name).inc()
+        child.run()
     except Exception as exc:
         log.exception("ingest %d failed", index)
         try:

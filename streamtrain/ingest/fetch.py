@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from streamtrain.worker.batcher import PartitionKey
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.events.records import PartitionKey
+from streamtrain.events.records import EARLIEST
 
-__all__ = ["Fetched", "Fetcher", "FetchError", "OutOfRange", "Record", "make_fetcher"]
+__all__ = ["Fetched", "Fetcher", "FetchError", "OutOfRange", "Record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,17 +83,6 @@ class Fetcher(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def make_fetcher(client: str, options: Mapping[str, Any], max_records: int) -> Fetcher:
-    """``options`` as :func:`streamtrain.worker.build.kafka_client_options` returns them."""
-    if client == "confluent":
-        from streamtrain.ingest.fetch_confluent import ConfluentFetcher
-
-        return ConfluentFetcher(options, max_records)
-    if client == "kafka-python":
-        return KafkaPythonFetcher(options, max_records)
-    raise ValueError(f"kafka.client must be 'confluent' or 'kafka-python', got {client!r}")
 
 
 class KafkaPythonFetcher:

@@ -18,8 +18,8 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from streamtrain.ingest.fetch import Fetched, FetchError, OutOfRange
-from streamtrain.worker.batcher import PartitionKey
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.events.records import PartitionKey
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["ConfluentFetcher", "librdkafka_options"]
 

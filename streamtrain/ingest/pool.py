@@ -23,8 +23,8 @@ from streamtrain.ingest import child as child_main
 from streamtrain.ingest.counters import CounterSink
 from streamtrain.ingest.slots import SlotLayout, unpack
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.errors import WorkerError
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.errors import WorkerError
 
 __all__ = ["IngestPool", "deal"]
 
@@ -64,7 +64,7 @@ class IngestPool:
 
     def __init__(self, processes: int, *, topic: str, settings: dict[str, Any], layout: SlotLayout,
                  slots_per_process: int, metrics: Metrics,
-                 on_batch: Callable[[MicroBatch], None], on_reset: Callable[[PartitionKey, int, int], None],
+                 on_batch: Callable[[MicroBatch], None], on_reset: Callable[..., None],
                  on_health: Callable[[bool, str], None]) -> None:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
@@ -198,8 +198,7 @@ class IngestPool:
             if all(c.acked >= msg[1] for c in self._children):
                 self._acked_at.setdefault(msg[1], time.monotonic())
         elif kind == "reset":
-            _, key, stored, new = msg
-            self._on_reset(key, stored, new)
+            self._on_reset(*msg[1:])  # key, stored, new, log start
         elif kind == "fatal":
             raise WorkerError(msg[1])
 

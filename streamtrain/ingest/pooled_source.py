@@ -1,6 +1,6 @@
 """The worker's source when ingest runs in processes: group membership here, records there.
 
-:class:`PooledSource` is a :class:`~streamtrain.worker.source.KafkaSource` whose consumer only keeps
+:class:`PooledSource` is a :class:`~streamtrain.ingest.source.KafkaSource` whose consumer only keeps
 the group membership: on assignment it seeks each partition to the trained offset (as before) and
 *pauses* it, so it never fetches, then deals the partitions and their offsets to the ingest processes
 (:class:`~streamtrain.ingest.pool.IngestPool`). Everything else is unchanged: the generation rule
@@ -17,10 +17,10 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from streamtrain.ingest.pool import IngestPool
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.errors import WorkerError
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.errors import WorkerError
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["PooledSource"]
 
@@ -89,9 +89,10 @@ class PooledSource(KafkaSource):
         if batch.release is not None:
             batch.release()
 
-    def _reset_from_pool(self, key: PartitionKey, stored: int, new: int) -> None:
-        self._metrics.kafka_errors.labels(operation="offset_out_of_range").inc()
-        self._hooks.on_offset_reset(key, stored, new)
+    def _reset_from_pool(self, key: PartitionKey, stored: int, new: int, log_start: int | None = None) -> None:
+        # Counted once, by the ingest process (its counters reach this registry); counting here too made
+        # one reset read as two.
+        self._hooks.on_offset_reset(key, stored, new, log_start)
 
     def _health_from_pool(self, ok: bool, error: str) -> None:
         if ok:

@@ -6,7 +6,7 @@ layout (B = batch size, A = id arena bytes per column, R = most partitions a bat
     header      int64[8]       events, ranges, closed_by, generation, user bytes, item bytes, messages, -
     ranges      int64[R, 4]    partition, first offset, next offset, events
     last_time   float64[R]     event time of each range's last good event (NaN: none)
-    user_keys   int64[B]       stable keys (streamtrain.model.id_keys), so the trainer never hashes
+    user_keys   int64[B]       stable keys (streamtrain.events.ids), so the trainer never hashes
     item_keys   int64[B]
     user_starts, user_lengths, item_starts, item_lengths   int64[B]   where each id's bytes are
     event_time  float64[B]
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from streamtrain.events import EventBatch
-from streamtrain.model.id_keys import EncodedIds, KeyedIds
-from streamtrain.worker.batcher import MicroBatch, PartitionKey, PartitionRange
+from streamtrain.events.ids import EncodedIds, KeyedIds
+from streamtrain.events.records import MicroBatch, PartitionKey, PartitionRange
 
 __all__ = ["SlotLayout", "SlotView", "pack", "unpack", "CLOSED_BY"]
 

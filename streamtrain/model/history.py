@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from streamtrain.model.membership import member
+from streamtrain.vocab.membership import member
 
 __all__ = ["EMPTY", "BatchOrder", "OrderTensors", "UserHistory"]
 

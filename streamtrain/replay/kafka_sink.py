@@ -1,8 +1,11 @@
-"""The real :class:`~streamtrain.replay.producer.EventSink`: a kafka-python ``KafkaProducer``.
+"""Producer settings of replay, and the previous producer: a kafka-python ``KafkaProducer``.
 
-Settings that matter for replay throughput are exposed (bench/bench_replay.py compares them);
-the rest are fixed for safety: ``acks="all"`` with idempotence, so retries neither lose nor
-reorder a user's events.
+:class:`ProducerSettings` (linger, batch size, compression) is what ``streamtrain replay`` exposes;
+:func:`~streamtrain.replay.confluent_sink.confluent_producer` (librdkafka) applies it. The
+kafka-python producer (:func:`kafka_python_producer`) is kept only as the old path the replay
+benchmark measures side by side (bench/run --suite replay): 10x slower, it is no longer used by
+the command or the demo. Both fix the safety settings: ``acks="all"`` with idempotence, so
+retries neither lose nor reorder a user's events.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any, Literal
 from streamtrain.config import KafkaConfig
 from streamtrain.replay.errors import ReplayError
 
-__all__ = ["COMPRESSIONS", "Compression", "ProducerSettings", "kafka_producer"]
+__all__ = ["COMPRESSIONS", "Compression", "ProducerSettings", "kafka_python_producer"]
 
 Compression = Literal["none", "lz4", "gzip", "zstd", "snappy"]
 COMPRESSIONS: tuple[str, ...] = ("none", "lz4", "gzip", "zstd", "snappy")
@@ -28,8 +31,8 @@ class ProducerSettings:
     Attributes:
         linger_ms: how long a partition's batch may wait for more events.
         batch_bytes: the largest batch per partition (kafka-python ``batch_size``).
-        compression: codec per batch; ``lz4`` (needs the ``lz4`` package) halves the bytes sent
-            for a remote broker; none is the default because it needs no extra package.
+        compression: codec per batch; ``lz4`` halves the bytes sent for a remote broker (librdkafka
+            has every codec built in; the kafka-python path needs the codec's package).
     """
 
     linger_ms: int = 20
@@ -85,10 +88,10 @@ def _key_partitioner() -> Any:
     return KeyHashCachingPartitioner()
 
 
-def kafka_producer(kafka: KafkaConfig, settings: ProducerSettings, *, client_id: str | None = None) -> Any:
-    """A connected ``KafkaProducer`` for ``kafka``'s brokers and security settings.
+def kafka_python_producer(kafka: KafkaConfig, settings: ProducerSettings, *, client_id: str | None = None) -> Any:
+    """A connected kafka-python ``KafkaProducer`` for ``kafka``'s brokers and security settings.
 
-    Called once by the replay command (and the benchmark). The caller closes it.
+    The old replay producer, called only by the replay benchmark as the baseline. The caller closes it.
 
     Raises:
         ReplayError: the codec's package is missing or no broker answered.

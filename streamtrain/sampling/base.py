@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-__all__ = ["SamplerInput", "SamplerOutput", "Sampler", "SAMPLERS", "register", "build_sampler"]
+__all__ = ["SamplerInput", "SamplerOutput", "Sampler", "SAMPLERS", "register"]
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Sampler(ABC):
         """(B, N) log-probability each known item is drawn as a negative for each query (rows of
         ``inp.known_items``); used by the bias probe for KL(full softmax || sampler). No state change.
         Conditioned on this input's batch (and the sampler's cache or bank): items the sampler
-        cannot reach get −inf; the probe accounts for that (see streamtrain/probe.py)."""
+        cannot reach get −inf; the probe accounts for that (see streamtrain/evaluation/probe.py)."""
 
     def forget_rows(self, rows: torch.Tensor) -> None:
         """Drop everything kept about item ``rows`` ((k,) int64, on the sampler's device): the
@@ -130,14 +130,3 @@ def register(cls: type[Sampler]) -> type[Sampler]:
         raise ValueError(f"sampler {cls.name!r} registered twice")
     SAMPLERS[cls.name] = cls
     return cls
-
-
-def build_sampler(config: Any, *, batch_size: int, seed: int, device: torch.device) -> Sampler:
-    """Build the sampler named by ``config`` (a :class:`streamtrain.config.SamplerConfig`)."""
-    import streamtrain.sampling  # noqa: F401  -- importing the package registers every sampler
-
-    try:
-        cls = SAMPLERS[config.name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {config.name!r}; known: {sorted(SAMPLERS)}") from None
-    return cls.from_config(config, batch_size=batch_size, seed=seed, device=device)  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamtrain.model.membership import member
+from streamtrain.vocab.membership import member
 from streamtrain.sampling.base import Sampler, SamplerInput, SamplerOutput, register
 from streamtrain.sampling.inbatch import duplicate_hits
 from streamtrain.sampling.proposal import candidates_to_known

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamtrain.model.membership import member as _member
+from streamtrain.vocab.membership import member as _member
 from streamtrain.sampling.base import SamplerInput, SamplerOutput, register
 from streamtrain.sampling.bir import positive_logits, resampled_negatives, resampling_probs
 from streamtrain.sampling.proposal import candidates_to_known

@@ -1,7 +1,7 @@
 """A worker checkpoint file, loaded for reading: the two-tower model and its id vocabularies.
 
 Used by ``streamtrain eval`` and ``streamtrain export``. The file is the Trainer's ``file_state``
-(see :mod:`streamtrain.worker.checkpoint`, step 2): model weights, optimizer state, vocabularies,
+(see :mod:`streamtrain.state.checkpoint`, step 2): model weights, optimizer state, vocabularies,
 step. Only the model and the vocabularies are read; nothing is trained or written.
 
 The architecture comes from the tensors themselves (table capacities and ``D`` from the embedding
@@ -13,7 +13,7 @@ stored take those from the configuration passed in, and files without a history 
 
 Which file (:func:`choose_checkpoint`): an explicit ``.pt`` file; else, in the run directory
 (``<checkpoint.dir>/<run>``; given ``<checkpoint.dir>`` the run is ``run.name``), the checkpoint
-Redis names as committed for that run (:mod:`streamtrain.worker.committed`), never merely the newest
+Redis names as committed for that run (:mod:`streamtrain.state.committed`), never merely the newest
 file (after a crash a newer, uncommitted file can exist); or an older one picked by id. Only when
 Redis has no state for the run, or cannot be reached, is the newest file used, with a warning.
 """
@@ -31,16 +31,16 @@ import torch
 from streamtrain.config import Config
 from streamtrain.errors import StreamtrainError
 from streamtrain.model.two_tower import TwoTowerModel
-from streamtrain.model.vocabulary import IdVocabulary, VocabularyStateError
-from streamtrain.training.state import torch_tree_to_numpy
-from streamtrain.worker.committed import (
+from streamtrain.vocab.vocabulary import IdVocabulary, VocabularyStateError
+from streamtrain.training.state_tree import torch_tree_to_numpy
+from streamtrain.state.committed import (
     CommittedCheckpoint,
     CommittedLookup,
     checkpoint_file_for_id,
     checkpoint_ids,
     redis_committed_lookup,
 )
-from streamtrain.worker.errors import StateStoreError
+from streamtrain.errors import StateStoreError
 
 __all__ = [
     "CheckpointChoice", "CheckpointLoadError", "LoadedCheckpoint", "checkpoint_from_state", "choose_checkpoint",
@@ -72,7 +72,7 @@ class LoadedCheckpoint:
 
     @property
     def vocabs(self) -> dict[str, IdVocabulary]:
-        """``{"user": ..., "item": ...}`` as :func:`streamtrain.evaluation.offline_evaluate` takes them."""
+        """``{"user": ..., "item": ...}`` as :func:`streamtrain.evaluation.progressive.offline_evaluate` takes them."""
         return {"user": self.user_vocab, "item": self.item_vocab}
 
     def describe(self) -> dict[str, Any]:

@@ -10,6 +10,9 @@
     user_fallback.npy           (D,) float32: the embedding of a user the model has never seen
     user_tower.pt               torch state_dict of the user tower (embedding table [+ MLP head])
     user_rows.npy               (N_users,) int64: each user's row in that table (row 0 = fallback)
+    user_history.npy            history models only: (N_users, H) int64, each user's last H items as
+                                positions in item_embeddings (-1 = none), oldest first; what
+                                ``recommend --exclude-recent`` leaves out (optional: in "files" when written)
     items.faiss                 a FAISS index over item_embeddings: HNSW by default (approximate;
                                 its recall@20 against exact search is in the manifest), or
                                 IndexFlatIP (exact); see streamtrain/serving/ann.py
@@ -77,7 +80,7 @@ import torch
 
 from streamtrain import __version__
 from streamtrain.errors import StreamtrainError
-from streamtrain.model.vocabulary import FALLBACK_ROW
+from streamtrain.vocab.vocabulary import FALLBACK_ROW
 from streamtrain.serving.ann import IndexSpec, build_index, faiss_module, recall_against_exact
 from streamtrain.serving.checkpoint_model import LoadedCheckpoint, hidden_dims_of
 
@@ -97,6 +100,7 @@ FILES = {
     "user_tower": "user_tower.pt",
     "user_rows": "user_rows.npy",
 }
+HISTORY_FILE = "user_history.npy"
 FAISS_FILE = "items.faiss"
 _CHUNK = 65536
 
@@ -138,6 +142,14 @@ def _index_entry(items: np.ndarray, users: np.ndarray, spec: IndexSpec, staging:
     return {"file": FAISS_FILE, **info}
 
 
+def _history_columns(model: Any, item_rows: np.ndarray, user_rows: np.ndarray) -> np.ndarray:
+    """(N_users, H) the users' stored recent items as positions in the exported items, -1 = none."""
+    column = np.full(int(model.item.embedding.weight.shape[0]), -1, dtype=np.int64)  # item row -> position
+    column[item_rows] = np.arange(len(item_rows))
+    rows = model.history.items[torch.from_numpy(user_rows)].long().cpu().numpy()  # (N_users, H), -1 empty
+    return np.where(rows > FALLBACK_ROW, column[np.maximum(rows, 0)], -1)
+
+
 def write_export(
     ckpt: LoadedCheckpoint,
     out_dir: Path,
@@ -173,6 +185,10 @@ def write_export(
         (staging / FILES["item_ids"]).write_text(json.dumps(item_ids))
         (staging / FILES["user_ids"]).write_text(json.dumps(user_ids))
         torch.save(model.user.state_dict(), staging / FILES["user_tower"])
+        files = dict(FILES)
+        if model.uses_history:
+            np.save(staging / HISTORY_FILE, _history_columns(model, item_rows, user_rows))
+            files["user_history"] = HISTORY_FILE
         faiss_info = _index_entry(items, users, spec, staging)
         manifest = {
             "format": FORMAT,
@@ -191,7 +207,7 @@ def write_export(
             },
             "counts": {"items": len(item_ids), "users": len(user_ids)},
             "score": "dot(user_embedding, item_embedding) / temperature",
-            "files": dict(FILES),
+            "files": files,
             "faiss": faiss_info,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -216,6 +232,7 @@ class Export:
     user_embeddings: np.ndarray  # (N_users, D) float32
     user_fallback: np.ndarray  # (D,) float32
     faiss_index: Any | None = None
+    user_history: np.ndarray | None = None  # (N_users, H) int64 item positions, -1 none; history models only
 
     def __post_init__(self) -> None:
         self._user_index = {u: i for i, u in enumerate(self.user_ids)}
@@ -231,6 +248,23 @@ class Export:
         if index is None:
             return self.user_fallback, False
         return self.user_embeddings[index], True
+
+    def recent_columns(self, user_id: str) -> np.ndarray:
+        """Sorted distinct positions of ``user_id``'s last H items (empty for an unknown user).
+
+        Raises:
+            ExportError: the export holds no histories (an id-only model, or written before they were).
+        """
+        if self.user_history is None:
+            raise ExportError(
+                f"{self.path} holds no user histories (user_history.npy): an id-only model, or an export from "
+                "an older streamtrain; re-export a history model with `streamtrain export`, or drop --exclude-recent"
+            )
+        index = self._user_index.get(user_id)
+        if index is None:
+            return np.zeros(0, dtype=np.int64)
+        row = np.asarray(self.user_history[index])
+        return np.unique(row[row >= 0])
 
     def item_columns(self, item_ids: Iterable[str]) -> np.ndarray:
         """Sorted distinct positions of the ``item_ids`` that are in the export (unknown ids are skipped)."""
@@ -280,6 +314,7 @@ def read_export(path: Path, *, load_faiss: bool = True, checkpoint_id: int | Non
         fallback = np.load(path / files["user_fallback"])
         item_ids = json.loads((path / files["item_ids"]).read_text())
         user_ids = json.loads((path / files["user_ids"]).read_text())
+        history = np.load(path / files["user_history"], mmap_mode="r") if "user_history" in files else None
     except (OSError, ValueError) as exc:
         raise ExportError(f"{path}: cannot read the export's files: {exc}") from exc
     dim, counts = manifest["model"]["dim"], manifest["counts"]
@@ -287,6 +322,8 @@ def read_export(path: Path, *, load_faiss: bool = True, checkpoint_id: int | Non
         raise ExportError(f"{path}: item embeddings {items.shape} / {len(item_ids)} ids do not match the manifest")
     if users.shape != (counts["users"], dim) or len(user_ids) != counts["users"] or fallback.shape != (dim,):
         raise ExportError(f"{path}: user embeddings {users.shape} / {len(user_ids)} ids do not match the manifest")
+    if history is not None and (history.ndim != 2 or history.shape[0] != counts["users"]):
+        raise ExportError(f"{path}: user histories {history.shape} do not match {counts['users']} users")
     index = None
     if load_faiss and manifest.get("faiss"):
         faiss = faiss_module()
@@ -294,4 +331,4 @@ def read_export(path: Path, *, load_faiss: bool = True, checkpoint_id: int | Non
             log.info("%s has a FAISS index but faiss is not importable: scoring with numpy", path)
         else:
             index = faiss.read_index(str(path / manifest["faiss"]["file"]))
-    return Export(path, manifest, item_ids, items, user_ids, users, fallback, index)
+    return Export(path, manifest, item_ids, items, user_ids, users, fallback, index, history)

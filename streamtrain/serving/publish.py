@@ -43,8 +43,8 @@ from typing import Any
 from streamtrain.serving.ann import IndexSpec
 from streamtrain.serving.checkpoint_model import checkpoint_from_state
 from streamtrain.serving.export_format import LATEST, write_export
-from streamtrain.worker.checkpoint_files import fsync_dir
-from streamtrain.worker.committed import CommittedCheckpoint
+from streamtrain.state.files import fsync_dir
+from streamtrain.state.committed import CommittedCheckpoint
 
 __all__ = ["ExportPublisher", "Published", "flip_latest", "version_name"]
 

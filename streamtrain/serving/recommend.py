@@ -62,9 +62,11 @@ def _top_faiss(export: Export, query: np.ndarray, k: int, excluded: np.ndarray) 
 
 
 def recommend(
-    export: Export, user_id: str, k: int, *, exclude: Iterable[str] = (), backend: Backend = "auto"
+    export: Export, user_id: str, k: int, *, exclude: Iterable[str] = (), backend: Backend = "auto",
+    exclude_recent: bool = False,
 ) -> Recommendation:
-    """The ``k`` best items for ``user_id`` not in ``exclude``.
+    """The ``k`` best items for ``user_id`` not in ``exclude`` (nor, with ``exclude_recent``, among the
+    user's own last H items at the export: ``trainer.exclude_history_items``, as progressive evaluation).
 
     ``backend``: ``auto`` uses FAISS when the export has an index loaded, else numpy. Raises
     ExportError for ``faiss`` without a loaded index and ValueError for ``k < 1``.
@@ -76,6 +78,8 @@ def recommend(
     use = "faiss" if backend == "faiss" or (backend == "auto" and export.faiss_index is not None) else "numpy"
     query, known = export.user_embedding(str(user_id))
     excluded = export.item_columns(exclude)
+    if exclude_recent:
+        excluded = np.union1d(excluded, export.recent_columns(str(user_id)))
     top, scores = (_top_faiss if use == "faiss" else _top_numpy)(export, np.asarray(query, np.float32), k, excluded)
     return Recommendation(
         user_id=str(user_id),

@@ -25,11 +25,17 @@ exactly as W = 1.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from streamtrain.model.history import EMPTY
+from streamtrain.sampling.base import SamplerInput
+from streamtrain.training.device import autocast_context
+from streamtrain.training.guard import finite_flag, guarded_step
+
+if TYPE_CHECKING:
+    from streamtrain.training.state import TrainState
 
 __all__ = ["ReplaySteps"]
 
@@ -38,11 +44,10 @@ class ReplaySteps:
     """Ring of recent events (user row, item row, causal history, weight) and the extra steps."""
 
     def __init__(self, extra_steps: int, window_events: int, history_length: int, seed: int,
-                 device: torch.device, reverse: bool = False) -> None:
+                 device: torch.device) -> None:
         if extra_steps < 0 or window_events < 0:
             raise ValueError(f"extra_steps and window_events must be >= 0, got {extra_steps}, {window_events}")
         self.extra_steps = extra_steps
-        self.reverse = reverse
         self.window = window_events if extra_steps else 0
         self.device = device
         # On the device: the draws need no upload (a host array would be a pageable copy on CUDA).
@@ -83,14 +88,11 @@ class ReplaySteps:
         self._at = (self._at + keep) % self.window
         self._filled = min(self._filled + keep, self.window)
 
-    def run(self, trainer: Any, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
-            weights: torch.Tensor | None, known: torch.Tensor) -> None:
-        """The extra steps after the trainer's step on this batch, then the batch joins the ring."""
+    def run(self, state: TrainState, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
+            weights: torch.Tensor | None, known: torch.Tensor, *, masked: bool) -> None:
+        """The extra steps after the step on this batch, then the batch joins the ring."""
         if not self.enabled:
             return
-        from streamtrain.training.device import autocast_context
-        from streamtrain.training.guard import finite_flag, guarded_step
-
         b = users.numel()
         for _ in range(self.extra_steps):
             idx = self._draw(b)
@@ -100,30 +102,17 @@ class ReplaySteps:
                 i = torch.cat([items, self.items[idx]])
                 h = None if history is None else torch.cat([history, self.history[idx].long()])
                 w = torch.cat([torch.ones(b, device=self.device) if weights is None else weights, self.weights[idx]])
-            if self.reverse and h is not None:
-                u, i, h, w = self._with_reversed(u, i, h, w)
-            trainer._zero_grads()
-            with autocast_context(trainer.device, trainer.config.trainer.mixed_precision):
-                out = trainer.sampler.loss(trainer._replay_input(u, i, h, w, known), update_state=False)
+            state.zero_grads()
+            with autocast_context(state.device, state.config.trainer.mixed_precision):
+                out = state.sampler.loss(_input(state, u, i, h, w, known), update_state=False)
             if out.loss.requires_grad:
                 out.loss.backward()
             apply = finite_flag(out.loss)
-            trainer.sparse_optimizer.step(apply, masked=trainer.mask_updates)
-            if trainer.dense_optimizer is not None:
-                guarded_step(trainer.dense_optimizer, apply, masked=trainer.mask_updates)
-        trainer._zero_grads()
+            state.sparse_optimizer.step(apply, masked=masked)
+            if state.dense_optimizer is not None:
+                guarded_step(state.dense_optimizer, apply, masked=masked)
+        state.zero_grads()
         self._push(users, items, history, weights)
-
-    def _with_reversed(self, u, i, h, w):
-        """Append, for each event, the pair read backwards: history = [its item], positive = the item
-        just before it (weight 0 where there is none). Co-visitation counts both directions."""
-        b, length = h.shape
-        prev = h[:, -1]  # (b,) newest item before each event
-        rev_h = torch.full_like(h, EMPTY)
-        rev_h[:, -1] = i
-        has = (prev != EMPTY).float()
-        w = torch.ones(b, device=self.device) if w is None else w
-        return (torch.cat([u, u]), torch.cat([i, prev.clamp(min=0)]), torch.cat([h, rev_h]), torch.cat([w, w * has]))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -138,3 +127,19 @@ class ReplaySteps:
             getattr(self, name).copy_(state[name])
         self._filled, self._at = int(state["filled"]), int(state["at"])
         self._gen.set_state(state["rng"])
+
+
+def _input(state: TrainState, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
+           weights: torch.Tensor | None, known: torch.Tensor) -> SamplerInput:
+    keys, frequency = state.item_keys, state.frequency
+    return SamplerInput(
+        queries=state.model.query(users, history),  # (n, D)
+        pos_items=items,  # (n,)
+        pos_emb=state.model.item_tower(items),  # (n, D)
+        embed_items=state.model.item_tower,
+        log_q=lambda rows: frequency.log_prob(keys[rows]),
+        known_items=known,
+        temperature=state.model.temperature,
+        num_item_rows=state.item_vocab.capacity,
+        weights=weights,
+    )

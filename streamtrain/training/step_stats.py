@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from streamtrain.training.readback import Ticket
 
 __all__ = ["FIXED_FIELDS", "PendingStep", "StepStats"]
@@ -29,7 +31,7 @@ class StepStats:
     sampler_stats: dict[str, float]
     progressive: dict[str, float] | None  # rolling Recall@K/NDCG@K when this step was evaluated
     applied: bool = True  # False when the loss was not finite and the update was skipped (on the device)
-    # baseline name ("popular_all", "popular_recent") -> its rolling Recall@K/NDCG@K, when evaluated
+    # baseline name ("popular_all", "popular_recent", "covisit") -> its rolling Recall@K/NDCG@K, when evaluated
     baselines: dict[str, dict[str, float]] | None = None
 
 
@@ -42,3 +44,4 @@ class PendingStep:
     names: list[str]  # sampler statistic names, in vector order
     progressive_width: int  # length of the progressive sums; 0 when the step was not evaluated
     ticket: Ticket
+    covisit_sums: np.ndarray | None = None  # the co-visitation baseline's sums (host), when evaluated

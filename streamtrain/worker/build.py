@@ -27,25 +27,27 @@ from streamtrain.distributed.exchange import StepExchange
 from streamtrain.distributed.lease import RunLease
 from streamtrain.distributed.startup import on_main, share_resume
 from streamtrain.ingest.pooled_source import PooledSource
+from streamtrain.log_limit import CLIENT_LOGGERS, RepeatFilter
 from streamtrain.metrics import Metrics
-from streamtrain.worker.backoff import Backoff
-from streamtrain.worker.batcher import Batcher
-from streamtrain.worker.broker_health import BrokerHealth
-from streamtrain.worker.checkpoint import Checkpointer
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.checkpoint_runner import CheckpointRunner
-from streamtrain.worker.dead_letter import DeadLetterSink, ensure_dead_letter_topic
-from streamtrain.worker.engine import TrainingEngine
+from streamtrain.backoff import Backoff
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.ingest.broker_health import BrokerHealth
+from streamtrain.state.checkpoint import Checkpointer
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.runner import CheckpointRunner
+from streamtrain.ingest.dead_letter import DeadLetterSink, ensure_dead_letter_topic
+from streamtrain.training.engine import TrainingEngine
 from streamtrain.worker.http import MetricsServer
-from streamtrain.worker.lag import LagTracker
+from streamtrain.ingest.lag import LagTracker
 from streamtrain.worker.progress import Progress
-from streamtrain.worker.resume import resume
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.errors import StateStoreError
-from streamtrain.worker.state_store import RedisStateStore
+from streamtrain.state.resume import resume
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.errors import StateStoreError
+from streamtrain.state.redis_store import RedisStateStore, redis_client, state_store
+from streamtrain.worker.topic_identity import describe_topic_id, reconcile_topic
 from streamtrain.worker.worker import Worker
 
-__all__ = ["WorkerParts", "build_worker", "take_lease", "kafka_client_options", "redis_client", "state_store"]
+__all__ = ["WorkerParts", "build_worker", "take_lease", "kafka_client_options"]
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +65,6 @@ def kafka_client_options(config: Config) -> dict[str, Any]:
         options["sasl_plain_username"] = k.sasl_username
         options["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
     return options
-
-
-def redis_client(config: Config) -> redis.Redis:
-    """A Redis client with the configured timeouts (connects lazily)."""
-    r = config.redis
-    return redis.Redis.from_url(
-        r.url,
-        password=r.password.get_secret_value() if r.password else None,
-        socket_timeout=r.socket_timeout_s,
-        socket_connect_timeout=r.socket_timeout_s,
-    )
-
-
-def state_store(config: Config, client: redis.Redis) -> RedisStateStore:
-    """The run's Redis namespace: ``<redis.key_prefix>:<run.name>``."""
-    return RedisStateStore(client, f"{config.redis.key_prefix}:{config.run.name}")
 
 
 @dataclass
@@ -162,17 +148,19 @@ def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, co
         source.commit_keys = {(source.topic, p) for p in (consumer.partitions_for_topic(source.topic) or ())}
 
 
-def _create_dead_letter_topic(config: Config) -> None:
-    """The dead-letter topic with a size limit matching the producer's (kept if it exists)."""
+def _prepare_topics(config: Config) -> str | None:
+    """Create the dead-letter topic with a size limit matching the producer's (kept if it exists), and
+    return the input topic's id (None when the broker cannot say; see topic_identity.py)."""
     from kafka.admin import KafkaAdminClient
 
     try:
         admin = KafkaAdminClient(**kafka_client_options(config), request_timeout_ms=10_000)
     except Exception as exc:  # no broker yet: the consumer's bootstrap reports it
         log.warning("cannot reach the broker to create %s: %s", config.kafka.dead_letter_topic, exc)
-        return
+        return None
     try:
         ensure_dead_letter_topic(admin, config.kafka.dead_letter_topic, config.kafka.dead_letter_max_bytes)
+        return describe_topic_id(admin, config.kafka.topic)
     finally:
         admin.close()
 
@@ -187,7 +175,7 @@ def _pool_factory(config: Config, processes: int, metrics: Metrics) -> Callable[
         "client": k.client, "options": kafka_client_options(config), "max_records": k.max_poll_records,
         "max_message_bytes": k.max_message_bytes, "batch_size": b, "max_latency_s": config.trainer.max_batch_latency_s,
         "dead_letter_topic": k.dead_letter_topic, "dead_letter_max_bytes": k.dead_letter_max_bytes,
-        "log_level": config.run.log_level,
+        "log_level": config.run.log_level, "log_repeat_interval_s": config.run.log_repeat_interval_s,
     }
     layout = SlotLayout(b, b * config.ingest.id_bytes)
 
@@ -213,7 +201,7 @@ def build_worker(
     """Resume the run's state into a new engine and wire a worker ready to ``start``.
 
     Raises:
-        ResumeError: the stored state cannot be used (see :mod:`streamtrain.worker.resume`).
+        ResumeError: the stored state cannot be used (see :mod:`streamtrain.state.resume`).
         kafka.errors.KafkaError: no broker answered at bootstrap.
     """
     t0 = time.perf_counter()
@@ -221,11 +209,14 @@ def build_worker(
         log.warning("the crc32c package is not installed: kafka-python checks CRCs in pure Python, "
                     "which halves ingest throughput (pip install crc32c)")
     metrics = Metrics(registry or CollectorRegistry())
+    count_held_back_log_lines(metrics)
     client = redis_client(config)
     store = state_store(config, client)
     ctx = ctx if ctx is not None else DistContext()
     # Before --fresh clears anything; one lease per job, held by rank 0.
-    lease = on_main(ctx, "take the run's lease", lambda: take_lease(config, client, store.namespace))
+    lease = on_main(ctx, "take the run's lease", lambda: take_lease(config, client, store.namespace, metrics))
+    if lease is not None:
+        store.lease = (lease.key, lease.value)  # every commit applies only while the lease is this job's
     try:
         parts = _build(config, client, store, metrics, engine_factory=engine_factory, fresh=fresh, restore=restore,
                        max_steps=max_steps, idle_exit_s=idle_exit_s, ctx=ctx)
@@ -236,12 +227,22 @@ def build_worker(
         raise
     parts.lease = lease
     if lease is not None:
-        lease.on_lost = parts.worker.request_stop
+        lease.on_lost = parts.worker.lease_lost
     parts.start_seconds = time.perf_counter() - t0
     return parts
 
 
-def take_lease(config: Config, client: redis.Redis, namespace: str) -> RunLease | None:
+def count_held_back_log_lines(metrics: Metrics) -> None:
+    """Count the client log lines the CLI's :class:`RepeatFilter` holds back in this worker's metrics."""
+    for prefix in CLIENT_LOGGERS:
+        metrics.log_lines_suppressed.labels(logger=prefix)  # every series exists at 0, also without the CLI
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, RepeatFilter):
+                f.on_suppressed = lambda name: metrics.log_lines_suppressed.labels(logger=name).inc()
+
+
+def take_lease(config: Config, client: redis.Redis, namespace: str, metrics: Metrics | None = None) -> RunLease | None:
     """The run's lease (one job per run), or None when ``distributed.lease`` is off.
 
     Raises:
@@ -250,7 +251,8 @@ def take_lease(config: Config, client: redis.Redis, namespace: str) -> RunLease 
     d = config.distributed
     if not d.lease:
         return None
-    lease = RunLease(client, namespace, ttl_s=d.lease_ttl_s)
+    lease = RunLease(client, namespace, ttl_s=d.lease_ttl_s,
+                     on_retaken=metrics.lease_retaken.inc if metrics is not None else None)
     lease.acquire(d.lease_wait_s)
     lease.start_heartbeat()  # from now: resuming a large checkpoint can outlast the TTL
     return lease
@@ -272,12 +274,15 @@ def _build(
     engine = engine_factory(config)
     files = CheckpointFiles(config.checkpoint.dir, config.run.name, config.checkpoint.keep)
     record = config.checkpoint.record_trained_ranges
-    start = on_main(ctx, "resume", lambda: resume(engine, store, files, fresh=fresh, restore=restore,
-                                                  record_ranges=record))
+    k = config.kafka
+    topic_id = on_main(ctx, "describe the topic", lambda: _prepare_topics(config))
+    start = on_main(ctx, "resume", lambda: reconcile_topic(
+        resume(engine, store, files, fresh=fresh, restore=restore, record_ranges=record),
+        k.topic, topic_id, k.on_topic_recreated, metrics))
     start = share_resume(ctx, engine, start)
+    store.topic_ids = dict(start.topic_ids)
     progress = Progress(start.offsets, start.events, record_ranges=record, skipped=start.skipped)
 
-    k = config.kafka
     common = kafka_client_options(config)
     consumer = KafkaConsumer(
         **common,
@@ -289,8 +294,10 @@ def _build(
         max_poll_records=k.max_poll_records,
         session_timeout_ms=int(k.session_timeout_s * 1000),
         heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 4)),
+        # A changed partition count in the metadata makes the group rebalance: this bounds how late new
+        # partitions are noticed.
+        metadata_max_age_ms=int(k.metadata_max_age_s * 1000),
     )
-    _create_dead_letter_topic(config)
     producer = KafkaProducer(**common, linger_ms=5, max_request_size=k.dead_letter_max_bytes)
     dead_letters = DeadLetterSink(producer, k.dead_letter_topic, metrics)
     worker_ref: list[Worker] = []
@@ -308,8 +315,8 @@ def _build(
         def last_event_times(self) -> Any:
             return progress.last_event_times()
 
-        def on_offset_reset(self, key: Any, stored: int, new: int) -> None:
-            worker_ref[0].on_offset_reset(key, stored, new)
+        def on_offset_reset(self, key: Any, stored: int, new: int, log_start: int | None = None) -> None:
+            worker_ref[0].on_offset_reset(key, stored, new, log_start)
 
     source_args: dict[str, Any] = dict(
         batcher=Batcher(config.trainer.batch_size, config.trainer.max_batch_latency_s),
@@ -370,7 +377,7 @@ def _build(
         {
             "version": __version__,
             "sampler": config.sampler.name,
-            "device": str(getattr(engine, "device", config.run.device)),
+            "device": str(engine.device),
         }
     )
     http = None

@@ -14,32 +14,27 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from streamtrain.worker.engine import StepResult
+from streamtrain.training.engine import StepResult, TrainingEngine
 
 __all__ = ["LateSteps"]
 
 
 class LateSteps:
-    """Wraps an engine's ``submit_step``/``flush_stats`` (or its synchronous ``train_step``)."""
+    """Wraps an engine's ``submit_step``/``flush_stats``."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: TrainingEngine) -> None:
         self.engine = engine
         self._unreported: deque[StepResult] = deque()
         self._carried_probe: dict[str, float] | None = None
 
     def submit(self, events: Any, rank_sizes: tuple[int, ...] = ()) -> StepResult | None:
         """Train on ``events``; returns the previous step's statistics (None for the first one).
-        An engine without ``submit_step`` trains synchronously and returns this step's.
-        ``rank_sizes`` (a global batch's events per rank) goes to an engine in split mode only."""
-        if rank_sizes and getattr(self.engine, "split", None) is not None:
-            return self.engine.submit_step(events, rank_sizes)
-        submit = getattr(self.engine, "submit_step", None)
-        return submit(events) if submit is not None else self.engine.train_step(events)
+        ``rank_sizes``: a global batch's events per rank (used by an engine in split mode)."""
+        return self.engine.submit_step(events, rank_sizes or None)
 
     def flush(self) -> None:
         """Read the last step's statistics now and queue them; call under the engine lock."""
-        flush = getattr(self.engine, "flush_stats", None)
-        stats = flush() if flush is not None else None
+        stats = self.engine.flush_stats()
         if stats is not None:
             self._unreported.append(stats)
 

@@ -10,8 +10,9 @@ import logging
 import threading
 from collections.abc import Iterable, Mapping
 
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.state_store import EARLIEST, TrainedRange
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.state.redis_store import TrainedRange
+from streamtrain.events.records import EARLIEST
 
 __all__ = ["Progress"]
 
@@ -32,6 +33,7 @@ class Progress:
         self._lock = threading.Lock()
         self._skipped: dict[PartitionKey, int] = dict(skipped or {})
         self._offsets: dict[PartitionKey, int] = dict(offsets)
+        self._discovered: set[PartitionKey] = set()
         self._last_event_time: dict[PartitionKey, float] = {}
         self.events = events
         self._record = record_ranges
@@ -42,21 +44,46 @@ class Progress:
         with self._lock:
             return self._offsets.get(key)
 
+    def is_new_partition(self, key: PartitionKey) -> bool:
+        """True when ``key`` has no stored offset and lies past every partition of its topic this run owned.
+
+        Kafka only ever adds partitions, with higher numbers, and one job owns every partition of its run
+        (the lease), so such a partition was added after the run last checkpointed: it starts at its
+        earliest offset. A missing partition *below* a known one was owned and its offset was lost, and a
+        topic with no known partition at all is another topic than the run's: both stay errors.
+        """
+        with self._lock:
+            if key in self._offsets:
+                return False
+            # Partitions found new in this process do not count as owned: an assignment may list the new
+            # partitions in any order (2 before 1).
+            known = [p for t, p in self._offsets if t == key[0] and (t, p) not in self._discovered]
+        return bool(known) and key[1] > max(known)
+
+    def add_discovered(self, key: PartitionKey) -> None:
+        """Start a partition the topic gained (``is_new_partition``) at its beginning."""
+        with self._lock:
+            self._discovered.add(key)
+            self._offsets.setdefault(key, EARLIEST)
+
     def set_earliest(self, keys: Iterable[PartitionKey]) -> None:
         """Mark partitions of a fresh run as starting at their beginning."""
         with self._lock:
             for key in keys:
                 self._offsets.setdefault(key, EARLIEST)
 
-    def reset_offset(self, key: PartitionKey, offset: int) -> int:
+    def reset_offset(self, key: PartitionKey, offset: int, log_start: int | None = None) -> int:
         """Move ``key`` to ``offset`` because the log no longer holds the stored one; returns offsets skipped.
 
-        Below the log start (retention, deleted records) the offsets in between are lost and counted;
-        past the log end (a truncated or recreated topic) nothing is skipped, the position moves back.
+        Below the log start (retention, deleted records) the offsets in between are lost and counted.
+        Past the log end (a truncated or recreated topic) the position moves back to the end; with
+        ``log_start`` known, the log's ``[log_start, offset)`` is jumped over and counted as skipped.
         """
         with self._lock:
             old = self._offsets.get(key)
             lost = max(0, offset - old) if old is not None and old >= 0 else 0
+            if old is not None and old >= 0 and offset < old and log_start is not None:
+                lost = max(0, offset - log_start)
             self._offsets[key] = offset
             if lost:
                 self._skipped[key] = self._skipped.get(key, 0) + lost

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 
 from streamtrain.metrics import Metrics
-from streamtrain.worker.engine import StepResult
+from streamtrain.training.engine import StepResult
 
 __all__ = ["record_step"]
 
@@ -47,7 +47,7 @@ def record_step(
         m.cache_hit_ratio.set(float(stats.sampler_stats["cache_hit_ratio"]))
     for tower, size in vocabulary_sizes.items():
         m.vocabulary_size.labels(tower=tower).set(size)
-    rankers = {"model": stats.progressive or {}, **(getattr(stats, "baselines", None) or {})}
+    rankers = {"model": stats.progressive or {}, **(stats.baselines or {})}
     for ranker, values in rankers.items():
         for name, value in values.items():
             metric, _, k = name.partition("@")

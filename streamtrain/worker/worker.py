@@ -25,19 +25,21 @@ from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.exchange import StepExchange
 from streamtrain.events import RejectReason
 from streamtrain.metrics import Metrics
-from streamtrain.popularity_baseline import BASELINES
-from streamtrain.worker.batcher import MicroBatch, PartitionKey
-from streamtrain.worker.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
-from streamtrain.worker.checkpoint_runner import CheckpointRunner
-from streamtrain.worker.engine import StepResult, TrainingEngine
-from streamtrain.worker.errors import FencedError, WorkerError
+from streamtrain.evaluation.covisit import COVISIT
+from streamtrain.evaluation.popularity import BASELINES
+from streamtrain.events.records import MicroBatch, PartitionKey
+from streamtrain.state.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
+from streamtrain.state.runner import CheckpointRunner
+from streamtrain.training.engine import StepResult, TrainingEngine
+from streamtrain.errors import FencedError, LeaseLostError, WorkerError
 from streamtrain.worker.late_steps import LateSteps
 from streamtrain.worker.progress import Progress
-from streamtrain.worker.resume import ResumePoint
-from streamtrain.worker.source import KafkaSource
-from streamtrain.worker.state_store import EARLIEST
+from streamtrain.state.resume import ResumePoint
+from streamtrain.ingest.source import KafkaSource
+from streamtrain.events.records import EARLIEST
 from streamtrain.worker.status_line import StatusLine
 from streamtrain.worker.step_metrics import record_step
+from streamtrain.worker.vocabulary_metrics import VocabularyCounters
 
 __all__ = ["Worker"]
 
@@ -67,7 +69,7 @@ class Worker:
         # The lockstep with the other ranks; rank 0 alone writes checkpoints (every rank holds the same state).
         self.exchange = exchange if exchange is not None else StepExchange(DistContext())
         self.writes_checkpoints = self.exchange.ctx.is_main
-        if config.distributed.step == "split" and hasattr(engine, "enable_split"):
+        if config.distributed.step == "split":
             engine.enable_split(self.exchange.ctx)  # W > 1: each rank computes its own events' queries
         self.engine = engine
         self.source = source
@@ -88,6 +90,8 @@ class Worker:
         self.exit_error: str | None = None
         self.last_step_at: float | None = None
         self.stop_reason = "running"
+        self._lease_lost: LeaseLostError | None = None
+        self._lease_lock = threading.Lock()
         self._log_mark = (time.monotonic(), progress.events, engine.step)
         self.status = StatusLine(config.trainer.eval_k)
         self.late = LateSteps(engine)  # step statistics arrive one step late
@@ -95,6 +99,7 @@ class Worker:
         self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
         runner.on_success = self._on_checkpoint
         self._init_series()
+        self.vocabulary_counters = VocabularyCounters(metrics, engine)
 
     def _init_series(self) -> None:
         """Create every labelled series at 0 so dashboards and ``rate()`` see them before the first event."""
@@ -114,10 +119,12 @@ class Worker:
         for tower, size in self.engine.vocabulary_sizes().items():
             m.vocabulary_size.labels(tower=tower).set(size)
         for k in self.config.trainer.eval_k:
-            for ranker in ("model", *BASELINES):
+            for ranker in ("model", *BASELINES, *([COVISIT] if self.config.trainer.covisit_neighbours else [])):
                 m.progressive_recall.labels(k=str(k), model=ranker)
                 m.progressive_ndcg.labels(k=str(k), model=ranker)
         m.assigned_partitions.set(0)
+        m.partitions_discovered.labels(topic=self.config.kafka.topic)
+        m.topic_recreated.labels(topic=self.config.kafka.topic, decision=self.config.kafka.on_topic_recreated)
         m.redis_connected.set(1)  # resume just read the run's state from Redis
         # Start time as the baseline: 0 would read as "no step for 56 years" on dashboards and make the
         # staleness alerts true from the first scrape; this way they measure time since start.
@@ -131,6 +138,24 @@ class Worker:
         if not self._stop.is_set():
             self.stop_reason = reason
             log.info("%s: finishing the current step, then checkpointing", reason)
+        self._stop.set()
+
+    def lease_lost(self, reason: str) -> None:
+        """Another job holds the run's lease (heartbeat thread, or a refused checkpoint): stop writing at once.
+
+        From here on nothing is written (no checkpoint, no Redis record, no Kafka commit): the holder may
+        already have resumed from the last checkpoint, so anything this job wrote would clash with it.
+        The loop stops at its next turn and the command exits non-zero. Logged once.
+        """
+        with self._lease_lock:
+            if self._lease_lost is not None:
+                return
+            self._lease_lost = LeaseLostError(
+                "lease", f"{reason}: this job was paused or cut off longer than distributed.lease_ttl_s and another "
+                "job took over the run; stopping without writing anything (no checkpoint, no Redis record, no "
+                "Kafka commit); the holder carries on from the last checkpoint")
+        self.stop_reason = "lost the run's lease"
+        log.error("%s", self._lease_lost)
         self._stop.set()
 
     def start(self) -> None:
@@ -172,12 +197,18 @@ class Worker:
         if position is None and self._fresh:
             self.progress.set_earliest([key])
             return EARLIEST
+        if position is None and self.progress.is_new_partition(key):
+            self.progress.add_discovered(key)
+            self.metrics.partitions_discovered.labels(topic=key[0]).inc()
+            log.info("%s[%d] is a partition this run never owned (the topic grew): reading it from its earliest "
+                     "offset", key[0], key[1])
+            return EARLIEST
         return position
 
     def on_revoked(self, keys: list[PartitionKey]) -> None:
         """Checkpoint what was trained before the partitions move (no Kafka commit on the IO thread)."""
-        if self.fatal is not None:
-            return  # the loop failed mid-step: the engine's state must not be persisted
+        if self.fatal is not None or self._lease_lost is not None:
+            return  # the loop failed mid-step, or another job owns the run: nothing may be persisted
         if not self.runner.acquire(60.0):
             log.error("a checkpoint is still running after 60 s; partitions revoked without a checkpoint")
             return
@@ -190,20 +221,22 @@ class Worker:
     def trained_offsets(self) -> Mapping[PartitionKey, int]:
         return self.progress.offsets()
 
-    def on_offset_reset(self, key: PartitionKey, stored: int, new: int) -> None:
+    def on_offset_reset(self, key: PartitionKey, stored: int, new: int, log_start: int | None = None) -> None:
         """The log no longer holds ``stored`` (source thread): record the jump, loudly and counted."""
         with self._engine_lock:
-            lost = self.progress.reset_offset(key, new)
+            lost = self.progress.reset_offset(key, new, log_start)
             if new < stored:
                 self.checkpointer.accept_offset_reset(key, new)
         if lost:
             self.metrics.offsets_skipped.labels(topic=key[0], partition=str(key[1])).inc(lost)
+        if new >= stored:
             log.error("%s[%d]: stored offset %d is below the log start %d (retention or deleted records): "
                       "%d offsets were never trained and are skipped; resuming at %d",
                       key[0], key[1], stored, new, lost, new)
         else:
-            log.error("%s[%d]: stored offset %d is past the log end %d (topic truncated or recreated); "
-                      "resuming at %d", key[0], key[1], stored, new, new)
+            log.error("%s[%d]: stored offset %d is past the log end %d (topic truncated or recreated): the log's "
+                      "%d offsets before it are skipped, never trained; resuming at %d",
+                      key[0], key[1], stored, new, lost, new)
 
     def last_event_times(self) -> Mapping[PartitionKey, float]:
         return self.progress.last_event_times()
@@ -241,7 +274,12 @@ class Worker:
         except BaseException as exc:
             self.fatal = exc
             self.stop_reason = f"failed: {exc}"
-            if isinstance(exc.__cause__, FencedError):
+            if isinstance(exc.__cause__, LeaseLostError):
+                self.lease_lost(str(exc.__cause__))  # a checkpoint found it first
+            if self._lease_lost is not None:
+                self.fatal = self._lease_lost  # said once, in one line, by lease_lost
+                self.stop_reason = "lost the run's lease"
+            elif isinstance(exc.__cause__, FencedError):
                 # Not a crash: another worker owns the run. Its files and Redis state stay untouched.
                 log.error("fenced off (%s); stopping without a final checkpoint", exc)
             else:
@@ -291,6 +329,8 @@ class Worker:
 
     def _local_stop(self) -> tuple[str | None, BaseException | None]:
         """This rank's reason to stop (signal, source failure) or its failure (a refused checkpoint)."""
+        if self._lease_lost is not None:
+            return None, self._lease_lost
         if self.runner.fatal is not None:
             return None, self.runner.fatal
         if self._stop.is_set():
@@ -359,7 +399,7 @@ class Worker:
             if len(batch.events):
                 # The stats of the *previous* step (None for the first): this step runs on the device
                 # while the loop fetches the next batch.
-                stats = self.late.submit(batch.events, getattr(batch, "rank_sizes", ()))
+                stats = self.late.submit(batch.events, batch.rank_sizes)
                 interval = self.config.trainer.probe_interval_steps
                 if interval and self.engine.step % interval == 0:
                     probe = self.engine.probe(batch.events.slice(0, self.config.trainer.probe_batch_size))
@@ -386,6 +426,7 @@ class Worker:
     def _record_step(self, stats: StepResult, probe: dict[str, float] | None) -> None:
         probe = self.late.probe_for_record(probe)
         record_step(self.metrics, stats, self.engine.vocabulary_sizes(), probe)
+        self.vocabulary_counters.update()
         self.status.observe(stats.progressive, stats.sampler_stats, probe)
         if stats.step % self.config.trainer.log_every_steps == 0:
             self._log_progress(stats)

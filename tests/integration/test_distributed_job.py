@@ -17,10 +17,10 @@ import redis
 
 from streamtrain.config import load_config
 from streamtrain.distributed.lease import lease_key
-from streamtrain.worker.build import redis_client as make_redis
-from streamtrain.worker.build import state_store
-from streamtrain.worker.state_store import EARLIEST
-from worker_support import consume_command, overrides, produce, spawn_worker, stream, wait_until
+from streamtrain.state.redis_store import redis_client as make_redis
+from streamtrain.state.redis_store import state_store
+from streamtrain.events.records import EARLIEST
+from worker_support import consume_command, overrides, produce, spawn_worker, stream, wait_until, assert_trained_once
 
 pytestmark = pytest.mark.integration
 
@@ -46,11 +46,7 @@ def _torchrun(sets: list[str], log: Path, *flags: str) -> subprocess.Popen:
 
 
 def _audit(store, topic: str, want: dict[int, int]) -> None:
-    position = {p: 0 for p in want}
-    for t, p, first, nxt, _events in store.trained_ranges():
-        assert t == topic and first == position[p], f"gap or overlap in partition {p} at {first} (expected {position[p]})"
-        position[p] = nxt
-    assert position == want
+    assert_trained_once(store, topic, {p: (0, end) for p, end in want.items()})
 
 
 def test_two_ranks_four_partitions_one_empty(

@@ -20,8 +20,8 @@ import redis
 
 from streamtrain.config import load_config
 from streamtrain.distributed.lease import lease_key
-from streamtrain.worker.build import redis_client as make_redis
-from streamtrain.worker.build import state_store
+from streamtrain.state.redis_store import redis_client as make_redis
+from streamtrain.state.redis_store import state_store
 from test_distributed_job import _audit, _free_port
 from worker_support import consume_command, overrides, produce, stream, wait_until
 

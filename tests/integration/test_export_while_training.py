@@ -17,8 +17,8 @@ import streamtrain.serving.publish as publish
 from streamtrain.config import load_config
 from streamtrain.serving.checkpoint_model import choose_checkpoint, load_checkpoint
 from streamtrain.serving.export_format import read_export
-from streamtrain.worker.build import redis_client, state_store
-from streamtrain.worker.checkpoint_files import CheckpointFiles
+from streamtrain.state.redis_store import redis_client, state_store
+from streamtrain.state.files import CheckpointFiles
 from worker_support import overrides, produce, run_worker, stop_worker, stream
 
 pytestmark = pytest.mark.integration

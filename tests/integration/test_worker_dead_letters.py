@@ -10,7 +10,7 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from streamtrain.events import RejectReason, encode_event
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import config_for, produce, run_worker, stop_worker
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamtrain.worker.build import redis_client, state_store
-from worker_support import produce_in_background, config_for, run_worker, stop_worker, stream, wait_until
+from streamtrain.state.redis_store import redis_client, state_store
+from worker_support import produce_in_background, config_for, run_worker, stop_worker, stream, wait_until, assert_trained_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -120,9 +120,5 @@ def test_full_disk_fails_checkpoints_cleanly_then_recovers(
     store = state_store(config, redis_client(config))
     stored = store.load()
     assert stored is not None and stored.events == EVENTS and stored.offsets == {(topic, 0): EVENTS}
-    position = 0
-    for _t, _p, first, nxt, _events in store.trained_ranges():
-        assert first == position, f"gap or overlap at {first}"
-        position = nxt
-    assert position == EVENTS
+    assert_trained_once(store, topic, {0: (0, EVENTS)})
     store.clear()

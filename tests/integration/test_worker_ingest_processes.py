@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain.events import encode_event
 from streamtrain.ingest.pooled_source import PooledSource
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import config_for, produce, run_worker, stop_worker
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ import pytest
 from kafka import KafkaProducer
 
 from streamtrain.config import load_config
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 
-from worker_support import overrides, spawn_worker, stream
+from worker_support import overrides, spawn_worker, stream, assert_trained_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,15 +118,10 @@ def test_kill9_twenty_times_trains_every_event_exactly_once(
     ref_store = state_store(ref_cfg, redis_client(ref_cfg))
 
     # Exactly once: per partition, the committed ranges tile [0, end) without gap or overlap.
-    ranges = victim_store.trained_ranges()
     ends = {p: sum(1 for start in range(0, EVENTS, 100) if (start // 100) % partitions == p) * 100
             for p in range(partitions)}
-    position = dict.fromkeys(range(partitions), 0)
-    for t, p, first, nxt, events in ranges:
-        assert t == topic and first == position[p], f"gap or overlap at {p}:{first} (expected {position[p]})"
-        assert events == nxt - first  # every message is a good event here
-        position[p] = nxt
-    assert position == ends
+    assert_trained_once(victim_store, topic, {p: (0, end) for p, end in ends.items()}, every_message_an_event=True)
+    ranges = victim_store.trained_ranges()
     got, want = victim_store.load(), ref_store.load()
     assert got is not None and want is not None
     assert got.events == want.events == EVENTS

@@ -16,7 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from prometheus_client import CollectorRegistry
 
 from streamtrain.events import encode_event
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import config_for, run_worker, stop_worker
 
 pytestmark = pytest.mark.integration

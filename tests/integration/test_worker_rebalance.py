@@ -13,8 +13,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client import CollectorRegistry
 
-from streamtrain.worker.build import redis_client, state_store
-from worker_support import config_for, run_worker, stop_worker, stream, wait_until
+from streamtrain.state.redis_store import redis_client, state_store
+from worker_support import config_for, run_worker, stop_worker, stream, wait_until, assert_trained_once
 
 pytestmark = pytest.mark.integration
 
@@ -71,8 +71,4 @@ def test_revoke_checkpoints_and_assign_seeks_to_trained_offsets(
     assert stored is not None and stored.events == 2 * PER_PARTITION - len(bad)
     assert registry.get_sample_value("streamtrain_events_dead_lettered_total", {"reason": "not_json"}) == len(bad)
     assert stored.offsets == {(topic, 0): PER_PARTITION, (topic, 1): PER_PARTITION}
-    position = {0: 0, 1: 0}
-    for t, p, first, nxt, _events in store.trained_ranges():
-        assert t == topic and first == position[p], f"partition {p}: gap or overlap at {first}"
-        position[p] = nxt
-    assert position == {0: PER_PARTITION, 1: PER_PARTITION}
+    assert_trained_once(store, topic, {0: (0, PER_PARTITION), 1: (0, PER_PARTITION)})

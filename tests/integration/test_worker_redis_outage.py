@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from streamtrain.localstack import free_port, wait_for_port
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import config_for, run_worker, stop_worker, stream, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

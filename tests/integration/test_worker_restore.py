@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from streamtrain.config import load_config
-from streamtrain.worker.build import redis_client, state_store
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.restore_point import unpack
-from worker_support import produce_in_background, overrides, spawn_worker, stream, wait_until
+from streamtrain.state.redis_store import redis_client, state_store
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.restore_point import unpack
+from worker_support import produce_in_background, overrides, spawn_worker, stream, wait_until, assert_trained_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,12 +118,7 @@ def test_restore_from_files_after_redis_lost_the_run_and_the_newest_file_is_corr
     assert _run(sets, log, "--idle-exit", "4") == 0, log.read_text()[-3000:]
 
     # Exactly once across the whole history: the committed ranges tile [0, EVENTS).
-    position = 0
-    for t, p, first, nxt, events in store.trained_ranges():
-        assert (t, p) == (topic, 0) and first == position, f"gap or overlap at {first} (expected {position})"
-        assert events == nxt - first
-        position = nxt
-    assert position == EVENTS
+    assert_trained_once(store, topic, {0: (0, EVENTS)}, every_message_an_event=True)
     got = store.load()
     assert got is not None and got.events == EVENTS and got.offsets == {(topic, 0): EVENTS}
 

@@ -16,9 +16,9 @@ import pytest
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from streamtrain.worker.build import redis_client, state_store
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.restore_point import unpack
+from streamtrain.state.redis_store import redis_client, state_store
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.restore_point import unpack
 from worker_support import config_for, produce, run_worker, stop_worker, stream
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaAdminClient
 
 from streamtrain.config import load_config
-from streamtrain.worker.build import redis_client, state_store
+from streamtrain.state.redis_store import redis_client, state_store
 from worker_support import overrides, produce, spawn_worker, stream, wait_until
 
 pytestmark = pytest.mark.integration

@@ -23,10 +23,10 @@ import pytest
 from kafka import KafkaProducer
 
 from streamtrain.config import load_config
-from streamtrain.worker.build import redis_client, state_store
-from streamtrain.worker.checkpoint_files import CheckpointFiles, file_digest
-from streamtrain.worker.restore_point import unpack
-from worker_support import overrides, produce, spawn_worker, stream, wait_until
+from streamtrain.state.redis_store import redis_client, state_store
+from streamtrain.state.files import CheckpointFiles, file_digest
+from streamtrain.state.restore_point import unpack
+from worker_support import overrides, produce, spawn_worker, stream, wait_until, assert_trained_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -123,11 +123,7 @@ def test_two_writers_never_collide(
     assert final.wait(timeout=180) == 0, log.read_text()[-3000:]
     assert "resumed from checkpoint" in log.read_text()
 
-    position = 0
-    for t, p, first_offset, nxt, _events in store.trained_ranges():
-        assert (t, p) == (topic, 0) and first_offset == position, f"gap or overlap at {first_offset} (expected {position})"
-        position = nxt
-    assert position == total
+    assert_trained_once(store, topic, {0: (0, total)})
     got = store.load()
     assert got is not None and got.events == total and got.offsets == {(topic, 0): total}
 

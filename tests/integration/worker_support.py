@@ -174,3 +174,24 @@ def spawn_worker(sets: Sequence[str], log: Path, *flags: str) -> Any:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMTRAIN_")}
     with open(log, "ab") as sink:
         return subprocess.Popen(consume_command(sets, *flags), stdout=subprocess.DEVNULL, stderr=sink, env=env)
+
+
+def assert_trained_once(store: Any, topic: str, expected: dict[int, tuple[int, int] | list[tuple[int, int]]],
+                        *, every_message_an_event: bool = False) -> None:
+    """The exactly-once audit (``checkpoint.record_trained_ranges``): per partition, the committed ranges
+    tile the ``expected`` spans ``(first, next)`` (one or a list, in order) with no gap or overlap; a list
+    of several spans is for a log that restarted (a recreated topic) or was skipped over (retention).
+    ``every_message_an_event``: each range also trained one event per offset (a stream without rejects)."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    for t, p, first, nxt, events in store.trained_ranges():
+        assert t == topic, f"range of another topic {t}"
+        if every_message_an_event:
+            assert events == nxt - first, f"{topic}[{p}] [{first}, {nxt}) trained {events} events"
+        mine = spans.setdefault(p, [])
+        if mine and mine[-1][1] == first:
+            mine[-1] = (mine[-1][0], nxt)
+        else:  # a gap, an overlap or a restart of the log: a new span, which the comparison below judges
+            mine.append((first, nxt))
+    want = {p: [v] if isinstance(v, tuple) else list(v) for p, v in expected.items()}
+    want = {p: v for p, v in want.items() if v and v[0][0] < v[0][1]}
+    assert spans == want, f"trained spans {spans} != expected {want}"

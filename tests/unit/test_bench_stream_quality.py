@@ -42,12 +42,15 @@ def test_variants_rows_and_json(bench, tmp_path: Path, capsys: pytest.CaptureFix
         assert row["steps"] == math.ceil(2000 / 128)
         best = max(row["popular_all"]["recall@20"], row["popular_recent"]["recall@20"])
         assert row["model_over_best_baseline"] == pytest.approx(row["model"]["recall@20"] / best)
-        for ranker in ("model", "popular_all", "popular_recent"):
+        for ranker in ("model", "popular_all", "popular_recent", "covisit"):
             assert 0 <= row[ranker]["ndcg@20"] <= row[ranker]["recall@20"] <= 1
-    # Popularity does not depend on the model: the same numbers for every variant.
+        assert row["model_over_covisit"] == pytest.approx(row["model"]["recall@20"] / row["covisit"]["recall@20"])
+        assert row["covisit_ms"] > 0
+    # Popularity and co-visitation do not depend on the model: the same numbers for every variant.
     assert rows[0]["popular_all"] == rows[1]["popular_all"]
+    assert rows[0]["covisit"] == rows[1]["covisit"]
     assert rows[0]["popular_all"]["recall@20"] > 0.1  # Zipf 1.2: the head is easy to count
-    assert "model / best pop" in printed
+    assert "model / best pop" in printed and "model / covisit" in printed
 
 
 def test_only_the_second_half_is_reported(bench) -> None:  # type: ignore[no-untyped-def]

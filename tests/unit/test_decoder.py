@@ -1,4 +1,9 @@
-"""decode_values: one test per reason code, totality on hostile input, columns, encode_event."""
+"""The decoders' conformance tests: one test per reason code, totality on hostile input, columns, encode_event.
+
+Every test runs against both decoders, ``decode_values`` (per message) and ``decode_batch``
+(one typed parse per batch): the fixture below binds this module's ``decode_values`` name to
+each in turn, so the assertions are written once and hold for both.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from streamtrain.events import (
     EventBatch,
     InvalidEventError,
     RejectReason,
+    decode_batch,
     decode_values,
     encode_event,
 )
@@ -23,6 +29,13 @@ VALID: dict[str, Any] = {
     "item_id": 42,
     "event_time": 1_700_000_000.25,
 }
+
+
+@pytest.fixture(autouse=True, params=["decode_values", "decode_batch"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the module's tests with ``decode_values`` meaning each decoder in turn."""
+    chosen = {"decode_values": decode_values, "decode_batch": decode_batch}[request.param]
+    monkeypatch.setitem(globals(), "decode_values", chosen)
 
 
 def doc(**changes: Any) -> bytes:

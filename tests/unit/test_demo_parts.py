@@ -126,3 +126,18 @@ def test_chart_csv_and_text_report(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "5 sampled of 10 Gowalla users" in text and "from pass 2 on" in text
     assert "0.5000" in text and "scraped events_trained = 6,000" in text and "--user 7" in text
+
+
+def test_baselines_reach_the_progressive_rows_the_report_and_the_chart(tmp_path: Path) -> None:
+    base = {"covisit": {"recall@20": 0.3, "ndcg@20": 0.1}, "popular_all": {"recall@20": 0.05}}
+    points = [StepPoint(s, 100 * s, 5.0, s / 10, {"recall@20": 0.2, "ndcg@20": 0.1}, base) for s in range(1, 11)]
+    rows = progressive_points(points, events_per_pass=10_000)
+    assert rows and all(r["baselines"] == {"covisit": 0.3, "popular_all": 0.05} for r in rows)
+    assert write_chart(points, None, tmp_path / "c.png", title="t", events_per_pass=10_000) is not None
+    report = {"progressive": rows, "epochs": 1}
+    out = io.StringIO()
+    from streamtrain.demo.report import _progressive_lines
+
+    _progressive_lines(report, lambda line="": print(line, file=out))
+    text = out.getvalue()
+    assert "covisit R@20" in text and "pop R@20" in text and "0.3000" in text and "0.0500" in text

@@ -20,7 +20,7 @@ from streamtrain.distributed.assignment import partition_map, partitions_for_ran
 from streamtrain.distributed.context import DistContext, init_context, torchrun_world
 from streamtrain.distributed.exchange import StepExchange, merge_batches
 from streamtrain.events.batch import EventBatch
-from streamtrain.worker.batcher import MicroBatch, PartitionRange
+from streamtrain.events.records import MicroBatch, PartitionRange
 
 STEPS = 12
 SETS = [

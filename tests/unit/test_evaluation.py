@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.evaluation import (
+from streamtrain.evaluation.progressive import (
     ProgressiveEvaluator,
     offline_evaluate,
     recall_ndcg_at_k,
 )
 from streamtrain.model.two_tower import TwoTowerModel
-from streamtrain.model.vocabulary import IdVocabulary
+from streamtrain.vocab.vocabulary import IdVocabulary
 
 L3 = 1 / math.log2(3)  # discount of rank 1 (0-based)
 L4 = 1 / math.log2(4)

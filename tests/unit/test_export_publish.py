@@ -18,9 +18,9 @@ from streamtrain.serving.checkpoint_model import CheckpointLoadError, choose_che
 from streamtrain.serving.export_format import ExportError, read_export, resolve_export
 from streamtrain.serving.publish import ExportPublisher, flip_latest
 from streamtrain.training.trainer import Trainer
-from streamtrain.worker.checkpoint import take_snapshot
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.committed import CommittedCheckpoint
+from streamtrain.state.checkpoint import take_snapshot
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.committed import CommittedCheckpoint
 
 WRITER = "0123abcd"  # fixed writer id: file names are ckpt-<id>-<writer>.pt
 

@@ -144,8 +144,8 @@ def test_a_restored_trainer_continues_exactly_like_the_uninterrupted_one() -> No
     for batch in stream[4:]:
         sa, sb = a.train_step(batch), b.train_step(batch)
         assert sa.loss == sb.loss
-    assert torch.equal(a.model.history.items, b.model.history.items)
-    assert bool((a.model.history.items != EMPTY).any())
+    assert torch.equal(a.state.model.history.items, b.state.model.history.items)
+    assert bool((a.state.model.history.items != EMPTY).any())
 
 
 def test_an_evicted_user_row_starts_with_an_empty_history() -> None:
@@ -158,8 +158,8 @@ def test_an_evicted_user_row_starts_with_an_empty_history() -> None:
                           weight=np.ones(n, np.float32), event_type=np.full(n, None, object))
 
     trainer.train_step(batch(["a", "b", "a"], ["i1", "i2", "i3"], 0.0))
-    row_a = trainer.user_vocab.row_of("a")
-    assert trainer.model.history.items[row_a].tolist()[-2:] == [trainer.item_vocab.row_of(i) for i in ("i1", "i3")]
+    row_a = trainer.state.user_vocab.row_of("a")
+    assert trainer.state.model.history.items[row_a].tolist()[-2:] == [trainer.state.item_vocab.row_of(i) for i in ("i1", "i3")]
     trainer.train_step(batch(["b", "c"], ["i2", "i4"], 10.0))  # "a" is stale: "c" takes its row
-    assert trainer.user_vocab.row_of("c") == row_a
-    assert trainer.model.history.items[row_a].tolist()[-2:] == [EMPTY, trainer.item_vocab.row_of("i4")]
+    assert trainer.state.user_vocab.row_of("c") == row_a
+    assert trainer.state.model.history.items[row_a].tolist()[-2:] == [EMPTY, trainer.state.item_vocab.row_of("i4")]

@@ -11,9 +11,9 @@ from streamtrain.ingest.counters import CounterSink, CounterSnapshot
 from streamtrain.ingest.pool import deal
 from streamtrain.ingest.slots import SlotLayout, pack, unpack
 from streamtrain.metrics import Metrics
-from streamtrain.model import IdVocabulary
-from streamtrain.model.id_keys import KeyedIds, id_keys
-from streamtrain.worker.batcher import MicroBatch, PartitionRange
+from streamtrain.vocab.vocabulary import IdVocabulary
+from streamtrain.events.ids import KeyedIds, id_keys
+from streamtrain.events.records import MicroBatch, PartitionRange
 
 
 def _batch(n: int, seed: int = 0) -> MicroBatch:
@@ -106,6 +106,6 @@ def test_child_counters_reach_the_trainer_as_increments() -> None:
 
 
 def test_the_confluent_fetcher_builds_without_a_broker_round_trip() -> None:
-    from streamtrain.ingest.fetch import make_fetcher
+    from streamtrain.ingest.child import make_fetcher
 
     make_fetcher("confluent", {"bootstrap_servers": ["127.0.0.1:1"]}, 10).close()

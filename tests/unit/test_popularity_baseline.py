@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from streamtrain.config import Config
-from streamtrain.evaluation import ProgressiveEvaluator
+from streamtrain.evaluation.covisit import COVISIT
+from streamtrain.evaluation.progressive import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch
-from streamtrain.popularity_baseline import BASELINES, PopularityBaselines
+from streamtrain.evaluation.popularity import BASELINES, PopularityBaselines
 from streamtrain.training.trainer import Trainer, TrainingError
 
 
@@ -103,30 +104,31 @@ def test_trainer_scores_the_baselines_on_the_models_positives_before_counting_th
     rng = np.random.default_rng(0)
     for step in range(30):
         stats = trainer.train_step(zipf_batch(rng, float(step)))
-        assert stats.baselines is not None and set(stats.baselines) == set(BASELINES)
+        assert stats.baselines is not None and set(stats.baselines) == {*BASELINES, COVISIT}
     # Same positives: the count the model's evaluator and the baselines rank is the same (first 40).
     batch = zipf_batch(rng, 99.0)
-    items = torch.from_numpy(trainer.item_vocab.lookup(batch.item_ids, admit=False).rows)
-    users = torch.from_numpy(trainer.user_vocab.lookup(batch.user_ids, admit=False).rows)
-    known = trainer.item_vocab.known_rows()
-    model_sums = trainer.progressive.score(trainer.model, trainer.model.user_tower(users), items, known)
-    base_sums = trainer.popularity.score(items, known)
-    width = trainer.popularity.width
+    items = torch.from_numpy(trainer.state.item_vocab.lookup(batch.item_ids, admit=False).rows)
+    users = torch.from_numpy(trainer.state.user_vocab.lookup(batch.user_ids, admit=False).rows)
+    known = trainer.state.item_vocab.known_rows()
+    model_sums = trainer.state.progressive.score(trainer.state.model, trainer.state.model.user_tower(users), items, known)
+    base_sums = trainer.state.popularity.score(items, known)
+    width = trainer.state.popularity.width
     assert 30 < model_sums[-1] == base_sums[width - 1] == base_sums[-1] <= 40
     # On a Zipf(1.4) stream over 100 items, the top 20 hold most events: the baseline must see it.
     assert stats.baselines["popular_all"]["recall@20"] > 0.6
-    assert trainer.popularity.counts_all.sum().item() == 30 * 64
+    assert trainer.state.popularity.counts_all.sum().item() == 30 * 64
 
     # A batch never counts towards its own ranking: a brand-new item seen 64 times in one batch ranks
-    # below the 64 items of the step before, so it is in neither top-10 list (window 1: this step alone).
+    # below the 64 items of the step before, so it is in none of the top-10 lists (window 1: this step
+    # alone; covisit: no history item lists it, so the 64 counted items are above it).
     fresh = Trainer(config(progressive_eval_window=1))
     fresh.train_step(EventBatch.from_ids(range(64), [f"i{i}" for i in range(64)], event_time=np.zeros(64)))
     only_new = EventBatch.from_ids(range(64), ["brand-new"] * 64, event_time=np.full(64, 1.0))
     stats = fresh.train_step(only_new)
     assert stats.baselines == {name: {"recall@10": 0.0, "recall@20": 0.0, "recall@50": 0.0, "ndcg@10": 0.0,
-                                      "ndcg@20": 0.0, "ndcg@50": 0.0} for name in BASELINES}
-    row = fresh.item_vocab.lookup(np.asarray(["brand-new"], dtype=object), admit=False).rows[0]
-    assert fresh.popularity.counts_all[row].item() == 64  # counted after it was ranked
+                                      "ndcg@20": 0.0, "ndcg@50": 0.0} for name in (*BASELINES, COVISIT)}
+    row = fresh.state.item_vocab.lookup(np.asarray(["brand-new"], dtype=object), admit=False).rows[0]
+    assert fresh.state.popularity.counts_all[row].item() == 64  # counted after it was ranked
 
 
 def test_trainer_restart_restores_the_counts_and_rolling_windows_exactly() -> None:
@@ -145,7 +147,7 @@ def test_trainer_restart_restores_the_counts_and_rolling_windows_exactly() -> No
         batch = zipf_batch(rng, float(step))
         a, b = original.train_step(batch), resumed.train_step(batch)
         assert a.baselines == b.baselines
-    assert torch.equal(original.popularity.counts_recent, resumed.popularity.counts_recent)
+    assert torch.equal(original.state.popularity.counts_recent, resumed.state.popularity.counts_recent)
 
     # A checkpoint from before the baselines loads (counts from zero); one for another capacity does not.
     old = original.file_state()
@@ -163,11 +165,11 @@ def test_a_reassigned_item_row_starts_from_zero_counts() -> None:
     old = [f"old{i % 8}" for i in range(16)]
     for t in range(3):
         trainer.train_step(EventBatch.from_ids(users, old, event_time=np.full(16, float(t))))
-    assert trainer.popularity.counts_all[1:9].tolist() == [6] * 8
+    assert trainer.state.popularity.counts_all[1:9].tolist() == [6] * 8
     new = [f"new{i % 8}" for i in range(16)]
     trainer.train_step(EventBatch.from_ids(users, new, event_time=np.full(16, 100.0)))
-    assert trainer.item_vocab.stats()["evictions_total"] == 8
-    assert trainer.popularity.counts_all[1:9].tolist() == [2] * 8  # the new ids' own events only
+    assert trainer.state.item_vocab.stats()["evictions_total"] == 8
+    assert trainer.state.popularity.counts_all[1:9].tolist() == [2] * 8  # the new ids' own events only
 
 
 def test_progressive_evaluator_rolling_window_is_what_the_baselines_reuse() -> None:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from streamtrain.config import SamplerConfig
-from streamtrain.probe import probe_sampler
+from streamtrain.evaluation.probe import probe_sampler
 from streamtrain.sampling import Sampler, SamplerInput, build_sampler
 from streamtrain.sampling.uniform import UniformSampler
 

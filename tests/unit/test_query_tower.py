@@ -61,23 +61,23 @@ def test_context_rows_start_at_zero_and_follow_the_vocabulary() -> None:
     trainer = Trainer(_config({"history_input": "context"}))
     stream = list(_bursty_stream(seed=3, steps=3))
     trainer.train_step(stream[0])
-    ctx = trainer.model.encoder.context.weight
+    ctx = trainer.state.model.encoder.context.weight
     assert bool((ctx.abs().sum(1) > 0).any())  # trained rows moved
-    rows = torch.tensor([trainer.item_vocab.row_of(i) for i in stream[0].item_ids[:3]])
-    trainer.model.reinit_rows("item", rows, torch.Generator().manual_seed(0))
+    rows = torch.tensor([trainer.state.item_vocab.row_of(i) for i in stream[0].item_ids[:3]])
+    trainer.state.model.reinit_rows("item", rows, torch.Generator().manual_seed(0))
     assert float(ctx[rows].detach().abs().sum()) == 0.0  # a row handed to a new id forgets its context
-    assert trainer.model.row_tables("item")[1] is ctx  # so its optimizer state is reset too
+    assert trainer.state.model.row_tables("item")[1] is ctx  # so its optimizer state is reset too
 
 
 def test_a_new_users_own_row_starts_as_the_shared_row() -> None:
-    history = Trainer(_config({"user_features": "history"}))
-    both = Trainer(_config({"user_features": "history+id"}))
+    history = Trainer(_config({"user_features": "history"}, {"extra_steps": 0}))
+    both = Trainer(_config({"user_features": "history+id"}, {"extra_steps": 0}))
     batch = next(iter(_bursty_stream(seed=4, steps=1)))
     a, b = history.train_step(batch), both.train_step(batch)
     # Same seed, same draws: before any training, history+id queries equal the history tower's.
     assert a.progressive == b.progressive
-    row = both.user_vocab.row_of(batch.user_ids[-1])
-    assert row != 0 and not torch.equal(both.model.user.embedding.weight[row], both.model.user.embedding.weight[0])
+    row = both.state.user_vocab.row_of(batch.user_ids[-1])
+    assert row != 0 and not torch.equal(both.state.model.user.embedding.weight[row], both.state.model.user.embedding.weight[0])
 
 
 def test_new_item_rows_point_at_the_mean_query_that_took_them() -> None:
@@ -102,12 +102,12 @@ def test_extra_work_comes_after_the_batch_is_scored(option: str) -> None:
     """Test-then-train: a step's progressive numbers are those of the model before the step, so
     switching on work done inside the step (extra steps, new-row init) cannot change the first step's
     numbers, and does change later ones."""
-    model = {"new_item_init": "query"} if option != "replay" else {}
-    trainer = REPLAY if option != "item_init" else {}
+    model = {"new_item_init": "query" if option != "replay" else "random"}
+    trainer = REPLAY if option != "item_init" else {"extra_steps": 0}
     if option == "all":
         model = {**ALL_ON}
-    base_model = {k: v for k, v in model.items() if k != "new_item_init"}
-    off, on = Trainer(_config(base_model)), Trainer(_config(model, trainer))
+    base_model = {**model, "new_item_init": "random"}
+    off, on = Trainer(_config(base_model, {"extra_steps": 0})), Trainer(_config(model, trainer))
     stream = list(_bursty_stream(seed=6, steps=4))
     first_off, first_on = off.train_step(stream[0]), on.train_step(stream[0])
     assert first_off.progressive == first_on.progressive
@@ -117,6 +117,7 @@ def test_extra_work_comes_after_the_batch_is_scored(option: str) -> None:
 
 def test_extra_steps_help_on_the_bursty_stream() -> None:
     def second_half(trainer_cfg: dict) -> float:
+        trainer_cfg = {"extra_steps": 0, **trainer_cfg}
         trainer = Trainer(_config({"history_input": "both"}, trainer_cfg))
         recalls = [trainer.train_step(b).progressive["recall@10"] for b in _bursty_stream(seed=2, steps=40)]
         return float(np.mean(recalls[20:]))
@@ -130,7 +131,7 @@ def test_a_restored_trainer_with_every_new_part_continues_exactly() -> None:
     a = Trainer(_config(ALL_ON, REPLAY, sampler="xir"))
     for batch in stream[:4]:
         a.train_step(batch)
-    assert a.replay._filled > 0
+    assert a.state.replay._filled > 0
     b = Trainer(_config(ALL_ON, REPLAY, sampler="xir"))
     # Through bytes, as a checkpoint file: an in-process state_dict shares the dense optimizer's tensors.
     buf = io.BytesIO()
@@ -141,23 +142,23 @@ def test_a_restored_trainer_with_every_new_part_continues_exactly() -> None:
     for batch in stream[4:]:
         sa, sb = a.train_step(batch), b.train_step(batch)
         assert sa.loss == sb.loss and sa.progressive == sb.progressive
-    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+    for (name, pa), pb in zip(a.state.model.state_dict().items(), b.state.model.state_dict().values()):
         assert torch.equal(pa, pb), name
 
 
 def test_replay_ring_wraps_keeps_causal_histories_and_forgets_on_eviction() -> None:
-    trainer = Trainer(_config({}, {"extra_steps": 1, "replay_window_events": 200}))
+    trainer = Trainer(_config({}, {"extra_steps": 1, "replay_window_events": 200}))  # ring of 200
     stream = list(_bursty_stream(seed=7, steps=3))
     histories = []
     for batch in stream:
-        before = trainer.model.history.items.clone()
+        before = trainer.state.model.history.items.clone()
         trainer.train_step(batch)
         histories.append(before)
-    ring = trainer.replay
+    ring = trainer.state.replay
     assert ring._filled == 200 and ring._at == (3 * 128) % 200
     # The newest 128 ring entries are the last batch, each with the history it had before that batch.
     last = stream[-1]
-    rows = torch.tensor([trainer.user_vocab.row_of(u) for u in last.user_ids])
+    rows = torch.tensor([trainer.state.user_vocab.row_of(u) for u in last.user_ids])
     pos = (torch.arange(128) + (2 * 128) % 200) % 200
     assert torch.equal(ring.users[pos], rows)
     first_of_user = {}

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.checkpoint_eval import evaluate_checkpoint
+from streamtrain.serving.checkpoint_eval import evaluate_checkpoint
 from streamtrain.cli import main
 from streamtrain.config import Config
 from streamtrain.data.interactions import read_interactions
-from streamtrain.evaluation import offline_evaluate
+from streamtrain.evaluation.progressive import offline_evaluate
 from streamtrain.events.batch import EventBatch
 from streamtrain.model.two_tower import Tower, TwoTowerModel
 from streamtrain.serving.checkpoint_model import (
@@ -32,8 +32,8 @@ from streamtrain.serving.ann import IndexSpec
 from streamtrain.serving.export_format import ExportError, read_export, write_export
 from streamtrain.serving.recommend import recommend
 from streamtrain.training.trainer import Trainer
-from streamtrain.worker.checkpoint import take_snapshot
-from streamtrain.worker.checkpoint_files import CheckpointFiles
+from streamtrain.state.checkpoint import take_snapshot
+from streamtrain.state.files import CheckpointFiles
 
 N_USERS, N_ITEMS, N_CLUSTERS, BATCH, STEPS = 40, 80, 4, 64, 40
 # A closed port: these tests never reach a Redis, so "which checkpoint is committed" falls back to the
@@ -125,10 +125,10 @@ def test_loaded_checkpoint_scores_like_the_trainer(trained: dict[str, Any]) -> N
     trainer: Trainer = trained["trainer"]
     ckpt = load_checkpoint(trained["path"], trained["config"])
     assert (ckpt.checkpoint_id, ckpt.run, ckpt.step) == (7, "tiny", STEPS)
-    rows = trainer.item_vocab.known_rows()
-    users = torch.arange(0, len(trainer.user_vocab) + 1)
-    assert torch.equal(ckpt.model.score(users, rows), trainer.model.score(users, rows))
-    assert ckpt.item_vocab.ids_of(rows.numpy()) == trainer.item_vocab.ids_of(rows.numpy())
+    rows = trainer.state.item_vocab.known_rows()
+    users = torch.arange(0, len(trainer.state.user_vocab) + 1)
+    assert torch.equal(ckpt.model.score(users, rows), trainer.state.model.score(users, rows))
+    assert ckpt.item_vocab.ids_of(rows.numpy()) == trainer.state.item_vocab.ids_of(rows.numpy())
 
 
 def test_resolve_checkpoint_picks_the_newest_file(trained: dict[str, Any], tmp_path: Path) -> None:
@@ -161,16 +161,16 @@ def test_export_round_trips_embeddings_exactly(trained: dict[str, Any], tmp_path
     trainer: Trainer = trained["trainer"]
     manifest = write_export(load_checkpoint(trained["path"], trained["config"]), tmp_path / "exp")
     export = read_export(tmp_path / "exp")
-    item_rows, user_rows = trainer.item_vocab.known_rows(), trainer.user_vocab.known_rows()
+    item_rows, user_rows = trainer.state.item_vocab.known_rows(), trainer.state.user_vocab.known_rows()
     with torch.no_grad():
-        np.testing.assert_array_equal(export.item_embeddings, trainer.model.item_tower(item_rows).numpy())
-        np.testing.assert_array_equal(export.user_embeddings, trainer.model.user_tower(user_rows).numpy())
-        np.testing.assert_array_equal(export.user_fallback, trainer.model.user_tower(torch.tensor([0])).numpy()[0])
-    assert export.item_ids == trainer.item_vocab.ids_of(item_rows.numpy())
-    assert export.user_ids == trainer.user_vocab.ids_of(user_rows.numpy())
+        np.testing.assert_array_equal(export.item_embeddings, trainer.state.model.item_tower(item_rows).numpy())
+        np.testing.assert_array_equal(export.user_embeddings, trainer.state.model.user_tower(user_rows).numpy())
+        np.testing.assert_array_equal(export.user_fallback, trainer.state.model.user_tower(torch.tensor([0])).numpy()[0])
+    assert export.item_ids == trainer.state.item_vocab.ids_of(item_rows.numpy())
+    assert export.user_ids == trainer.state.user_vocab.ids_of(user_rows.numpy())
     assert export.item_embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(export.item_embeddings, axis=1), 1.0, rtol=1e-5)
-    assert manifest["counts"] == {"items": len(trainer.item_vocab), "users": len(trainer.user_vocab)}
+    assert manifest["counts"] == {"items": len(trainer.state.item_vocab), "users": len(trainer.state.user_vocab)}
     assert manifest["model"] | {} == {"dim": 8, "temperature": 0.1, "normalize": True, "hidden_dims": [],
                                       "user_capacity": 64, "item_capacity": 128, "user_features": "id"}
     assert manifest["source"]["checkpoint_id"] == 7 and manifest["source"]["committed"] is False
@@ -203,7 +203,7 @@ def test_recommend_ranks_the_strongly_associated_item_first(trained: dict[str, A
     assert rec.known_user and rec.backend == "numpy" and rec.items[0] == "star"
     # Same items and scores as ranking the live model.
     for user in ("alice", "u3", "u10"):
-        want_items, want_scores = trainer.recommend([user], 10)
+        want_items, want_scores = trainer.state.recommend([user], 10)
         got = recommend(export, user, 10)
         assert got.items == want_items[0]
         np.testing.assert_allclose(got.scores, want_scores[0], rtol=1e-5)
@@ -274,7 +274,7 @@ def test_eval_equals_offline_evaluate_and_counts_unknowns(trained: dict[str, Any
     test = read_interactions([trained["test_file"]])
     report = evaluate_checkpoint(ckpt, test, train)
     trainer: Trainer = trained["trainer"]
-    expected = offline_evaluate(trainer.model, {"user": trainer.user_vocab, "item": trainer.item_vocab},
+    expected = offline_evaluate(trainer.state.model, {"user": trainer.state.user_vocab, "item": trainer.state.item_vocab},
                                 (train.users, train.items), test.by_user(), k_list=(10, 20, 50))
     assert report.metrics == {k: v for k, v in expected.items() if k != "users"}
     assert report.metrics["recall@10"] > 0.3  # cluster structure learnt (chance: about 10 / 68 = 0.15)
@@ -328,6 +328,6 @@ def test_checkpoint_carries_normalize_and_temperature(trained: dict[str, Any]) -
         update={"normalize": not config.model.normalize, "temperature": config.model.temperature * 3})})
     ckpt = load_checkpoint(trained["path"], other)
     trainer: Trainer = trained["trainer"]
-    rows = trainer.item_vocab.known_rows()
-    users = torch.arange(0, len(trainer.user_vocab) + 1)
-    assert torch.equal(ckpt.model.score(users, rows), trainer.model.score(users, rows))
+    rows = trainer.state.item_vocab.known_rows()
+    users = torch.arange(0, len(trainer.state.user_vocab) + 1)
+    assert torch.equal(ckpt.model.score(users, rows), trainer.state.model.score(users, rows))

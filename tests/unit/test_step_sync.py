@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain.events.batch import EventBatch
 from streamtrain.metrics import Metrics
-from streamtrain.model.membership import member
+from streamtrain.vocab.membership import member
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.training.guard import guarded_step
 from streamtrain.training.prefetch import BatchPrefetcher
@@ -32,11 +32,11 @@ def _poisoned(batch: EventBatch) -> EventBatch:
 
 def _training_state(trainer: Trainer) -> dict[str, torch.Tensor]:
     """Parameters and every optimizer state tensor, cloned."""
-    out = {f"model.{k}": v.detach().clone() for k, v in trainer.model.named_parameters()}
-    for i, state in enumerate(trainer.sparse_optimizer.state):
+    out = {f"model.{k}": v.detach().clone() for k, v in trainer.state.model.named_parameters()}
+    for i, state in enumerate(trainer.state.sparse_optimizer.state):
         out.update({f"sparse.{i}.{k}": v.clone() for k, v in state.items()})
-    assert trainer.dense_optimizer is not None
-    for i, state in enumerate(trainer.dense_optimizer.state.values()):
+    assert trainer.state.dense_optimizer is not None
+    for i, state in enumerate(trainer.state.dense_optimizer.state.values()):
         out.update({f"dense.{i}.{k}": v.clone() for k, v in state.items() if torch.is_tensor(v)})
     return out
 
@@ -94,7 +94,7 @@ def test_one_step_late_trains_exactly_like_the_synchronous_step(features: str) -
         assert b is not None
         assert (a.loss, a.logq_mean, a.applied, a.sampler_stats, a.progressive, a.baselines) == (
             b.loss, b.logq_mean, b.applied, b.sampler_stats, b.progressive, b.baselines)
-    for (name, p), q in zip(sync.model.state_dict().items(), late.model.state_dict().values()):
+    for (name, p), q in zip(sync.state.model.state_dict().items(), late.state.model.state_dict().values()):
         assert torch.equal(p, q), name
 
 
@@ -113,7 +113,7 @@ def test_the_worker_records_every_step_once_and_counts_the_skipped_one() -> None
     stream = Stream(seed=10)
     good = stream.batch()
     for events in (good, _poisoned(good), stream.batch()):
-        worker._train(SimpleNamespace(events=events, generation=0, ranges={}))  # type: ignore[arg-type]
+        worker._train(SimpleNamespace(events=events, generation=0, ranges={}, rank_sizes=()))  # type: ignore[arg-type]
 
     def sample(name: str) -> float | None:
         return metrics.registry.get_sample_value(name)

@@ -58,4 +58,4 @@ def test_the_steady_state_step_never_syncs(sampler: str, features: str, parts: b
     applied = {s.step: s.applied for s in steps}
     assert applied[9] is False and math.isnan(steps[-2].loss)
     assert all(applied[s] for s in applied if s != 9)
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.state.model.parameters())

@@ -73,10 +73,10 @@ class Stream:
 def full_softmax_loss(trainer: Trainer, batch: EventBatch) -> float:
     """Exact cross-entropy of the batch's positives over all known items (the quality yardstick)."""
     with torch.no_grad():
-        users = torch.from_numpy(trainer.user_vocab.lookup(batch.user_ids, admit=False).rows)
-        items = torch.from_numpy(trainer.item_vocab.lookup(batch.item_ids, admit=False).rows)
-        known = trainer.item_vocab.known_rows()
-        logits = trainer.model.score(users, known)  # (B, N)
+        users = torch.from_numpy(trainer.state.user_vocab.lookup(batch.user_ids, admit=False).rows)
+        items = torch.from_numpy(trainer.state.item_vocab.lookup(batch.item_ids, admit=False).rows)
+        known = trainer.state.item_vocab.known_rows()
+        logits = trainer.state.model.score(users, known)  # (B, N)
         target = (known.unsqueeze(0) == items.unsqueeze(1)).float().argmax(1)  # (B,)
         return float(torch.nn.functional.cross_entropy(logits, target))
 
@@ -94,7 +94,7 @@ def test_training_on_a_structured_stream_lowers_the_full_softmax_loss(sampler: s
     assert all(math.isfinite(v) for v in losses)
     assert after < before - 0.5, (before, after)
     # Users are scored against all 96 items; the right cluster holds 16, so chance Recall@10 is low.
-    assert trainer.progressive.averages()["recall@10"] > 0.3
+    assert trainer.state.progressive.averages()["recall@10"] > 0.3
     if sampler == "inbatch_logq":
         assert np.mean(losses[-10:]) < np.mean(losses[:10])
 
@@ -122,8 +122,8 @@ def test_resume_from_file_and_shared_state_reproduces_the_next_steps(sampler: st
         assert b.loss == pytest.approx(a.loss, abs=1e-6)
         assert b.step == a.step
         assert (a.progressive is None) == (b.progressive is None)
-    for name, value in original.model.state_dict().items():
-        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=1e-6)
+    for name, value in original.state.model.state_dict().items():
+        torch.testing.assert_close(resumed.state.model.state_dict()[name], value, rtol=0, atol=1e-6)
 
 
 def test_vocabulary_grows_mid_stream_and_new_items_train() -> None:
@@ -136,15 +136,15 @@ def test_vocabulary_grows_mid_stream_and_new_items_train() -> None:
     users = [f"u{i % N_USERS}" for i in range(64)]
     items = [new_ids[i % 20] for i in range(64)]
     trainer.train_step(EventBatch.from_ids(users, items, event_time=np.full(64, 10.0)))
-    rows = trainer.item_vocab.lookup(np.asarray(new_ids, dtype=object), admit=False).rows
+    rows = trainer.state.item_vocab.lookup(np.asarray(new_ids, dtype=object), admit=False).rows
     assert trainer.vocabulary_sizes()["item"] == n_before + 20
     assert (rows > 0).all() and len(set(rows.tolist())) == 20
     # The device copy of the stable keys follows the vocabulary (logQ reads it).
-    np.testing.assert_array_equal(trainer._item_keys.numpy()[rows], trainer.item_vocab.row_keys[rows])
-    emb_before = trainer.model.item.embedding.weight.detach()[rows].clone()
+    np.testing.assert_array_equal(trainer.state.item_keys.numpy()[rows], trainer.state.item_vocab.row_keys[rows])
+    emb_before = trainer.state.model.item.embedding.weight.detach()[rows].clone()
     assert (emb_before.norm(dim=1) > 0).all()  # initialised on assignment
     trainer.train_step(EventBatch.from_ids(users, items, event_time=np.full(64, 11.0)))
-    assert not torch.equal(trainer.model.item.embedding.weight.detach()[rows], emb_before)
+    assert not torch.equal(trainer.state.model.item.embedding.weight.detach()[rows], emb_before)
 
 
 def test_evicted_rows_are_reinitialised_with_fresh_optimizer_state() -> None:
@@ -153,13 +153,13 @@ def test_evicted_rows_are_reinitialised_with_fresh_optimizer_state() -> None:
     old = [f"old{i}" for i in range(8)]
     for t in range(3):
         trainer.train_step(EventBatch.from_ids([f"u{i}" for i in range(8)], old, event_time=np.full(8, float(t))))
-    steps = trainer.sparse_optimizer.state[1]["step"]
+    steps = trainer.state.sparse_optimizer.state[1]["step"]
     assert steps[1:9].min() == 3
     new = [f"new{i}" for i in range(8)]
     trainer.train_step(EventBatch.from_ids([f"u{i}" for i in range(8)], new, event_time=np.full(8, 100.0)))
-    rows = trainer.item_vocab.lookup(np.asarray(new, dtype=object), admit=False).rows
+    rows = trainer.state.item_vocab.lookup(np.asarray(new, dtype=object), admit=False).rows
     assert sorted(rows.tolist()) == list(range(1, 9))  # every old row was reused
-    assert trainer.item_vocab.stats()["evictions_total"] == 8
+    assert trainer.state.item_vocab.stats()["evictions_total"] == 8
     assert steps[1:9].max() == 1  # reset on reuse, then one step
 
 
@@ -170,13 +170,13 @@ def test_reassigned_item_rows_are_forgotten_by_the_sampler() -> None:
     old = [f"old{i}" for i in range(8)]
     for t in range(3):
         trainer.train_step(EventBatch.from_ids([f"u{i}" for i in range(8)], old, event_time=np.full(8, float(t))))
-    assert (trainer.sampler.occurrence[1:9] > 1).any() and (trainer.sampler.cache_rows >= 1).all()
+    assert (trainer.state.sampler.occurrence[1:9] > 1).any() and (trainer.state.sampler.cache_rows >= 1).all()
     forgotten: list[list[int]] = []
-    forget = trainer.sampler.forget_rows
-    trainer.sampler.forget_rows = lambda rows: (forgotten.append(sorted(rows.tolist())), forget(rows))  # type: ignore[method-assign]
+    forget = trainer.state.sampler.forget_rows
+    trainer.state.sampler.forget_rows = lambda rows: (forgotten.append(sorted(rows.tolist())), forget(rows))  # type: ignore[method-assign]
     trainer.register_ids("item", [f"new{i}" for i in range(8)], event_time=100.0)
     assert forgotten == [list(range(1, 9))]
-    assert (trainer.sampler.occurrence[1:9] == 1).all() and (trainer.sampler.cache_rows == -1).all()
+    assert (trainer.state.sampler.occurrence[1:9] == 1).all() and (trainer.state.sampler.cache_rows == -1).all()
 
 
 def test_unadmitted_ids_train_through_the_fallback_row() -> None:
@@ -184,11 +184,11 @@ def test_unadmitted_ids_train_through_the_fallback_row() -> None:
     users = [f"u{i}" for i in range(48)]  # each seen once: all on the fallback row
     items = [f"i{i % 16}" for i in range(48)]  # each seen 3 times: admitted on the third sighting
     batch = EventBatch.from_ids(users, items)
-    fallback_before = trainer.model.user.embedding.weight.detach()[0].clone()
+    fallback_before = trainer.state.model.user.embedding.weight.detach()[0].clone()
     stats = trainer.train_step(batch)
     assert math.isfinite(stats.loss)
     assert trainer.vocabulary_sizes() == {"user": 0, "item": 16}
-    assert not torch.equal(trainer.model.user.embedding.weight.detach()[0], fallback_before)
+    assert not torch.equal(trainer.state.model.user.embedding.weight.detach()[0], fallback_before)
     for _ in range(2):
         trainer.train_step(batch)
     assert trainer.vocabulary_sizes() == {"user": 48, "item": 16}  # third sighting admits
@@ -216,23 +216,23 @@ def test_non_finite_loss_skips_the_update_and_training_goes_on() -> None:
     stream = Stream(seed=3)
     batch = stream.batch()
     assert trainer.train_step(batch).applied
-    before = trainer.model.tower("item").embedding.weight.detach().clone()
-    real_loss = trainer.sampler.loss
+    before = trainer.state.model.tower("item").embedding.weight.detach().clone()
+    real_loss = trainer.state.sampler.loss
 
     def poisoned(inp, update_state=True):  # a NaN that flows into the gradients too
         out = real_loss(inp, update_state=update_state)
         out.loss = out.loss * float("nan")
         return out
 
-    trainer.sampler.loss = poisoned
+    trainer.state.sampler.loss = poisoned
     stats = trainer.train_step(batch)  # same ids: no new rows, so any change would be the update
     assert not stats.applied and math.isnan(stats.loss)
-    assert torch.equal(trainer.model.tower("item").embedding.weight, before)
-    trainer.sampler.loss = real_loss
+    assert torch.equal(trainer.state.model.tower("item").embedding.weight, before)
+    trainer.state.sampler.loss = real_loss
     stats = trainer.train_step(batch)
     assert stats.applied and math.isfinite(stats.loss)
-    assert torch.isfinite(trainer.model.tower("item").embedding.weight).all()
-    assert not torch.equal(trainer.model.tower("item").embedding.weight, before)
+    assert torch.isfinite(trainer.state.model.tower("item").embedding.weight).all()
+    assert not torch.equal(trainer.state.model.tower("item").embedding.weight, before)
 
 
 def test_event_weights_reach_the_loss() -> None:
@@ -244,7 +244,7 @@ def test_event_weights_reach_the_loss() -> None:
     lone = dataclasses.replace(batch, weight=np.eye(1, len(batch), dtype=np.float32)[0])
     a, b, c = plain.train_step(batch), tripled.train_step(heavy), single.train_step(lone)
     assert math.isclose(a.loss, b.loss, rel_tol=1e-5)
-    assert torch.allclose(plain.model.tower("user").embedding.weight, tripled.model.tower("user").embedding.weight)
+    assert torch.allclose(plain.state.model.tower("user").embedding.weight, tripled.state.model.tower("user").embedding.weight)
     assert not math.isclose(a.loss, c.loss, rel_tol=1e-3)
 
 
@@ -253,22 +253,22 @@ def test_probe_leaves_training_state_untouched() -> None:
     stream = Stream(seed=6)
     for _ in range(3):
         trainer.train_step(stream.batch())
-    before_model = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    before_model = {k: v.clone() for k, v in trainer.state.model.state_dict().items()}
     before_shared = trainer.shared_state()
-    before_vocab = trainer.item_vocab.state_dict()
+    before_vocab = trainer.state.item_vocab.state_dict()
     probe_batch = stream.batch()
     probe_batch = EventBatch.from_ids(list(probe_batch.user_ids) + ["never-seen"], list(probe_batch.item_ids) + ["i0"])
     result = trainer.probe(probe_batch)
     assert result and all(isinstance(v, float) for v in result.values())
-    for name, value in trainer.model.state_dict().items():
+    for name, value in trainer.state.model.state_dict().items():
         assert torch.equal(value, before_model[name]), name
     after_shared = trainer.shared_state()
     assert before_shared.keys() == after_shared.keys()
     for name, value in before_shared.items():
         np.testing.assert_array_equal(after_shared[name], value, err_msg=name)
-    assert trainer.item_vocab.state_dict()["ids"] == before_vocab["ids"]
-    assert "never-seen" not in trainer.user_vocab
-    assert all(p.grad is None for p in trainer.model.parameters())
+    assert trainer.state.item_vocab.state_dict()["ids"] == before_vocab["ids"]
+    assert "never-seen" not in trainer.state.user_vocab
+    assert all(p.grad is None for p in trainer.state.model.parameters())
 
 
 def test_recommend_returns_known_items_best_first_and_empty_batch_is_refused() -> None:
@@ -276,9 +276,9 @@ def test_recommend_returns_known_items_best_first_and_empty_batch_is_refused() -
     stream = Stream(seed=8)
     for _ in range(3):
         trainer.train_step(stream.batch())
-    ids, scores = trainer.recommend(["u1", "unknown-user"], k=5)
+    ids, scores = trainer.state.recommend(["u1", "unknown-user"], k=5)
     assert len(ids) == 2 and all(len(row) == 5 for row in ids)
-    assert all(i in trainer.item_vocab for row in ids for i in row)
+    assert all(i in trainer.state.item_vocab for row in ids for i in row)
     assert (np.diff(scores, axis=1) <= 0).all()
     with pytest.raises(TrainingError):
         trainer.train_step(EventBatch.empty())
@@ -302,4 +302,4 @@ def test_bf16_autocast_step_runs_and_stays_finite() -> None:
     stream = Stream(seed=9)
     losses = [trainer.train_step(stream.batch()).loss for _ in range(3)]
     assert all(math.isfinite(v) for v in losses)
-    assert trainer.model.item.embedding.weight.dtype == torch.float32  # master weights stay fp32
+    assert trainer.state.model.item.embedding.weight.dtype == torch.float32  # master weights stay fp32

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamtrain.model.vocabulary import (
+from streamtrain.vocab.vocabulary import (
     FALLBACK_ROW,
     IdVocabulary,
     VocabularyStateError,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from streamtrain.model.id_keys import encode_ids, id_keys, reference_key
-from streamtrain.model.key_table import KeyIndex
-from streamtrain.model.vocabulary import FALLBACK_ROW, IdVocabulary, VocabularyStateError, stable_key
-from streamtrain.training.state import numpy_tree_to_torch, torch_tree_to_numpy
+from streamtrain.events.ids import encode_ids, id_keys, reference_key
+from streamtrain.vocab.key_table import KeyIndex
+from streamtrain.vocab.vocabulary import FALLBACK_ROW, IdVocabulary, VocabularyStateError, stable_key
+from streamtrain.training.state_tree import numpy_tree_to_torch, torch_tree_to_numpy
 
 
 def ids(names: list[str]) -> np.ndarray:
@@ -266,7 +266,7 @@ def test_trainer_resuming_a_format1_checkpoint_restarts_frequency_statistics(cap
         original.train_step(EventBatch.from_ids(rng.integers(0, 30, 16), rng.integers(0, 30, 16)))
     state = original.file_state()
     for tower in ("user", "item"):  # what a checkpoint of the previous version held
-        vocab = getattr(original, f"{tower}_vocab")
+        vocab = getattr(original.state, f"{tower}_vocab")
         rows = vocab.known_rows().numpy()
         state["vocab"][tower] = {
             "capacity": 50, "ids": vocab.ids_of(rows), "rows": torch.from_numpy(rows),
@@ -286,6 +286,6 @@ def test_trainer_resuming_a_format1_checkpoint_restarts_frequency_statistics(cap
     assert "frequency statistics start afresh" in caplog.text
     for name, value in fresh_frequency.items():
         np.testing.assert_array_equal(resumed.shared_state()[name], value, err_msg=name)
-    np.testing.assert_array_equal(resumed.item_vocab.row_keys, original.item_vocab.row_keys)
-    np.testing.assert_array_equal(resumed._item_keys.numpy(), original._item_keys.numpy())
-    assert resumed.item_vocab.ids_of(rows) == original.item_vocab.ids_of(rows)
+    np.testing.assert_array_equal(resumed.state.item_vocab.row_keys, original.state.item_vocab.row_keys)
+    np.testing.assert_array_equal(resumed.state.item_keys.numpy(), original.state.item_keys.numpy())
+    assert resumed.state.item_vocab.ids_of(rows) == original.state.item_vocab.ids_of(rows)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from streamtrain.events import EventBatch
-from streamtrain.worker.batcher import Batcher, MicroBatch
+from streamtrain.ingest.batcher import Batcher
+from streamtrain.events.records import MicroBatch
 
 TP = ("t", 0)
 

@@ -11,13 +11,13 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from streamtrain.metrics import Metrics
-from streamtrain.worker.backoff import Backoff
-from streamtrain.worker.checkpoint import Checkpointer, take_snapshot
-from streamtrain.worker.checkpoint_files import CheckpointFiles
-from streamtrain.worker.checkpoint_runner import CheckpointRunner
-from streamtrain.worker.errors import CheckpointError, OffsetsBackwardsError, ResumeError, StateStoreError
-from streamtrain.worker.resume import resume
-from streamtrain.worker.state_store import StoredState, decode_array, encode_array
+from streamtrain.backoff import Backoff
+from streamtrain.state.checkpoint import Checkpointer, take_snapshot
+from streamtrain.state.files import CheckpointFiles
+from streamtrain.state.runner import CheckpointRunner
+from streamtrain.errors import CheckpointError, OffsetsBackwardsError, ResumeError, StateStoreError
+from streamtrain.state.resume import resume
+from streamtrain.state.redis_store import StoredState, decode_array, encode_array
 
 TP = ("t", 0)
 

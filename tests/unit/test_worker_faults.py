@@ -12,13 +12,13 @@ import torch
 
 from streamtrain.config import load_config
 from streamtrain.errors import ConfigError
-from streamtrain.worker.broker_health import BrokerHealth
-from streamtrain.worker.checkpoint import take_snapshot
-from streamtrain.worker.checkpoint_files import CheckpointFiles, file_digest
-from streamtrain.worker.errors import CheckpointError, FencedError, ResumeError
+from streamtrain.ingest.broker_health import BrokerHealth
+from streamtrain.state.checkpoint import take_snapshot
+from streamtrain.state.files import CheckpointFiles, file_digest
+from streamtrain.errors import CheckpointError, FencedError, ResumeError
 from streamtrain.worker.progress import Progress
-from streamtrain.worker.restore_point import unpack
-from streamtrain.worker.resume import resume
+from streamtrain.state.restore_point import unpack
+from streamtrain.state.resume import resume
 from test_worker_checkpoint import TP, FakeEngine, make, sample
 
 
@@ -199,7 +199,8 @@ def test_idle_exit_is_an_error_when_nothing_could_be_read() -> None:
             fatal=None, batches=queue.Queue(), assigned_at=time.monotonic() - 60, joining=False,
             last_message_at=None, pending_in_batcher=lambda: False, health=health,
         )
-        engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0})
+        engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0}, enable_split=lambda ctx: None,
+                                 flush_stats=lambda: None)
         return Worker(load_config(environ={}), engine=engine, source=source, checkpointer=SimpleNamespace(),
                       runner=SimpleNamespace(fatal=None), progress=SimpleNamespace(events=0),
                       start=SimpleNamespace(fresh=False, next_checkpoint_id=1), metrics=Metrics(CollectorRegistry()),

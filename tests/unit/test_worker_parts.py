@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 
 from streamtrain.events import EventBatch, RejectReason, Rejection
 from streamtrain.metrics import Metrics
-from streamtrain.worker.batcher import MicroBatch, PartitionRange
-from streamtrain.worker.dead_letter import DeadLetterSink
+from streamtrain.events.records import MicroBatch, PartitionRange
+from streamtrain.ingest.dead_letter import DeadLetterSink
 from streamtrain.worker.http import MetricsServer
-from streamtrain.worker.lag import LagTracker
+from streamtrain.ingest.lag import LagTracker
 from streamtrain.worker.progress import Progress
 
 TP = ("t", 0)
@@ -189,7 +189,8 @@ def test_liveness_is_ok_while_starting_and_fails_once_the_loop_is_gone() -> None
     from streamtrain.metrics import Metrics
     from streamtrain.worker.worker import Worker
 
-    engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0})
+    engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0}, enable_split=lambda ctx: None,
+                                 flush_stats=lambda: None)
     worker = Worker(load_config(environ={}), engine=engine, source=SimpleNamespace(), checkpointer=SimpleNamespace(),
                     runner=SimpleNamespace(), progress=SimpleNamespace(events=0),
                     start=SimpleNamespace(fresh=True, next_checkpoint_id=1), metrics=Metrics(CollectorRegistry()))

@@ -1,0 +1,1 @@
+"""Evaluation: progressive (test-then-train) metrics, streaming baselines, probe, offline."""

@@ -1,0 +1,1 @@
+"""Persistence: the checkpoint's commit order, files, Redis records, restore and resume."""

@@ -1,0 +1,1 @@
+"""Vocabularies: stable ids to embedding rows, admission and eviction."""
