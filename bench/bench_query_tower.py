@@ -33,7 +33,7 @@ VARIANTS = {
     "history (before issue 16)": ["model.user_features=history", *OLD, "trainer.extra_steps=0"],
     "default tower, 1 step": ["trainer.extra_steps=0"],
     "default tower + attention, 1 step": ["trainer.extra_steps=0", "model.history_pooling=attention"],
-    "default (tower + 3 extra steps)": [],
+    "default (tower + 5 extra steps)": [],
 }
 
 
