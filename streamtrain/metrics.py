@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 __all__ = ["Metrics"]
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_NS = "streamtrain"
 _CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -24,8 +25,16 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        ns = "streamtrain"
-        # --- ingest ---------------------------------------------------------------
+        self._declare_ingest(_NS, registry)
+        self._declare_training(_NS, registry)
+        self._declare_probe(_NS, registry)
+        self._declare_evaluation(_NS, registry)
+        self._declare_checkpoints(_NS, registry)
+        self._declare_cluster(_NS, registry)
+        self._declare_vocabulary(_NS, registry)
+
+    def _declare_ingest(self, ns: str, registry: CollectorRegistry) -> None:
+        """Ingest: messages read, trained, dead-lettered or skipped, and how far behind the worker is."""
         self.events_consumed = Counter(
             "events_consumed", "Kafka messages read from the input topic", namespace=ns, registry=registry
         )
@@ -72,7 +81,9 @@ class Metrics:
         self.trainer_wait_seconds = Counter(
             "trainer_wait_seconds", "Time the trainer spent waiting for a ready batch", namespace=ns, registry=registry
         )
-        # --- training -------------------------------------------------------------
+
+    def _declare_training(self, ns: str, registry: CollectorRegistry) -> None:
+        """Training steps: their count, time, loss and throughput."""
         self.train_steps = Counter("train_steps", "Training steps taken", namespace=ns, registry=registry)
         self.train_steps_skipped = Counter(
             "train_steps_skipped",
@@ -101,7 +112,9 @@ class Metrics:
         self.vocabulary_size = Gauge(
             "vocabulary_size", "Ids holding their own embedding row", ["tower"], namespace=ns, registry=registry
         )
-        # --- sampling-bias probe --------------------------------------------------
+
+    def _declare_probe(self, ns: str, registry: CollectorRegistry) -> None:
+        """The sampling-bias probe, run every few steps on a batch without training on it."""
         self.probe_full_loss = Gauge(
             "probe_full_softmax_loss", "Exact full-softmax loss on the probe batch", namespace=ns, registry=registry
         )
@@ -129,7 +142,9 @@ class Metrics:
         self.cache_hit_ratio = Gauge(
             "xir_cache_hit_ratio", "Share of the batch's XIR candidate draws whose item was already in the hot-item cache", namespace=ns, registry=registry
         )
-        # --- progressive evaluation ----------------------------------------------
+
+    def _declare_evaluation(self, ns: str, registry: CollectorRegistry) -> None:
+        """Progressive (test-then-train) Recall@K/NDCG@K of the model and of the streaming baselines."""
         # model="model" is the trained model; "popular_all" / "popular_recent" rank by all-time / decayed
         # item counts on the same batches (streamtrain/evaluation/popularity.py), "covisit" by item-to-item
         # co-visitation over the user's recent items (streamtrain/evaluation/covisit.py): the bars the model must clear.
@@ -141,7 +156,9 @@ class Metrics:
             "progressive_ndcg_ratio", "Rolling test-then-train NDCG@K of the model and of the popularity baselines",
             ["k", "model"], namespace=ns, registry=registry,
         )
-        # --- checkpoints and faults -----------------------------------------------
+
+    def _declare_checkpoints(self, ns: str, registry: CollectorRegistry) -> None:
+        """Checkpoints, restarts and the faults the worker survives."""
         self.checkpoints = Counter(
             "checkpoints", "Checkpoint attempts by outcome (ok, failed)", ["outcome"], namespace=ns, registry=registry
         )
@@ -201,7 +218,9 @@ class Metrics:
             "assigned_partitions", "Input partitions assigned to this worker", namespace=ns, registry=registry
         )
         self.info = Info("build", "Version, sampler and device of this worker", namespace=ns, registry=registry)
-        # --- cluster changes (issue 18) ---------------------------------------------
+
+    def _declare_cluster(self, ns: str, registry: CollectorRegistry) -> None:
+        """What the cluster does to a long-lived worker: new partitions, a recreated topic, a lost lease."""
         self.partitions_discovered = Counter(
             "partitions_discovered",
             "Partitions the run had never owned (the topic grew) that it started reading at their earliest offset",
@@ -224,7 +243,9 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
-        # --- vocabulary under churn (a flood of new ids) ------------------------------
+
+    def _declare_vocabulary(self, ns: str, registry: CollectorRegistry) -> None:
+        """The vocabularies under churn: admissions, rejections, evictions, fallback lookups."""
         self.vocabulary_lookups = Counter(
             "vocabulary_lookups", "Ids looked up to train (one per event and tower)", ["tower"], namespace=ns,
             registry=registry,

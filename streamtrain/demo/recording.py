@@ -70,6 +70,9 @@ class StepRecorder:
     def vocabulary_sizes(self) -> dict[str, int]:
         return self._engine.vocabulary_sizes()
 
+    def vocabulary_stats(self) -> dict[str, dict[str, int]]:
+        return self._engine.vocabulary_stats()
+
     def file_state(self) -> dict[str, Any]:
         return self._engine.file_state()
 

@@ -304,27 +304,45 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
             _delete_topics(config)
 
     files = _split_files(options.data_dir)
-    log.info("evaluating on %s", files["test"])
     ckpt = load_checkpoint(choose_checkpoint(None, config), config)  # the one Redis names as committed
-    known = Interactions(object_array(event_log.users), object_array(event_log.items),
-                         (str(files["train"]), str(files["valid"])), 0)
-    test = read_interactions([files["test"]], "gowalla")
-    if len(sampled) < n_users:  # the sampled users' test items only: the others were never trained
-        mine = np.fromiter((u in sampled for u in test.users), dtype=bool, count=len(test))
-        test = Interactions(test.users[mine], test.items[mine], test.files, test.bad_lines)
-    offline = evaluate_checkpoint(ckpt, test, known, max_users=options.eval_users).to_dict()
+    offline = _offline(ckpt, files, event_log, sampled, n_users, options.eval_users)
     run_dir = options.out_root / run
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = _write_model_config(config, run_dir / "config.yaml")
     export_dir = run_dir / "export"
     _final_export(config, ckpt, export_dir)
 
+    report = _report(run, config, options, files, event_log, n_users, sampled, order, replayed, trained, offline,
+                     ckpt, export_dir, config_file, run_dir)
+    report["wall_seconds"] = round(time.monotonic() - began, 1)
+    report["report_json"] = str(run_dir / "report.json")
+    demo_report.write_json(report, run_dir / "report.json")
+    return report
+
+
+def _offline(ckpt: Any, files: dict[str, Path], event_log: Any, sampled: set[str], n_users: int,
+             eval_users: int | None) -> dict[str, Any]:
+    """Offline Recall/NDCG of the committed checkpoint on the sampled users' test items."""
+    log.info("evaluating on %s", files["test"])
+    known = Interactions(object_array(event_log.users), object_array(event_log.items),
+                         (str(files["train"]), str(files["valid"])), 0)
+    test = read_interactions([files["test"]], "gowalla")
+    if len(sampled) < n_users:  # the sampled users' test items only: the others were never trained
+        mine = np.fromiter((u in sampled for u in test.users), dtype=bool, count=len(test))
+        test = Interactions(test.users[mine], test.items[mine], test.files, test.bad_lines)
+    return evaluate_checkpoint(ckpt, test, known, max_users=eval_users).to_dict()
+
+
+def _report(run: str, config: Config, options: DemoOptions, files: dict[str, Path], event_log: Any, n_users: int,
+            sampled: set[str], order: Any, replayed: dict[str, Any], trained: dict[str, Any], offline: dict[str, Any],
+            ckpt: Any, export_dir: Path, config_file: Path, run_dir: Path) -> dict[str, Any]:
+    """What the demo did and where to look, as written to ``report.json`` (and its chart and CSV)."""
     recorder: StepRecorder = trained["recorder"]
     busy_s = recorder.points[-1].seconds if recorder.points else 0.0
     per_pass = len(order) // options.epochs
     stack = StackAddresses.from_env()
     query = f'streamtrain_progressive_recall_ratio{{run="{run}",k="20",model="model"}}'
-    report: dict[str, Any] = {
+    return {
         "run": run,
         "topic": config.kafka.topic,
         "topic_kept": options.keep_topic,
@@ -347,7 +365,7 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
         "settings": {
             "sampler": config.sampler.name, "batch_size": config.trainer.batch_size,
             "embedding_dim": config.model.embedding_dim, "learning_rate": config.model.learning_rate,
-            "temperature": config.model.temperature, "device": str(getattr(recorder, "device", config.run.device)),
+            "temperature": config.model.temperature, "device": str(recorder.device),
         },
         "loss_first": demo_report.mean_loss(recorder.points, first=True),
         "loss_last": demo_report.mean_loss(recorder.points, first=False),
@@ -373,7 +391,3 @@ def run_demo(base: Config, options: DemoOptions) -> dict[str, Any]:
                                          events_per_pass=per_pass),
         "steps_csv": str(demo_report.write_steps_csv(recorder.points, run_dir / "steps.csv")),
     }
-    report["wall_seconds"] = round(time.monotonic() - began, 1)
-    report["report_json"] = str(run_dir / "report.json")
-    demo_report.write_json(report, run_dir / "report.json")
-    return report

@@ -213,20 +213,32 @@ class Checkpointer:
         self._metrics.last_checkpoint_timestamp.set(self._clock())
         return elapsed
 
-    def _commit(self, snap: Snapshot, kafka: bool) -> None:
-        # Step 0: refuse offsets that go backwards.
+    def _refuse(self, snap: Snapshot) -> None:
+        """Step 0: refuse offsets that go backwards, and any write by a job that lost the run's lease
+        (it writes nothing, not even a file; checked again inside step 3)."""
         for key, previous in self.committed_offsets.items():
             new = snap.offsets.get(key)
             if new is not None and new < previous:
                 raise OffsetsBackwardsError(0, f"{key[0]}[{key[1]}] next offset {new} < committed {previous}")
-
-        # A job that lost the run's lease writes nothing, not even a file (checked again inside step 3).
         check_lease = getattr(self._store, "check_lease", None)
         if check_lease is not None:
             try:
                 check_lease()
             except (LeaseLostError, LeaseExpiredError) as exc:
                 raise CheckpointError(0, str(exc)) from exc
+
+    def _commit_kafka(self, snap: Snapshot) -> None:
+        """Step 4: Kafka offsets, for lag tools only; Redis already holds the truth."""
+        to_commit = {k: v for k, v in snap.offsets.items() if v >= 0}
+        if to_commit and self._commit_offsets is not None:
+            try:
+                self._commit_offsets(to_commit)
+            except Exception as exc:  # broker down, rebalance in progress: retried next checkpoint
+                self._metrics.kafka_errors.labels(operation="commit").inc()
+                log.warning("checkpoint %d: Kafka offset commit failed: %s", snap.checkpoint_id, exc)
+
+    def _commit(self, snap: Snapshot, kafka: bool) -> None:
+        self._refuse(snap)  # step 0
 
         # Step 1: dead letters durable before any offset past them is stored.
         if not self._flush_dead_letters(self._flush_timeout_s):
@@ -281,15 +293,8 @@ class Checkpointer:
         self._uncertain_ids.clear()
         self.committed_offsets.update(snap.offsets)
 
-        # Step 4: Kafka offsets, for lag tools only; Redis already holds the truth.
-        if kafka and self._commit_offsets is not None:
-            to_commit = {k: v for k, v in snap.offsets.items() if v >= 0}
-            if to_commit:
-                try:
-                    self._commit_offsets(to_commit)
-                except Exception as exc:  # broker down, rebalance in progress: retried next checkpoint
-                    self._metrics.kafka_errors.labels(operation="commit").inc()
-                    log.warning("checkpoint %d: Kafka offset commit failed: %s", snap.checkpoint_id, exc)
+        if kafka:
+            self._commit_kafka(snap)  # step 4
 
         # Step 5: prune.
         try:

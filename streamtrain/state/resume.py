@@ -91,6 +91,7 @@ def resume(
         seconds=seconds,
         skipped=dict(state.skipped),
         trained_ranges=history,
+        topic_ids=dict(state.topic_ids),
     )
 
 

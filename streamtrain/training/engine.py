@@ -77,6 +77,11 @@ class TrainingEngine(Protocol):
         """Ids holding their own row, per tower: ``{"user": n, "item": m}``."""
         ...
 
+    def vocabulary_stats(self) -> dict[str, dict[str, int]]:
+        """Per tower, the vocabulary's running totals (lookups, fallbacks, admissions, evictions, held back,
+        table full), kept in its state so they survive restarts; ``{}`` for an engine without one."""
+        ...
+
     def file_state(self) -> dict[str, Any]:
         """Model, optimizer and vocabulary, ``torch.save``-able; may share memory with the live model."""
         ...

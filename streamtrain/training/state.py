@@ -104,6 +104,10 @@ class TrainState:
         """Ids that own a row, per tower (for metrics)."""
         return {"user": len(self.user_vocab), "item": len(self.item_vocab)}
 
+    def vocabulary_stats(self) -> dict[str, dict[str, int]]:
+        """Each vocabulary's running totals, per tower (for metrics)."""
+        return {"user": self.user_vocab.stats(), "item": self.item_vocab.stats()}
+
     def zero_grads(self) -> None:
         self.sparse_optimizer.zero_grad()
         if self.dense_optimizer is not None:

@@ -70,6 +70,9 @@ class Trainer:
     def vocabulary_sizes(self) -> dict[str, int]:
         return self.state.vocabulary_sizes()
 
+    def vocabulary_stats(self) -> dict[str, dict[str, int]]:
+        return self.state.vocabulary_stats()
+
     def register_ids(self, tower: str, ids: Sequence[str] | np.ndarray, event_time: float = 0.0) -> int:
         """Admit ``ids`` into the ``"user"`` or ``"item"`` vocabulary (and initialise their rows)
         without training, e.g. to preload a catalogue so its items are candidates before anyone

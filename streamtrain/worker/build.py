@@ -128,7 +128,7 @@ def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, co
         # Every rank resolves every partition (fresh: all at the beginning) so the replicated progress,
         # and so rank 0's checkpoint, covers the partitions of all ranks, also the ones that stay empty.
         for p in partitions:
-            worker.resolve_position((source.topic, p))
+            worker.positions.resolve_position((source.topic, p))
         keys = partitions_for_rank(partitions, ctx.rank, ctx.world_size)
         if ctx.is_main:
             layout = json.dumps(partition_map(partitions, ctx.world_size), sort_keys=True)
@@ -283,60 +283,9 @@ def _build(
     store.topic_ids = dict(start.topic_ids)
     progress = Progress(start.offsets, start.events, record_ranges=record, skipped=start.skipped)
 
-    common = kafka_client_options(config)
-    consumer = KafkaConsumer(
-        **common,
-        group_id=k.group_id,
-        group_instance_id=k.group_instance_id,
-        enable_auto_commit=False,
-        # Positions always come from our own state; "none" makes a missing one an error, not a guess.
-        auto_offset_reset="none",
-        max_poll_records=k.max_poll_records,
-        session_timeout_ms=int(k.session_timeout_s * 1000),
-        heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 4)),
-        # A changed partition count in the metadata makes the group rebalance: this bounds how late new
-        # partitions are noticed.
-        metadata_max_age_ms=int(k.metadata_max_age_s * 1000),
-    )
-    producer = KafkaProducer(**common, linger_ms=5, max_request_size=k.dead_letter_max_bytes)
-    dead_letters = DeadLetterSink(producer, k.dead_letter_topic, metrics)
+    consumer, producer, dead_letters = _kafka_clients(config, metrics)
     worker_ref: list[Worker] = []
-
-    class Hooks:  # the worker does not exist yet when the source is built
-        def resolve_position(self, key: Any) -> int | None:
-            return worker_ref[0].resolve_position(key)
-
-        def on_revoked(self, keys: Any) -> None:
-            worker_ref[0].on_revoked(keys)
-
-        def trained_offsets(self) -> Any:
-            return progress.offsets()
-
-        def last_event_times(self) -> Any:
-            return progress.last_event_times()
-
-        def on_offset_reset(self, key: Any, stored: int, new: int, log_start: int | None = None) -> None:
-            worker_ref[0].on_offset_reset(key, stored, new, log_start)
-
-    source_args: dict[str, Any] = dict(
-        batcher=Batcher(config.trainer.batch_size, config.trainer.max_batch_latency_s),
-        dead_letters=dead_letters,
-        metrics=metrics,
-        lag=LagTracker(metrics, k.lag_interval_s),
-        hooks=Hooks(),
-        queue_batches=k.queue_batches,
-        max_message_bytes=k.max_message_bytes,
-        max_poll_records=k.max_poll_records,
-        assignment_timeout_s=max(30.0, 5 * k.session_timeout_s),
-        health=BrokerHealth(metrics, k.broker_unreachable_s),
-    )
-    processes = config.ingest.resolved_processes
-    source: KafkaSource
-    if processes > 0:
-        source = PooledSource(consumer, k.topic, pool_factory=_pool_factory(config, processes, metrics),
-                              **source_args)
-    else:
-        source = KafkaSource(consumer, k.topic, **source_args)
+    source = _source(config, consumer, dead_letters, metrics, _Hooks(worker_ref, progress))
     checkpointer = Checkpointer(
         files=files,
         store=store,
@@ -373,19 +322,82 @@ def _build(
         _assign_statically(source, worker, ctx, consumer, store)
     worker_ref.append(worker)
     _attach_publisher(config, worker, runner, store, files, metrics)
-    metrics.info.info(
-        {
-            "version": __version__,
-            "sampler": config.sampler.name,
-            "device": str(engine.device),
-        }
+    metrics.info.info({"version": __version__, "sampler": config.sampler.name, "device": str(engine.device)})
+    return WorkerParts(worker, _http(config, worker, metrics, ctx), producer, client, 0.0)
+
+
+class _Hooks:
+    """The source's view of the worker, which does not exist yet when the source is built."""
+
+    def __init__(self, worker_ref: list[Worker], progress: Progress) -> None:
+        self._worker = worker_ref
+        self._progress = progress
+
+    def resolve_position(self, key: Any) -> int | None:
+        return self._worker[0].positions.resolve_position(key)
+
+    def on_revoked(self, keys: Any) -> None:
+        self._worker[0].on_revoked(keys)
+
+    def trained_offsets(self) -> Any:
+        return self._progress.offsets()
+
+    def last_event_times(self) -> Any:
+        return self._progress.last_event_times()
+
+    def on_offset_reset(self, key: Any, stored: int, new: int, log_start: int | None = None) -> None:
+        self._worker[0].positions.on_offset_reset(key, stored, new, log_start)
+
+
+def _kafka_clients(config: Config, metrics: Metrics) -> tuple[KafkaConsumer, KafkaProducer, DeadLetterSink]:
+    """The group consumer (membership, commits, lag) and the dead-letter producer with its sink."""
+    k = config.kafka
+    common = kafka_client_options(config)
+    consumer = KafkaConsumer(
+        **common,
+        group_id=k.group_id,
+        group_instance_id=k.group_instance_id,
+        enable_auto_commit=False,
+        # Positions always come from our own state; "none" makes a missing one an error, not a guess.
+        auto_offset_reset="none",
+        max_poll_records=k.max_poll_records,
+        session_timeout_ms=int(k.session_timeout_s * 1000),
+        heartbeat_interval_ms=max(1000, int(k.session_timeout_s * 1000 / 4)),
+        # A changed partition count in the metadata makes the group rebalance: this bounds how late new
+        # partitions are noticed.
+        metadata_max_age_ms=int(k.metadata_max_age_s * 1000),
     )
-    http = None
-    if config.metrics.enabled:
-        http = MetricsServer(
-            # One port per local rank (0 stays "pick a free one").
-            metrics.registry, config.metrics.host, config.metrics.port and config.metrics.port + ctx.local_rank,
-            healthy=worker.healthy, ready=worker.ready
-        )
-        http.start()
-    return WorkerParts(worker, http, producer, client, 0.0)
+    producer = KafkaProducer(**common, linger_ms=5, max_request_size=k.dead_letter_max_bytes)
+    return consumer, producer, DeadLetterSink(producer, k.dead_letter_topic, metrics)
+
+
+def _source(config: Config, consumer: KafkaConsumer, dead_letters: DeadLetterSink, metrics: Metrics,
+            hooks: _Hooks) -> KafkaSource:
+    """The inline source, or the pooled one when ``ingest.processes`` resolves to > 0."""
+    k = config.kafka
+    source_args: dict[str, Any] = dict(
+        batcher=Batcher(config.trainer.batch_size, config.trainer.max_batch_latency_s),
+        dead_letters=dead_letters,
+        metrics=metrics,
+        lag=LagTracker(metrics, k.lag_interval_s),
+        hooks=hooks,
+        queue_batches=k.queue_batches,
+        max_message_bytes=k.max_message_bytes,
+        max_poll_records=k.max_poll_records,
+        assignment_timeout_s=max(30.0, 5 * k.session_timeout_s),
+        health=BrokerHealth(metrics, k.broker_unreachable_s),
+    )
+    processes = config.ingest.resolved_processes
+    if processes > 0:
+        return PooledSource(consumer, k.topic, pool_factory=_pool_factory(config, processes, metrics), **source_args)
+    return KafkaSource(consumer, k.topic, **source_args)
+
+
+def _http(config: Config, worker: Worker, metrics: Metrics, ctx: DistContext) -> MetricsServer | None:
+    """``/metrics``, ``/healthz`` and ``/readyz``, one port per local rank (0 stays "pick a free one")."""
+    if not config.metrics.enabled:
+        return None
+    port = config.metrics.port and config.metrics.port + ctx.local_rank
+    http = MetricsServer(metrics.registry, config.metrics.host, port, healthy=worker.healthy, ready=worker.ready)
+    http.start()
+    return http

@@ -2,14 +2,13 @@
 
 The vocabularies count in their state (:meth:`streamtrain.vocab.vocabulary.IdVocabulary.stats`), so the
 totals survive restarts; Prometheus counters start at 0 per process. This adds the increase since the
-last call, from the totals found at start on. Engines without vocabularies (test fakes) export nothing.
+last call, from the totals found at start on (:meth:`TrainingEngine.vocabulary_stats`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from streamtrain.metrics import Metrics
+from streamtrain.training.engine import TrainingEngine
 
 __all__ = ["VocabularyCounters"]
 
@@ -25,28 +24,20 @@ _COUNTERS = {
 
 
 class VocabularyCounters:
-    """Reads the engine's ``user_vocab`` and ``item_vocab``; :meth:`update` after each recorded step."""
+    """Reads the engine's vocabulary counters; :meth:`update` after each recorded step."""
 
-    def __init__(self, metrics: Metrics, engine: Any) -> None:
+    def __init__(self, metrics: Metrics, engine: TrainingEngine) -> None:
         self._metrics = metrics
         self._engine = engine
         self._last: dict[tuple[str, str], int] = {}
-        for tower, stats in self._stats().items():
+        for tower, stats in engine.vocabulary_stats().items():
             for key, (attr, labels) in _COUNTERS.items():
                 getattr(metrics, attr).labels(tower=tower, **labels)  # every series exists at 0
                 self._last[(tower, key)] = int(stats.get(key, 0))
 
-    def _stats(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for tower in ("user", "item"):
-            vocab = getattr(self._engine, f"{tower}_vocab", None)
-            if vocab is not None and hasattr(vocab, "stats"):
-                out[tower] = vocab.stats()
-        return out
-
     def update(self) -> None:
         """Add what the vocabularies counted since the last call (loop thread, between steps)."""
-        for tower, stats in self._stats().items():
+        for tower, stats in self._engine.vocabulary_stats().items():
             for key, (attr, labels) in _COUNTERS.items():
                 total = int(stats.get(key, 0))
                 delta = total - self._last.get((tower, key), 0)

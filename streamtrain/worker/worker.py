@@ -17,28 +17,25 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from streamtrain.config import Config
 from streamtrain.distributed.context import DistContext
 from streamtrain.distributed.exchange import StepExchange
-from streamtrain.events import RejectReason
 from streamtrain.metrics import Metrics
-from streamtrain.evaluation.covisit import COVISIT
-from streamtrain.evaluation.popularity import BASELINES
 from streamtrain.events.records import MicroBatch, PartitionKey
-from streamtrain.state.checkpoint import Checkpointer, Snapshot, detached_copy, take_snapshot
+from streamtrain.state.checkpoint import Checkpointer, Snapshot
 from streamtrain.state.runner import CheckpointRunner
 from streamtrain.training.engine import StepResult, TrainingEngine
 from streamtrain.errors import FencedError, LeaseLostError, WorkerError
 from streamtrain.worker.late_steps import LateSteps
+from streamtrain.worker.positions import Positions
+from streamtrain.worker.snapshots import SnapshotTaker
 from streamtrain.worker.progress import Progress
 from streamtrain.state.resume import ResumePoint
 from streamtrain.ingest.source import KafkaSource
-from streamtrain.events.records import EARLIEST
 from streamtrain.worker.status_line import StatusLine
-from streamtrain.worker.step_metrics import record_step
+from streamtrain.worker.step_metrics import init_series, record_step
 from streamtrain.worker.vocabulary_metrics import VocabularyCounters
 
 __all__ = ["Worker"]
@@ -77,12 +74,10 @@ class Worker:
         self.runner = runner
         self.progress = progress
         self.metrics = metrics
-        self._fresh = start.fresh
-        self._next_id = start.next_checkpoint_id
         self._max_steps = max_steps
         self._idle_exit_s = idle_exit_s
         self._engine_lock = threading.Lock()
-        self._last_snapshot: Snapshot | None = None
+        self.positions = Positions(progress, metrics, checkpointer, fresh=start.fresh, engine_lock=self._engine_lock)
         self._stop = threading.Event()
         self.fatal: BaseException | None = None
         # Set when the loop ended on purpose but not in success (idle exit while nothing could be read):
@@ -95,42 +90,13 @@ class Worker:
         self._log_mark = (time.monotonic(), progress.events, engine.step)
         self.status = StatusLine(config.trainer.eval_k)
         self.late = LateSteps(engine)  # step statistics arrive one step late
+        self.snapshots = SnapshotTaker(engine, progress, checkpointer, runner, self.late, self._engine_lock,
+                                       next_id=start.next_checkpoint_id)
         self.publisher: Any = None  # an ExportPublisher when export.every_checkpoints > 0 (see build.py)
         self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
         runner.on_success = self._on_checkpoint
-        self._init_series()
+        init_series(metrics, config, engine.vocabulary_sizes())
         self.vocabulary_counters = VocabularyCounters(metrics, engine)
-
-    def _init_series(self) -> None:
-        """Create every labelled series at 0 so dashboards and ``rate()`` see them before the first event."""
-        m = self.metrics
-        for reason in RejectReason:
-            m.events_dead_lettered.labels(reason=str(reason))
-            for cause in ("too_large", "refused"):
-                m.dead_letters_bounded.labels(reason=str(reason), cause=cause)
-        for outcome in ("ok", "failed"):
-            m.checkpoints.labels(outcome=outcome)
-        for outcome in ("ok", "skipped", "failed"):  # at 0 also when export.every_checkpoints is off
-            m.exports.labels(outcome=outcome)
-        for operation in ("load", "commit", "read", "clear"):
-            m.redis_errors.labels(operation=operation)
-        for operation in ("poll", "commit", "end_offsets", "dead_letter", "dead_letter_flush", "offset_out_of_range"):
-            m.kafka_errors.labels(operation=operation)
-        for tower, size in self.engine.vocabulary_sizes().items():
-            m.vocabulary_size.labels(tower=tower).set(size)
-        for k in self.config.trainer.eval_k:
-            for ranker in ("model", *BASELINES, *([COVISIT] if self.config.trainer.covisit_neighbours else [])):
-                m.progressive_recall.labels(k=str(k), model=ranker)
-                m.progressive_ndcg.labels(k=str(k), model=ranker)
-        m.assigned_partitions.set(0)
-        m.partitions_discovered.labels(topic=self.config.kafka.topic)
-        m.topic_recreated.labels(topic=self.config.kafka.topic, decision=self.config.kafka.on_topic_recreated)
-        m.redis_connected.set(1)  # resume just read the run's state from Redis
-        # Start time as the baseline: 0 would read as "no step for 56 years" on dashboards and make the
-        # staleness alerts true from the first scrape; this way they measure time since start.
-        now = time.time()
-        m.last_train_timestamp.set(now)
-        m.last_checkpoint_timestamp.set(now)
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -161,29 +127,9 @@ class Worker:
     def start(self) -> None:
         """Start consuming and training on background threads."""
         if self.writes_checkpoints and self.runner.try_acquire():
-            threading.Thread(target=self._warm_snapshot_buffers, name="streamtrain-warmup", daemon=True).start()
+            threading.Thread(target=self.snapshots.warm, name="streamtrain-warmup", daemon=True).start()
         self.source.start()
         self.loop_thread.start()
-
-    def _warm_snapshot_buffers(self) -> None:
-        """Allocate the snapshot buffers off the training path (first-touch page faults cost seconds at 1M×64).
-
-        Holds the runner's reservation, so no checkpoint starts meanwhile. The copied values do not matter
-        (every snapshot overwrites them), so only the state lookup happens under the engine lock.
-        """
-        try:
-            start = time.perf_counter()
-            with self._engine_lock:
-                file_state, shared = self.engine.file_state(), self.engine.shared_state()
-            warm = Snapshot(-1, detached_copy(file_state), detached_copy(shared), {}, 0, 0)
-            with self._engine_lock:
-                if self._last_snapshot is None:
-                    self._last_snapshot = warm
-            log.debug("snapshot buffers ready in %.2f s", time.perf_counter() - start)
-        except Exception as exc:  # only an optimisation: the first checkpoint allocates instead
-            log.warning("could not pre-allocate snapshot buffers: %s", exc)
-        finally:
-            self.runner.release()
 
     def join(self, timeout_s: float | None = None) -> bool:
         """Wait for the loop to end; False on timeout."""
@@ -191,20 +137,6 @@ class Worker:
         return not self.loop_thread.is_alive()
 
     # ------------------------------------------------------------------ source hooks (IO thread)
-    def resolve_position(self, key: PartitionKey) -> int | None:
-        self.metrics.offsets_skipped.labels(topic=key[0], partition=str(key[1]))  # the series exists at 0
-        position = self.progress.offset(key)
-        if position is None and self._fresh:
-            self.progress.set_earliest([key])
-            return EARLIEST
-        if position is None and self.progress.is_new_partition(key):
-            self.progress.add_discovered(key)
-            self.metrics.partitions_discovered.labels(topic=key[0]).inc()
-            log.info("%s[%d] is a partition this run never owned (the topic grew): reading it from its earliest "
-                     "offset", key[0], key[1])
-            return EARLIEST
-        return position
-
     def on_revoked(self, keys: list[PartitionKey]) -> None:
         """Checkpoint what was trained before the partitions move (no Kafka commit on the IO thread)."""
         if self.fatal is not None or self._lease_lost is not None:
@@ -212,34 +144,11 @@ class Worker:
         if not self.runner.acquire(60.0):
             log.error("a checkpoint is still running after 60 s; partitions revoked without a checkpoint")
             return
-        snap = self._snapshot_if_new()
+        snap = self.snapshots.take_if_new()
         if snap is None:
             self.runner.release()
         else:
             self.runner.run_now(snap, kafka=False)
-
-    def trained_offsets(self) -> Mapping[PartitionKey, int]:
-        return self.progress.offsets()
-
-    def on_offset_reset(self, key: PartitionKey, stored: int, new: int, log_start: int | None = None) -> None:
-        """The log no longer holds ``stored`` (source thread): record the jump, loudly and counted."""
-        with self._engine_lock:
-            lost = self.progress.reset_offset(key, new, log_start)
-            if new < stored:
-                self.checkpointer.accept_offset_reset(key, new)
-        if lost:
-            self.metrics.offsets_skipped.labels(topic=key[0], partition=str(key[1])).inc(lost)
-        if new >= stored:
-            log.error("%s[%d]: stored offset %d is below the log start %d (retention or deleted records): "
-                      "%d offsets were never trained and are skipped; resuming at %d",
-                      key[0], key[1], stored, new, lost, new)
-        else:
-            log.error("%s[%d]: stored offset %d is past the log end %d (topic truncated or recreated): the log's "
-                      "%d offsets before it are skipped, never trained; resuming at %d",
-                      key[0], key[1], stored, new, lost, new)
-
-    def last_event_times(self) -> Mapping[PartitionKey, float]:
-        return self.progress.last_event_times()
 
     # ------------------------------------------------------------------ health
     def healthy(self) -> tuple[bool, str]:
@@ -440,27 +349,12 @@ class Worker:
                                           self.progress.events))
 
     # ------------------------------------------------------------------ checkpoints
-    def _snapshot_if_new(self) -> Snapshot | None:
-        with self._engine_lock:
-            self.late.flush()  # the checkpoint must hold the last step's statistics (rolling metrics)
-            offsets = self.progress.offsets()
-            if offsets == self.checkpointer.committed_offsets and self.progress.events == self.runner.committed_events:
-                return None
-            # Only called when no commit runs, so the previous snapshot's buffers are free to reuse.
-            snap = take_snapshot(
-                self.engine, self._next_id, offsets, self.progress.events, self.progress.pending_ranges(),
-                reuse=self._last_snapshot, skipped=self.progress.skipped(),
-            )
-            self._last_snapshot = snap
-            self._next_id += 1
-        return snap
-
     def _maybe_checkpoint(self) -> None:
         if not self.writes_checkpoints:
             return
         if not self.runner.due(self.progress.events) or not self.runner.try_acquire():
             return
-        snap = self._snapshot_if_new()
+        snap = self.snapshots.take_if_new()
         self._report_unreported()
         if snap is None:
             self.runner.release()
@@ -481,7 +375,7 @@ class Worker:
             if self.runner.fatal is not None:
                 self.runner.release()
                 raise self.runner.fatal
-            snap = self._snapshot_if_new()
+            snap = self.snapshots.take_if_new()
             self._report_unreported()
             if snap is None:
                 self.runner.release()

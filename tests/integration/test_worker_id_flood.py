@@ -66,7 +66,7 @@ def test_id_flood_then_normal_traffic_new_ids_get_rows(
     parts = run_worker(config, idle_exit_s=3, registry=registry)  # resumes the flooded tables
     stop_worker(parts, timeout_s=120)
     engine = parts.worker.engine
-    for tower, vocab, count in (("user", engine.user_vocab, 300), ("item", engine.item_vocab, 500)):
+    for tower, vocab, count in (("user", engine.state.user_vocab, 300), ("item", engine.state.item_vocab, 500)):
         lookups = _value(registry, "lookups", tower=tower)
         fallback = _value(registry, "fallback_lookups", tower=tower)
         assert lookups == NORMAL

@@ -155,7 +155,7 @@ def test_vocabulary_counters_export_increases_since_start() -> None:
     metrics = Metrics(CollectorRegistry())
     user, item = IdVocabulary(3, eviction_after_s=0.0), IdVocabulary(10)
     user.lookup(["x", "y"], event_time=np.array([0.0, 0.0]))  # before the worker started: not re-exported
-    counters = VocabularyCounters(metrics, SimpleNamespace(user_vocab=user, item_vocab=item))
+    counters = VocabularyCounters(metrics, SimpleNamespace(vocabulary_stats=lambda: {"user": user.stats(), "item": item.stats()}))
     user.lookup(["z", "w"], event_time=np.array([1.0, 1.0]))  # 2 rows full: evicts x and y
     item.lookup(["i"])
     counters.update()

@@ -199,7 +199,7 @@ def test_idle_exit_is_an_error_when_nothing_could_be_read() -> None:
             fatal=None, batches=queue.Queue(), assigned_at=time.monotonic() - 60, joining=False,
             last_message_at=None, pending_in_batcher=lambda: False, health=health,
         )
-        engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0}, enable_split=lambda ctx: None,
+        engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0}, vocabulary_stats=dict, enable_split=lambda ctx: None,
                                  flush_stats=lambda: None)
         return Worker(load_config(environ={}), engine=engine, source=source, checkpointer=SimpleNamespace(),
                       runner=SimpleNamespace(fatal=None), progress=SimpleNamespace(events=0),

@@ -189,7 +189,7 @@ def test_liveness_is_ok_while_starting_and_fails_once_the_loop_is_gone() -> None
     from streamtrain.metrics import Metrics
     from streamtrain.worker.worker import Worker
 
-    engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0}, enable_split=lambda ctx: None,
+    engine = SimpleNamespace(step=0, vocabulary_sizes=lambda: {"user": 0, "item": 0}, vocabulary_stats=dict, enable_split=lambda ctx: None,
                                  flush_stats=lambda: None)
     worker = Worker(load_config(environ={}), engine=engine, source=SimpleNamespace(), checkpointer=SimpleNamespace(),
                     runner=SimpleNamespace(), progress=SimpleNamespace(events=0),

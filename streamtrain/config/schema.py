@@ -1,65 +1,22 @@
-"""One typed, validated configuration tree: file → ``STREAMTRAIN_*`` environment → flags.
+"""The configuration's sections (the sampler's are in :mod:`.sampler`) and the :class:`Config` tree.
 
-Every section is a frozen pydantic model with ``extra="forbid"``, so a typo'd key fails at start
-with a :class:`~streamtrain.errors.ConfigError` that names the key and suggests the fix.
-Secrets are ``SecretStr`` and print as ``**********``.
-
-Sources, later ones win:
-
-1. a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file,
-2. environment variables ``STREAMTRAIN_<SECTION>__<KEY>`` (``__`` separates levels; values are
-   parsed as JSON when they parse, e.g. ``STREAMTRAIN_TRAINER__BATCH_SIZE=512``),
-3. ``--set section.key=value`` flags (same value parsing).
+Reading a file, the environment and flags into it is :mod:`.load`.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
-import tomllib
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
-from streamtrain.errors import ConfigError
-
-__all__ = [
-    "SamplerName",
-    "Config",
-    "RunConfig",
-    "KafkaConfig",
-    "RedisConfig",
-    "ModelConfig",
-    "SamplerConfig",
-    "FrequencyConfig",
-    "TrainerConfig",
-    "CheckpointConfig",
-    "MetricsConfig",
-    "ExportConfig",
-    "DistributedConfig",
-    "IngestConfig",
-    "load_config",
-    "validate_tree",
-    "dump_config",
-    "ENV_PREFIX",
-]
-
-ENV_PREFIX = "STREAMTRAIN_"
-DEFAULT_TEMPERATURE = 0.1
-RESAMPLING_TEMPERATURE = 0.3
-_MASK = "**********"
-
-SamplerName = Literal["full", "uniform", "inbatch", "inbatch_logq", "mns", "cbns", "bir", "xir"]
-"""Every sampler a config may name; :mod:`streamtrain.sampling` checks its registry against it."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+from streamtrain.config.base import (
+    DEFAULT_TEMPERATURE,
+    RESAMPLING_TEMPERATURE,
+    _Section,
+)
+from streamtrain.config.sampler import SamplerConfig
 
 
 class RunConfig(_Section):
@@ -191,51 +148,6 @@ class ModelConfig(_Section):
     history_pooling: Literal["mean", "attention"] = Field(
         "mean", description="decay-weighted mean, or one causal self-attention layer with positions (SASRec)"
     )
-
-
-class UniformParams(_Section):
-    num_negatives: int = Field(1024, ge=1)
-
-
-class MnsParams(_Section):
-    num_uniform: int = Field(1024, ge=1, description="B' uniform items mixed with the batch")
-
-
-class CbnsParams(_Section):
-    bank_size: int = Field(4096, ge=1)
-    warmup_steps: int = Field(100, ge=0)
-
-
-Resampler = Literal["multinomial", "systematic"]
-_RESAMPLING_HELP = "how draws are taken from the importance weights; systematic is cheaper (sampling/resampling.py)"
-
-
-class BirParams(_Section):
-    num_samples: int | None = Field(None, ge=1, description="R draws per query; None = batch size")
-    resampling: Resampler = Field("multinomial", description=_RESAMPLING_HELP)
-
-
-class XirParams(_Section):
-    cache_size: int | None = Field(None, ge=1, description="C cached ids; None = batch size")
-    cache_draws: int | None = Field(None, ge=1, description="K_u per query; None = C/2")
-    batch_draws: int | None = Field(None, ge=1, description="R_u per query; None = B/2")
-    mix_lambda: float = Field(
-        0.2, ge=0, le=1,
-        description="weight of the cache term; 0.2 measured best on Gowalla (0.5, the paper's, lost; BENCHMARKS.md)",
-    )
-    resampling: Resampler = Field("multinomial", description=_RESAMPLING_HELP)
-    occurrence_half_life_steps: float | None = Field(
-        1000.0, ge=0, description="o's draw counts halve every this many steps (follows drift); None or 0 = never"
-    )
-
-
-class SamplerConfig(_Section):
-    name: SamplerName = "xir"
-    uniform: UniformParams = UniformParams()
-    mns: MnsParams = MnsParams()
-    cbns: CbnsParams = CbnsParams()
-    bir: BirParams = BirParams()
-    xir: XirParams = XirParams()
 
 
 class FrequencyConfig(_Section):
@@ -432,170 +344,3 @@ class Config(_Section):
                 "timeout) is what proves the broker reachable; raise broker_unreachable_s or lower lag_interval_s"
             )
         return self
-
-
-def _section_of(path: Sequence[Any]) -> type[BaseModel] | None:
-    """The section model that holds ``path``'s last key (None when a parent is not a section)."""
-    model: type[BaseModel] = Config
-    for part in path[:-1]:
-        annotation = getattr(model.model_fields.get(str(part)), "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def _wants_text(path: Sequence[str]) -> bool:
-    """Whether the field at ``path`` holds text (str, secret, string enum), so a value like
-    ``2024`` or ``123456`` must stay the string it was typed as."""
-    section = _section_of(path) if path else None
-    field = section.model_fields.get(path[-1]) if section is not None else None
-    if field is None:
-        return False  # unknown key: validation names it later
-    annotation = field.annotation
-    if typing.get_origin(annotation) is Literal:
-        return all(isinstance(option, str) for option in typing.get_args(annotation))
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        options = [o for o in typing.get_args(annotation) if o is not type(None)]
-        return bool(options) and all(o in (str, SecretStr) for o in options)
-    return annotation in (str, SecretStr)
-
-
-def _parse_scalar(text: str, path: Sequence[str]) -> Any:
-    """Read a flag or env value: raw text for text fields, else JSON when it parses
-    (numbers, bools, lists, null), else the raw string for pydantic to judge.
-
-    A text field given as a JSON string literal (``"123456"`` with the quotes) gets the string
-    inside: quoting is never needed, but whoever quotes a JSON-looking password out of habit must
-    not end up with the quotes in it."""
-    if _wants_text(path) and text != "null":  # ``null`` still clears an optional text field
-        if len(text) >= 2 and text[0] == text[-1] == '"':
-            try:
-                decoded = json.loads(text)
-            except ValueError:
-                return text
-            if isinstance(decoded, str):
-                return decoded
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _set_path(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"`{'.'.join(path)}`: `{part}` is a value, not a section")
-        node = child
-    node[path[-1]] = value
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist; fix the --config path or STREAMTRAIN_CONFIG")
-    text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections at the top level")
-    return data
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue  # STREAMTRAIN_CONFIG, STREAMTRAIN_STACK_* etc. are not config keys
-        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
-        _set_path(tree, path, _parse_scalar(value, path))
-    return tree
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _explain(exc: ValidationError) -> str:
-    lines = ["invalid configuration:"]
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        key = ".".join(loc) or "(top level)"
-        env = ENV_PREFIX + "__".join(p.upper() for p in loc)
-        if err["type"] == "extra_forbidden":
-            section = _section_of(loc)  # did-you-mean among the keys valid beside it
-            close = difflib.get_close_matches(loc[-1], list(section.model_fields) if section else [], n=1)
-            hint = f"did you mean `{'.'.join(loc[:-1] + close)}`?" if close else "remove it"
-            lines.append(f"  - `{key}`: unknown key; {hint}")
-        else:
-            shown = "<hidden>" if "password" in key else repr(err.get("input"))
-            lines.append(
-                f"  - `{key}`: {err['msg']} (got {shown}); fix it in the config file, {env}, or --set {key}=..."
-            )
-    return "\n".join(lines)
-
-
-def load_config(
-    path: str | Path | None = None,
-    *,
-    overrides: Sequence[str] = (),
-    environ: Mapping[str, str] | None = None,
-) -> Config:
-    """Resolve the configuration from a file, the environment and ``key=value`` overrides.
-
-    Called once at start by the CLI. Raises :class:`ConfigError` naming every bad key.
-    """
-    environ = os.environ if environ is None else environ
-    path = path or environ.get(ENV_PREFIX + "CONFIG")
-    tree = _read_file(Path(path)) if path else {}
-    tree = _merge(tree, _env_overrides(environ))
-    return validate_tree(tree, overrides)
-
-
-def validate_tree(tree: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """``tree`` (plain nested data) with ``section.key=value`` ``overrides`` applied, validated.
-
-    The last step of :func:`load_config`; benches that build a base tree in code use it to honour
-    ``--set`` exactly like the CLI. Raises :class:`ConfigError` naming every bad key."""
-    tree = dict(tree)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        flag_tree: dict[str, Any] = {}
-        parts = key.strip().split(".")
-        _set_path(flag_tree, parts, _parse_scalar(value, parts))
-        tree = _merge(tree, flag_tree)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
-
-
-def dump_config(config: Config) -> dict[str, Any]:
-    """The resolved config as plain data, secrets replaced by a mask (safe to print or log)."""
-
-    def mask(value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            return _MASK
-        if isinstance(value, BaseModel):
-            return {name: mask(getattr(value, name)) for name in type(value).model_fields}
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, list):
-            return [mask(v) for v in value]
-        return value
-
-    return mask(config)
