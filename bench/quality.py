@@ -64,6 +64,43 @@ def _batch(users: np.ndarray, items: np.ndarray, t: float) -> EventBatch:
     )
 
 
+def _gowalla_split(root: Path | None) -> dict[str, Any]:
+    data_raw = load_gowalla(root)
+    train_u = np.concatenate([data_raw.train[0], data_raw.valid[0]])
+    train_i = np.concatenate([data_raw.train[1], data_raw.valid[1]])
+    test: dict[str, list[str]] = {}
+    for u, i in zip(data_raw.test[0].tolist(), data_raw.test[1].tolist()):
+        test.setdefault(str(u), []).append(str(i))
+    return {"train_users": _str_ids(train_u), "train_items": _str_ids(train_i), "test": test,
+            "n_users": data_raw.num_users, "n_items": data_raw.num_items}
+
+
+def _movielens_split(root: Path, test_share: float = 0.2) -> dict[str, Any]:
+    """ml-latest-small (read in place; research-only licence): each user's last ``test_share`` of events
+    by time (ties by file order) is the test set, the rest trains; test items the user also has in
+    train are dropped from the test (trained items are excluded from the ranking anyway)."""
+    from streamtrain.replay import read_log
+    from streamtrain.replay.records import FieldMap
+
+    log, _ = read_log([root / "ratings.csv"], fields=FieldMap({"user_id": "userId", "item_id": "movieId",
+                                                               "event_time": "timestamp"}))
+    users, items = np.asarray(log.users, dtype=object), np.asarray(log.items, dtype=object)
+    times = np.frombuffer(log.times, dtype=np.float64)
+    order = np.lexsort((np.arange(len(users)), times, users.astype(str)))  # by user, then time, then file order
+    u, i = users[order], items[order]
+    first = np.r_[True, u[1:] != u[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(u)), 0))
+    size = np.diff(np.r_[np.flatnonzero(first), len(u)])[np.cumsum(first) - 1]
+    is_test = (np.arange(len(u)) - start) >= np.ceil(size * (1 - test_share))
+    train_pairs = set(zip(u[~is_test].tolist(), i[~is_test].tolist()))
+    test: dict[str, list[str]] = {}
+    for uu, ii in zip(u[is_test].tolist(), i[is_test].tolist()):
+        if (uu, ii) not in train_pairs:
+            test.setdefault(str(uu), []).append(str(ii))
+    return {"train_users": _str_ids(u[~is_test]), "train_items": _str_ids(i[~is_test]), "test": test,
+            "n_users": len(set(u.tolist())), "n_items": len(set(i.tolist()))}
+
+
 def _config(args: argparse.Namespace, sampler: str, n_users: int, n_items: int) -> Config:
     return validate_tree(
         {
@@ -167,7 +204,7 @@ def _merge_result(path: Path, args: argparse.Namespace, sampler: str, row: dict[
     kept = [r for r in doc.get("rows", []) if r["sampler"] != sampler]
     new = {"sampler": sampler, **{k: round(row[k], 4) for k in ("recall@20", "ndcg@20", "recall@50", "step_ms")},
            "settings": {"lr": args.lr, "dim": args.dim, "temperature": args.temperature, "set": list(args.set)}}
-    doc = {"dataset": "gowalla", "epochs": args.epochs, "batch_size": args.batch_size, "rows": [*kept, new]}
+    doc = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "rows": [*kept, new]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -190,6 +227,9 @@ def _print_table(rows: dict[str, dict[str, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="Gowalla folder (default: the copy shipped in streamtrain/data/gowalla)")
+    parser.add_argument("--dataset", choices=["gowalla", "movielens"], default="gowalla",
+                        help="movielens: ml-latest-small, each user's last 20%% of events by time as test")
+    parser.add_argument("--movielens", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared/data/ml-latest-small")
     parser.add_argument("--samplers", nargs="+", default=["full", "inbatch", "inbatch_logq", "mns", "bir", "xir"])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=0, help="print test Recall@20 every N epochs (0 = off)")
@@ -229,23 +269,12 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_raw = load_gowalla(args.data)
-    train_u = np.concatenate([data_raw.train[0], data_raw.valid[0]])
-    train_i = np.concatenate([data_raw.train[1], data_raw.valid[1]])
-    test: dict[str, list[str]] = {}
-    for u, i in zip(data_raw.test[0].tolist(), data_raw.test[1].tolist()):
-        test.setdefault(str(u), []).append(str(i))
+    data = _movielens_split(args.movielens) if args.dataset == "movielens" else _gowalla_split(args.data)
     if args.eval_users:
-        test = dict(list(test.items())[: args.eval_users])
-    data = {
-        "train_users": _str_ids(train_u),
-        "train_items": _str_ids(train_i),
-        "test": test,
-        "n_users": data_raw.num_users,
-        "n_items": data_raw.num_items,
-    }
+        data["test"] = dict(list(data["test"].items())[: args.eval_users])
+    test, train_u = data["test"], data["train_users"]
     print(
-        f"# gowalla: {data['n_users']} users, {data['n_items']} items, {len(train_u)} train events, "
+        f"# {args.dataset}: {data['n_users']} users, {data['n_items']} items, {len(train_u)} train events, "
         f"{len(test)} test users; B={args.batch_size} dim={args.dim} lr={args.lr} tau={args.temperature or 'per sampler'} "
         f"epochs={args.epochs} alpha={args.alpha}",
         flush=True,

@@ -56,7 +56,9 @@ from streamtrain.training.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_VARIANTS = ["sampler.name=inbatch_logq", "sampler.name=xir", "sampler.name=inbatch"]
-ALL_STREAMS = ["synthetic-zipf0.8", "synthetic-zipf1.2", "movielens", "gowalla"]
+ALL_STREAMS = ["synthetic-zipf0.8", "synthetic-zipf1.2", "synthetic-seq", "movielens", "gowalla"]
+# The sequential synthetic stream (issue 16): Zipf 0.8 plus ground-truth item-to-item transitions.
+SEQ_SKEW, SEQ_TRANSITION = 0.8, 5.0
 DEFAULT_OUT = REPO / "bench/results/stream-quality.json"
 K = 20
 # Neighbours per item row for the covisit column: enough to be exact on these catalogues (ml-latest-small:
@@ -89,11 +91,13 @@ def _str_ids(values: Sequence[Any] | np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the streams
-def synthetic_stream(skew: float, events: int, seed: int) -> Stream:
-    spec = SyntheticSpec(num_events=events, zipf_skew=skew, seed=seed)
+def synthetic_stream(skew: float, events: int, seed: int, transition: float = 0.0) -> Stream:
+    spec = SyntheticSpec(num_events=events, zipf_skew=skew, seed=seed, transition_strength=transition)
     s = generate_stream(spec)
-    return Stream(f"synthetic-zipf{skew:g}", _str_ids(s.users), _str_ids(s.items), s.times,
-                  f"{spec.num_users} users, {spec.num_items} items, sessions of ~{spec.session_events:g}, drift {spec.drift}",
+    name = f"synthetic-zipf{skew:g}" if not transition else "synthetic-seq"
+    seq = f", Zipf {skew:g}, {spec.transition_fanout} successors per item at +{transition:g}" if transition else ""
+    return Stream(name, _str_ids(s.users), _str_ids(s.items), s.times,
+                  f"{spec.num_users} users, {spec.num_items} items, sessions of ~{spec.session_events:g}, drift {spec.drift}{seq}",
                   ceiling=oracle_recall(s, K, start=len(s) // 2))
 
 
@@ -264,8 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "k": K, "streams": {}}
     tables = []
     for name in args.streams:
-        if name.startswith("synthetic-zipf"):
-            stream: Stream | None = synthetic_stream(float(name.removeprefix("synthetic-zipf")), args.synthetic_events, args.seed)
+        if name == "synthetic-seq":
+            stream: Stream | None = synthetic_stream(SEQ_SKEW, args.synthetic_events, args.seed, SEQ_TRANSITION)
+        elif name.startswith("synthetic-zipf"):
+            stream = synthetic_stream(float(name.removeprefix("synthetic-zipf")), args.synthetic_events, args.seed)
         elif name == "movielens":
             stream = movielens_stream(args.movielens, args.max_events)
         else:

@@ -98,7 +98,9 @@ class RedisConfig(_Section):
 
 
 class ModelConfig(_Section):
-    embedding_dim: int = Field(64, ge=1, le=4096)
+    embedding_dim: int = Field(
+        128, ge=1, le=4096, description="D; 128 measured +2% over 64 on a single MovieLens pass (issue 16, BENCHMARKS.md)"
+    )
     hidden_dims: list[int] = Field(default_factory=list, description="MLP head widths; empty = id embeddings only")
     temperature: float = Field(
         DEFAULT_TEMPERATURE, gt=0, le=10,
@@ -121,6 +123,9 @@ class ModelConfig(_Section):
     )
     optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
+    dense_learning_rate: float | None = Field(
+        None, gt=0, description="learning rate of the dense layers (MLP heads, attention); None = learning_rate",
+    )
     init_std: float = Field(0.1, gt=0)
     user_features: Literal["id", "history", "history+id"] = Field(
         "history",
@@ -129,7 +134,19 @@ class ModelConfig(_Section):
     )
     history_length: int = Field(20, ge=1, le=1024, description="items per user kept for the history query")
     history_decay: float = Field(
-        0.8, gt=0, le=1, description="weight of an item k events old is decay^k (0.7-0.8 measured best on streams)"
+        0.8, gt=0, le=1, description="weight of an item k events old is decay^k; also the co-visitation baseline's decay"
+    )
+    history_input: Literal["item", "context", "both"] = Field(
+        "both", description="a history item's vector: the item tower's output (item), its own context row "
+        "(context; a second item table, starts at zero), or their sum (both, the default: +5% over context and "
+        "+18% over item on MovieLens); see streamtrain/model/history_encoder.py",
+    )
+    new_item_init: Literal["random", "query"] = Field(
+        "query", description="a new item's row: N(0, init_std) noise, or the mean of the queries that took it "
+        "in the step that admitted it (after that step's evaluation; streamtrain/model/item_init.py)",
+    )
+    history_pooling: Literal["mean", "attention"] = Field(
+        "mean", description="decay-weighted mean, or one causal self-attention layer with positions (SASRec)"
     )
 
 
@@ -165,6 +182,13 @@ class TrainerConfig(_Section):
     popularity_half_life_events: float = Field(
         20_000.0, gt=0,
         description="half-life, in events, of the counts behind the 'most popular recently' progressive baseline",
+    )
+    extra_steps: int = Field(
+        5, ge=0, le=64, description="optimiser steps per micro-batch beyond the first, each on the batch plus up to "
+        "B events drawn from the last replay_window_events (streamtrain/training/replay.py)",
+    )
+    replay_window_events: int = Field(
+        10_240, ge=0, description="recent events the extra steps draw from; 0 = the batch only"
     )
     covisit_neighbours: int = Field(
         200, ge=0,

@@ -13,7 +13,11 @@ What real streams have and a uniform random stream lacks, each a parameter of :c
   start (never drawn before), and, with ``item_lifetime_s``, every item's popularity decays
   as ``exp(-age / item_lifetime_s)`` after it arrives;
 * **drift**: each user's taste moves from one random vector towards another, reaching a blend of
-  ``drift`` (0 = static, 1 = the second vector) at the end of the span.
+  ``drift`` (0 = static, 1 = the second vector) at the end of the span;
+* **sequences** (``transition_strength`` > 0; off by default): each item has ``transition_fanout``
+  ground-truth successors, and inside a session the item after ``i`` gets ``transition_strength``
+  added to the logits of ``i``'s successors (:mod:`streamtrain.data.synthetic_sequence`); the
+  generator then records each event's rank under its true logits (the exact Bayes ceiling).
 
 Users are drawn per session with Zipf(``user_activity_skew``) weights, so a few users are heavy and
 most have one or two sessions. The result is time ordered; ids are ints (users and items in their own
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from streamtrain.events.batch import EventBatch
+from streamtrain.data.synthetic_sequence import draw_sequential_sessions, successor_table
 from streamtrain.events.decoder import encode_event
 
 __all__ = ["SyntheticSpec", "SyntheticStream", "generate_stream", "oracle_recall", "stream_stats"]
@@ -56,6 +61,8 @@ class SyntheticSpec:
     new_item_fraction: float = 0.3
     item_lifetime_s: float | None = 10 * 86400.0
     drift: float = 0.5
+    transition_strength: float = 0.0
+    transition_fanout: int = 4
     start_time: float = 1_700_000_000.0
     seed: int = 0
 
@@ -73,6 +80,8 @@ class SyntheticSpec:
             "new_item_fraction": 0 <= self.new_item_fraction < 1,
             "item_lifetime_s": self.item_lifetime_s is None or self.item_lifetime_s > 0,
             "drift": 0 <= self.drift <= 1,
+            "transition_strength": self.transition_strength >= 0,
+            "transition_fanout": 1 <= self.transition_fanout < self.num_items,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -94,6 +103,9 @@ class SyntheticStream:
     session_of: np.ndarray | None = None  # (n,) int64 session of each event
     session_taste: np.ndarray | None = None  # (S, taste_dim) the user's taste during the session
     session_start: np.ndarray | None = None  # (S,) seconds after the start
+    # Sequential streams only: each item's successors (I, F) and each event's rank under its true logits (n,).
+    successors: np.ndarray | None = None
+    oracle_rank: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -143,7 +155,11 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
     session_user = rng.choice(spec.num_users, size=n_sessions, p=user_p / user_p.sum())  # (S,)
     session_start = rng.uniform(0, spec.duration_s, size=n_sessions)  # (S,)
 
-    users, items, times, sessions, session_taste = [], [], [], [], []
+    sequential = spec.transition_strength > 0
+    # Its own generator, so the non-sequential stream draws exactly what it always drew.
+    seq_rng = np.random.default_rng([spec.seed, 1]) if sequential else None
+    successors = successor_table(seq_rng, n_items, spec.transition_fanout) if seq_rng is not None else None
+    users, items, times, sessions, session_taste, ranks = [], [], [], [], [], []
     for lo in range(0, n_sessions, _SESSION_CHUNK):
         hi = min(lo + _SESSION_CHUNK, n_sessions)
         u, t0, n_ev = session_user[lo:hi], session_start[lo:hi], lengths[lo:hi]  # (s,)
@@ -154,8 +170,12 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
         logits = _true_logits(spec, item_logpop, item_vec, arrival, taste, t0)  # (s, I)
         # Gumbel top-k: the first n_ev of each row are a draw without replacement (a user does not
         # rate the same movie twice in a session); at least (1 - new_item_fraction) I items are alive.
-        keys = logits + rng.gumbel(size=logits.shape)  # (s, I)
-        top = np.argsort(-keys, axis=1)[:, : int(n_ev.max())]  # (s, L)
+        if seq_rng is not None and successors is not None:
+            top, rank = draw_sequential_sessions(seq_rng, logits, n_ev, successors, spec.transition_strength)
+            ranks.append(rank[np.arange(top.shape[1]) < n_ev[:, None]])
+        else:
+            keys = logits + rng.gumbel(size=logits.shape)  # (s, I)
+            top = np.argsort(-keys, axis=1)[:, : int(n_ev.max())]  # (s, L)
         take = np.arange(top.shape[1]) < n_ev[:, None]  # (s, L)
         gaps = rng.exponential(spec.event_gap_s, size=top.shape)  # (s, L)
         gaps[:, 0] = 0.0
@@ -176,6 +196,8 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
         session_of=session_arr[order].astype(np.int64),
         session_taste=np.concatenate(session_taste),
         session_start=session_start,
+        successors=successors,
+        oracle_rank=np.concatenate(ranks)[order] if ranks else None,
     )
 
 
@@ -203,10 +225,16 @@ def oracle_recall(stream: SyntheticStream, k: int, start: int = 0) -> dict[str, 
     no_taste = np.zeros_like(stream.session_taste[:1])
     hits = {"oracle": 0, "true_popularity": 0}
     sessions, items = stream.session_of[start:], stream.items[start:]
+    rankers = [("true_popularity", None)]
+    if stream.oracle_rank is None:
+        rankers.insert(0, ("oracle", stream.session_taste))
+    else:  # sequential: the generator recorded each event's rank under the logits it was drawn from
+        hits["oracle"] = int((stream.oracle_rank[start:] < k).sum())
     for lo in range(0, len(sessions), 4096):
         sess, item = sessions[lo : lo + 4096], items[lo : lo + 4096]
         t0 = stream.session_start[sess]
-        for name, taste in (("oracle", stream.session_taste[sess]), ("true_popularity", no_taste)):
+        for name, tastes in rankers:
+            taste = no_taste if tastes is None else tastes[sess]
             logits = _true_logits(spec, stream.item_log_popularity, stream.item_vectors, arrival, taste, t0)
             kth = np.partition(logits, -k, axis=1)[:, -k]  # (s,) k-th largest logit
             hits[name] += int((logits[np.arange(len(item)), item] >= kth).sum())

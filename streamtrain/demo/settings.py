@@ -51,6 +51,9 @@ def _defaults(n_users: int, n_items: int, out_root: Path) -> dict[str, dict[str,
             "progressive_eval_fraction": 0.25,
             "progressive_eval_window": 10,
             "log_every_steps": 50,
+            # The demo replays its events several times, which is what extra steps buy a one-pass
+            # stream; without them its time budget holds (each extra step costs about one step).
+            "extra_steps": 0,
         },
         "checkpoint": {"dir": out_root / "checkpoints"},
         # Served embeddings follow training: an export after every committed checkpoint.

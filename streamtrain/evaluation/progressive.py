@@ -144,9 +144,11 @@ class ProgressiveEvaluator:
             rank -= (drop & ex_above).sum(1)  # they were counted above; now they are not candidates
         # Compared with Python ints: a torch.tensor(k_list) on CUDA would be a blocking host→device copy.
         hit = torch.stack([rank < k for k in self.k_list], dim=1) & (keep & ~excluded).unsqueeze(1)  # (b, K)
-        gain = hit.float() / torch.log2(rank.float() + 2).unsqueeze(1)  # (b, K)
-        count = keep.sum().float().unsqueeze(0)  # (1,)
-        return torch.cat([hit.float().sum(0), gain.sum(0), count])  # (2K + 1,)
+        # float64 sums: the split step adds per-rank sums, and float32 sums in another order would
+        # differ in the last bit from one process's; rounded to float32 later, both agree.
+        gain = hit.double() / torch.log2(rank.double() + 2).unsqueeze(1)  # (b, K)
+        count = keep.sum().double().unsqueeze(0)  # (1,)
+        return torch.cat([hit.double().sum(0), gain.sum(0), count])  # (2K + 1,) float64
 
     def update(self, sums: Sequence[float]) -> dict[str, float]:
         """Add one evaluated step (the floats of :meth:`score`) and return the rolling averages."""

@@ -10,7 +10,9 @@ What the query is built from (``user_features``, see docs/algorithms.md "The que
 * ``"history"``: the mean of the item-tower outputs of the user's last H items (weighted towards
   the newest by ``history_decay``) plus one shared learned vector (the user table's fallback row,
   which is all a user with no history gets: a learned "popular now" query), ``q = f(pool + e_0)``;
-* ``"history+id"``: the pooled history plus the user's own row, ``q = f(pool + e_u)``.
+* ``"history+id"``: the pooled history plus the user's own row, ``q = f(pool + e_u)``; the own row
+  starts as a copy of the shared row ``e_0``, so a new user's query is the history tower's until
+  their row has trained (a random start would be noise in every new user's query).
 
 ``f`` is the user tower's head and norm. The histories live in :class:`UserHistory`, a buffer of
 this module, so checkpoints, ``eval`` and ``export`` carry them; training passes each event's
@@ -32,7 +34,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from streamtrain.model.history import EMPTY, UserHistory
+from streamtrain.model.history import UserHistory
+from streamtrain.model.history_encoder import HistoryEncoder, HistoryInput, HistoryPooling
 
 __all__ = ["USER_FEATURES", "Tower", "TwoTowerModel"]
 
@@ -88,6 +91,8 @@ class TwoTowerModel(nn.Module):
         user_features: UserFeatures = "id",
         history_length: int = 20,
         history_decay: float = 1.0,
+        history_input: HistoryInput = "item",
+        history_pooling: HistoryPooling = "mean",
     ) -> None:
         super().__init__()
         if user_features not in USER_FEATURES:
@@ -103,6 +108,11 @@ class TwoTowerModel(nn.Module):
         self.item = Tower(item_capacity, dim, hidden_dims, normalize)
         # An id-only model keeps a 1-column placeholder so every checkpoint has the same keys.
         self.history = UserHistory(user_capacity, history_length if self.uses_history else 1)
+        self.encoder = HistoryEncoder(
+            item_capacity if self.uses_history else 1, dim, self.history.length, history_decay,
+            history_input=history_input if self.uses_history else "item",
+            pooling=history_pooling if self.uses_history else "mean",
+        )
 
     @classmethod
     def from_config(cls, config: object) -> TwoTowerModel:
@@ -118,6 +128,8 @@ class TwoTowerModel(nn.Module):
             user_features=config.user_features,  # type: ignore[attr-defined]
             history_length=config.history_length,  # type: ignore[attr-defined]
             history_decay=config.history_decay,  # type: ignore[attr-defined]
+            history_input=config.history_input,  # type: ignore[attr-defined]
+            history_pooling=config.history_pooling,  # type: ignore[attr-defined]
         )
 
     @property
@@ -151,16 +163,8 @@ class TwoTowerModel(nn.Module):
         return self.user.finish(x)
 
     def _pool(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, H) item rows -> (B, D) weighted mean of their item-tower outputs (0 for no history)."""
-        b, h = history.shape
-        valid = history != EMPTY  # (B, H)
-        flat = self.item(history.clamp(min=0).reshape(-1))  # (B·H, D); B = 0 on an idle rank of the split step
-        emb = flat.reshape(b, h, flat.shape[-1])  # (B, H, D)
-        # Column H-1 is the newest item; older ones weigh decay^age.
-        age = torch.arange(h - 1, -1, -1, device=history.device, dtype=emb.dtype)  # (H,)
-        weight = valid.to(emb.dtype) * self.history_decay**age  # (B, H)
-        total = weight.sum(1, keepdim=True).clamp(min=1e-6)  # (B, 1)
-        return torch.einsum("bh,bhd->bd", weight / total, emb)  # (B, D)
+        """(B, H) item rows -> (B, D) pooled history (0 for no history): :class:`HistoryEncoder`."""
+        return self.encoder(history, self.item)
 
     def item_tower(self, rows: torch.Tensor) -> torch.Tensor:
         """(n,) item rows -> (n, D) item embeddings (also handed to samplers as ``embed_items``)."""
@@ -172,11 +176,17 @@ class TwoTowerModel(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """The two tables (sparse gradients; stepped by the row-sparse optimizer)."""
-        return [self.user.embedding.weight, self.item.embedding.weight]  # type: ignore[list-item]
+        return [self.user.embedding.weight, self.item.embedding.weight, *self.encoder.row_tables()]  # type: ignore[list-item]
+
+    def row_tables(self, name: TowerName) -> list[nn.Parameter]:
+        """Every table indexed by ``name``'s rows (optimizer state to reset when a row changes id)."""
+        own = [self.tower(name).embedding.weight]
+        return own + self.encoder.row_tables() if name == "item" else own  # type: ignore[return-value]
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """MLP head parameters (dense gradients; a standard torch optimizer)."""
-        sparse = {id(p) for p in self.embedding_parameters()}
+        # Every table is sparse, also an unused 1-row placeholder (which no optimizer steps).
+        sparse = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         return [p for p in self.parameters() if id(p) not in sparse]
 
     def init_values(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -198,4 +208,13 @@ class TwoTowerModel(nn.Module):
         if values is None:
             assert generator is not None, "reinit_rows needs values or a generator"
             values = self.init_values(rows.numel(), generator)  # (n, D)
-        weight.index_copy_(0, rows.to(weight.device), values.to(weight.device, weight.dtype))
+        rows = rows.to(weight.device)
+        values = values.to(weight.device, weight.dtype)
+        if name == "user" and self.user_features == "history+id":
+            # A new user's own row starts as a copy of the shared row 0 (the query of a user with no row):
+            # the query is exactly the history tower's until the row has trained; a random row would add
+            # noise to every new user's query. Row 0 itself keeps its values. On the device: no sync.
+            values = torch.where((rows == 0).unsqueeze(1), values, weight[0].detach().expand_as(values))
+        weight.index_copy_(0, rows, values)
+        if name == "item":
+            self.encoder.reset_rows(rows)

@@ -222,6 +222,8 @@ def checkpoint_from_state(
                  path, normalize, temperature, mc.normalize, mc.temperature)
     # Checkpoints from before the history tower have no history buffer: they are id-only models.
     history = weights.setdefault("history.items", torch.full((int(user_table.shape[0]), 1), -1, dtype=torch.int32))
+    # ... and those from before issue 16 have no context table: the 1-row placeholder of an "item" encoder.
+    weights.setdefault("encoder.context.weight", torch.zeros(1, int(user_table.shape[1])))
     model = TwoTowerModel(
         user_capacity=int(user_table.shape[0]),
         item_capacity=int(item_table.shape[0]),
@@ -233,6 +235,9 @@ def checkpoint_from_state(
         user_features=saved_settings.get("user_features", "id"),
         history_length=int(history.shape[1]),
         history_decay=float(saved_settings.get("history_decay", 1.0)),
+        # Checkpoints from before issue 16 pooled the item tower's outputs with a decayed mean.
+        history_input=saved_settings.get("history_input", "item"),
+        history_pooling=saved_settings.get("history_pooling", "mean"),
     )
     try:
         model.load_state_dict(weights)

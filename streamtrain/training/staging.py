@@ -53,6 +53,7 @@ class Staged:
     weights: torch.Tensor | None
     order: OrderTensors | None
     known: torch.Tensor
+    new_items: torch.Tensor | None = None  # (n,) item rows assigned this step; None when none
     host_user_rows: np.ndarray | None = None
     host_item_rows: np.ndarray | None = None
     event_time: np.ndarray | None = None
@@ -78,7 +79,8 @@ def apply_assigned(state: TrainState, found: Lookup, dev: list[torch.Tensor]) ->
     tower = found.tower
     assigned, values = dev[1], dev[2]
     state.model.reinit_rows(tower, assigned, values=values)  # type: ignore[arg-type]
-    state.sparse_optimizer.reset_rows(state.model.tower(tower).embedding.weight, assigned)  # type: ignore[arg-type]
+    for table in state.model.row_tables(tower):  # type: ignore[arg-type]
+        state.sparse_optimizer.reset_rows(table, assigned)
     if tower == "item":
         state.item_keys[assigned] = dev[3]
         state.sampler.forget_rows(assigned)  # cache/bank entries of the row's old id
@@ -87,8 +89,11 @@ def apply_assigned(state: TrainState, found: Lookup, dev: list[torch.Tensor]) ->
             state.covisit.forget_items(found.assigned, evicted=found.evicted)
         if found.evicted:  # a fresh row is in no history yet
             state.model.history.forget_items(assigned)
+            state.replay.forget()
     else:
         state.model.history.forget_users(assigned)
+        if found.evicted:
+            state.replay.forget()
         if state.covisit is not None:
             state.covisit.forget_users(found.assigned)
 
@@ -123,4 +128,5 @@ def stage_batch(state: TrainState, prefetcher: BatchPrefetcher, batch: EventBatc
         user_rows=split[0][0], item_rows=split[1][0], weights=split[2][0] if split[2] else None,
         order=OrderTensors(*split[3]) if split[3] else None, known=known,
         host_user_rows=np.asarray(user.rows), host_item_rows=np.asarray(item.rows), event_time=batch.event_time,
+        new_items=split[1][1] if item.assigned.size else None,
     )

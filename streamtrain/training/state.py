@@ -25,6 +25,7 @@ from streamtrain.evaluation.progressive import ProgressiveEvaluator
 from streamtrain.frequency import build_frequency_estimator
 from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
+from streamtrain.training.replay import ReplaySteps
 from streamtrain.sampling import Sampler, build_sampler
 from streamtrain.training.state_tree import flatten_state, numpy_tree_to_torch, torch_tree_to_numpy, unflatten_state
 from streamtrain.vocab.vocabulary import FALLBACK_ROW, IdVocabulary
@@ -59,6 +60,7 @@ class TrainState:
     rng: np.random.Generator  # progressive-eval draws
     gen: torch.Generator  # row initialisation (CPU, device-independent)
     item_keys: torch.Tensor  # (item_capacity,) int64 stable key per item row, on the device
+    replay: ReplaySteps  # extra optimiser steps over a window of recent events (training/replay.py)
     step: int = 0
 
     @classmethod
@@ -68,10 +70,11 @@ class TrainState:
         vocab = lambda capacity: IdVocabulary.from_config(mc, capacity)  # noqa: E731
         dense = model.dense_parameters()
         # capturable Adam keeps its step count on the device, so the finite-loss mask covers it too.
+        dense_lr = mc.dense_learning_rate or mc.learning_rate
         dense_optimizers = {
-            "adam": lambda: torch.optim.Adam(dense, lr=mc.learning_rate, capturable=device.type == "cuda"),
-            "adagrad": lambda: torch.optim.Adagrad(dense, lr=mc.learning_rate),
-            "sgd": lambda: torch.optim.SGD(dense, lr=mc.learning_rate),
+            "adam": lambda: torch.optim.Adam(dense, lr=dense_lr, capturable=device.type == "cuda"),
+            "adagrad": lambda: torch.optim.Adagrad(dense, lr=dense_lr),
+            "sgd": lambda: torch.optim.SGD(dense, lr=dense_lr),
         }
         item_vocab = vocab(mc.item_capacity)
         state = cls(
@@ -89,6 +92,7 @@ class TrainState:
             covisit=CovisitBaseline.from_config(config) if tc.covisit_neighbours else None,
             rng=np.random.default_rng(seed), gen=torch.Generator().manual_seed(seed),
             item_keys=torch.from_numpy(item_vocab.row_keys).to(device, copy=True),
+            replay=ReplaySteps(tc.extra_steps, tc.replay_window_events, model.history.length, seed, device),
         )
         # The fallback rows are real rows that train; give them their initial values now.
         fallback = torch.tensor([FALLBACK_ROW])
@@ -142,12 +146,15 @@ class TrainState:
             "progressive": self.progressive.state_dict(),
             "popularity": self.popularity.state_dict(),
             "covisit": None if self.covisit is None else self.covisit.state_dict(),
+            "replay": self.replay.state_dict(),
             # What the tensors cannot tell a reader (eval, export): both change scores, normalize the ranking.
             "model_settings": {
                 "normalize": self.config.model.normalize,
                 "temperature": self.config.model.temperature,
                 "user_features": self.model.user_features,
                 "history_decay": self.model.history_decay,
+                "history_input": self.model.encoder.history_input,
+                "history_pooling": self.model.encoder.pooling,
             },
         }
 
@@ -183,6 +190,8 @@ class TrainState:
                     self.covisit.load_state_dict(state["covisit"])
                 except ValueError as exc:
                     raise TrainingError(f"checkpoint does not fit the configured baseline: {exc}") from exc
+        if "replay" in state:  # checkpoints from before issue 16: an empty ring
+            self.replay.load_state_dict(state["replay"])
         self.step = int(state["step"])
 
     # ------------------------------------------------------------------ Redis

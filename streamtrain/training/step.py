@@ -33,6 +33,7 @@ import torch
 
 from streamtrain.distributed.split_step import SplitExchange
 from streamtrain.evaluation.covisit import COVISIT
+from streamtrain.model.item_init import init_new_items_from_queries
 from streamtrain.sampling.base import SamplerInput, SamplerOutput
 from streamtrain.training.device import autocast_context
 from streamtrain.training.guard import finite_flag, guarded_step
@@ -173,6 +174,9 @@ def run_step(state: TrainState, staged: Staged, strategy: StepStrategy, readback
         own = history if state.config.trainer.exclude_history_items else None  # (B, H) left out of the ranking
         prog_sums = strategy.progressive(state, staged, history, own)  # (2K+1,)
         base_sums = state.popularity.score(staged.item_rows, staged.known, own)  # (2 * (2K+1),) same positives
+    if state.config.model.new_item_init == "query" and staged.new_items is not None:  # after the scoring
+        init_new_items_from_queries(state.model, staged.new_items, staged.item_rows,
+                                    state.model.query(staged.user_rows, history))
 
     state.frequency.update(state.item_keys[staged.item_rows])
     state.popularity.observe(staged.item_rows)
@@ -184,6 +188,7 @@ def run_step(state: TrainState, staged: Staged, strategy: StepStrategy, readback
     if state.dense_optimizer is not None:
         guarded_step(state.dense_optimizer, apply, masked=masked)
     state.zero_grads()
+    state.replay.run(state, staged.user_rows, staged.item_rows, history, staged.weights, staged.known, masked=masked)
     state.step += 1
     # Host work, after the device's is queued: the co-visitation baseline scores (when evaluated) and counts.
     covisit_sums = None if state.covisit is None else state.covisit.step(

@@ -30,6 +30,8 @@ BASE = [
     "model.user_features=history+id", "model.history_length=4", "frequency.hash_size=256",
     "trainer.batch_size=16", "trainer.progressive_eval_fraction=0.5", "trainer.eval_k=[5]",
     "model.eviction_after_s=30",
+    # The tower these cases were written for (issue 16's parts: the cases below).
+    "trainer.extra_steps=0", "model.history_input=item", "model.new_item_init=random", "model.history_decay=0.8",
 ]
 CASES = {
     "logq": [*BASE, "sampler.name=inbatch_logq"],
@@ -37,8 +39,15 @@ CASES = {
     # Shared draws (uniform items drawn from the run's seed) and a bank of gathered positives: exact too.
     "mns": [*BASE, "sampler.name=mns", "sampler.mns.num_uniform=8"],
     "cbns": [*BASE, "sampler.name=cbns", "sampler.cbns.bank_size=24", "sampler.cbns.warmup_steps=2"],
+    # Issue 16's query-tower parts; the extra steps run replicated on every rank (training/replay.py).
+    "logq-tower": [*BASE, "sampler.name=inbatch_logq", "model.history_input=both", "model.history_pooling=attention",
+                   "model.new_item_init=query", "model.history_decay=0.7"],
+    # Extra steps run replicated on every rank (training/replay.py): replicas bit-identical; against W = 1
+    # the float sums of the exchanged gradients drift enough to flip a near-tie in a progressive rank.
+    "logq-replay": [*BASE, "sampler.name=inbatch_logq", "model.history_input=both", "model.new_item_init=query",
+                    "trainer.extra_steps=2", "trainer.replay_window_events=32"],
 }
-EXACT = ("logq", "mns", "cbns")
+EXACT = ("logq", "mns", "cbns", "logq-tower")
 
 
 def _train(trainer: Any, exchange: StepExchange, batches: list) -> list[float]:

@@ -22,12 +22,18 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 import streamtrain.sampling  # noqa: E402,F401  -- registers every sampler, so SAMPLERS is complete
 
 
+# Issue 16's query-tower parts: context rows, attention pooling, new-item rows from queries, extra steps.
+TOWER_PARTS = {"model.history_input": "both", "model.history_pooling": "attention", "model.new_item_init": "query",
+               "trainer.extra_steps": 2, "trainer.replay_window_events": 256}
+
+
+@pytest.mark.parametrize("parts", [False, True], ids=["plain", "tower-parts"])
 @pytest.mark.parametrize("features", USER_FEATURES)
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-def test_the_steady_state_step_never_syncs(sampler: str, features: str) -> None:
+def test_the_steady_state_step_never_syncs(sampler: str, features: str, parts: bool) -> None:
     config = make_config(sampler, **{
         "run.device": "cuda", "model.user_features": features, "model.hidden_dims": [16],
-        "trainer.progressive_eval_fraction": 0.5,
+        "trainer.progressive_eval_fraction": 0.5, **(TOWER_PARTS if parts else {}),
     })
     trainer = Trainer(config)
     stream = Stream(seed=11)

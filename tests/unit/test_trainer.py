@@ -36,7 +36,8 @@ def make_config(sampler: str = "inbatch_logq", **overrides: Any) -> Config:
             "cbns": {"bank_size": 64, "warmup_steps": 1},
         },
         "frequency": {"hash_size": 4096, "alpha": 0.05, "initial_gap": 20.0},
-        "trainer": {"batch_size": 64, "progressive_eval_fraction": 0.0},
+        # One optimiser step per batch: these tests count and compare single steps (extra steps: test_query_tower).
+        "trainer": {"batch_size": 64, "progressive_eval_fraction": 0.0, "extra_steps": 0},
     }
     for path, value in overrides.items():
         node = tree
