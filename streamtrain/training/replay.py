@@ -1,7 +1,7 @@
 """Extra optimiser steps per micro-batch over the batch and a window of recent events.
 
 One pass over Kafka does not have to mean one gradient step per event. After the trainer's step on
-micro-batch t (test-then-train: t was scored before any of this), :class:`ReplaySteps` takes
+micro-batch t (test-then-train: t was scored before any of this), :func:`~streamtrain.training.step.replay_steps` takes
 ``extra_steps`` more optimiser steps, each on batch t together with up to ``B`` events drawn
 uniformly from a ring of the ``window_events`` events before it. Each stored event keeps the causal
 history it had when it arrived, so a replayed query is the same function of the past as the first
@@ -26,23 +26,19 @@ exactly as W = 1.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 from streamtrain.model.history import EMPTY
-from streamtrain.sampling.base import SamplerInput
-from streamtrain.training.device import autocast_context
-from streamtrain.training.guard import finite_flag, guarded_step
-
-if TYPE_CHECKING:
-    from streamtrain.training.state import TrainState
 
 __all__ = ["ReplaySteps"]
 
 
 class ReplaySteps:
-    """Ring of recent events (user row, item row, causal history, weight) and the extra steps."""
+    """Ring of recent events (user row, item row, causal history, weight) and the draws of the extra steps
+    (:func:`streamtrain.training.step.replay_steps` takes them)."""
 
     def __init__(self, extra_steps: int, window_events: int, history_length: int, seed: int,
                  device: torch.device) -> None:
@@ -74,8 +70,9 @@ class ReplaySteps:
         take = min(n, self._filled)
         return torch.randperm(self._filled, generator=self._gen, device=self.device)[:take]
 
-    def _push(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
+    def push(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
               weights: torch.Tensor | None) -> None:
+        """The batch joins the ring (its newest ``window`` events), after its extra steps."""
         if not self.window:
             return
         b = users.numel()
@@ -89,31 +86,20 @@ class ReplaySteps:
         self._at = (self._at + keep) % self.window
         self._filled = min(self._filled + keep, self.window)
 
-    def run(self, state: TrainState, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
-            weights: torch.Tensor | None, known: torch.Tensor, *, masked: bool) -> None:
-        """The extra steps after the step on this batch, then the batch joins the ring."""
-        if not self.enabled:
-            return
+    def draws(self, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
+              weights: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                              torch.Tensor | None]]:
+        """Each extra step's events: the batch plus up to B events drawn from the ring (before the batch
+        joins it). Rows (n,), histories (n, H) or None, weights (n,) or None."""
         b = users.numel()
         for _ in range(self.extra_steps):
             idx = self._draw(b)
-            u, i, h, w = users, items, history, weights
-            if idx is not None:
-                u = torch.cat([users, self.users[idx]])
-                i = torch.cat([items, self.items[idx]])
-                h = None if history is None else torch.cat([history, self.history[idx].long()])
-                w = torch.cat([torch.ones(b, device=self.device) if weights is None else weights, self.weights[idx]])
-            state.zero_grads()
-            with autocast_context(state.device, state.config.trainer.mixed_precision):
-                out = state.sampler.loss(_input(state, u, i, h, w, known), update_state=False)
-            if out.loss.requires_grad:
-                out.loss.backward()
-            apply = finite_flag(out.loss)
-            state.sparse_optimizer.step(apply, masked=masked)
-            if state.dense_optimizer is not None:
-                guarded_step(state.dense_optimizer, apply, masked=masked)
-        state.zero_grads()
-        self._push(users, items, history, weights)
+            if idx is None:
+                yield users, items, history, weights
+                continue
+            yield (torch.cat([users, self.users[idx]]), torch.cat([items, self.items[idx]]),
+                   None if history is None else torch.cat([history, self.history[idx].long()]),
+                   torch.cat([torch.ones(b, device=self.device) if weights is None else weights, self.weights[idx]]))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -128,19 +114,3 @@ class ReplaySteps:
             getattr(self, name).copy_(state[name])
         self._filled, self._at = int(state["filled"]), int(state["at"])
         self._gen.set_state(state["rng"])
-
-
-def _input(state: TrainState, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
-           weights: torch.Tensor | None, known: torch.Tensor) -> SamplerInput:
-    keys, frequency = state.item_keys, state.frequency
-    return SamplerInput(
-        queries=state.model.query(users, history),  # (n, D)
-        pos_items=items,  # (n,)
-        pos_emb=state.model.item_tower(items),  # (n, D)
-        embed_items=state.model.item_tower,
-        log_q=lambda rows: frequency.log_prob(keys[rows]),
-        known_items=known,
-        temperature=state.model.temperature,
-        num_item_rows=state.item_vocab.capacity,
-        weights=weights,
-    )

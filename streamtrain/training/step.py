@@ -42,7 +42,7 @@ from streamtrain.training.staging import Staged
 from streamtrain.training.state import TrainState
 from streamtrain.training.step_stats import FIXED_FIELDS, PendingStep, StepStats
 
-__all__ = ["LocalStep", "SplitStep", "StepStrategy", "finish_step", "histories", "local_bounds", "run_step",
+__all__ = ["LocalStep", "SplitStep", "StepStrategy", "finish_step", "histories", "local_bounds", "replay_steps", "rows_input", "run_step",
            "sampler_input"]
 
 log = logging.getLogger(__name__)
@@ -61,18 +61,45 @@ def histories(state: TrainState, staged: Staged, *, append: bool) -> torch.Tenso
 
 def sampler_input(state: TrainState, staged: Staged, history: torch.Tensor | None) -> SamplerInput:
     """The whole batch's queries against its own positives (the local step and the probe)."""
+    return rows_input(state, staged.user_rows, staged.item_rows, history, staged.weights, staged.known)
+
+
+def rows_input(state: TrainState, users: torch.Tensor, items: torch.Tensor, history: torch.Tensor | None,
+               weights: torch.Tensor | None, known: torch.Tensor) -> SamplerInput:
+    """Queries of ``users`` (n,) with their histories (n, H) against the positives ``items`` (n,)."""
     keys, frequency = state.item_keys, state.frequency
     return SamplerInput(
-        queries=state.model.query(staged.user_rows, history),  # (B, D)
-        pos_items=staged.item_rows,  # (B,)
-        pos_emb=state.model.item_tower(staged.item_rows),  # (B, D)
-        embed_items=state.model.item_tower,  # (n,) -> (n, D)
-        log_q=lambda rows: frequency.log_prob(keys[rows]),  # (n,) -> (n,)
-        known_items=staged.known,  # (N,)
+        queries=state.model.query(users, history),  # (n, D)
+        pos_items=items,  # (n,)
+        pos_emb=state.model.item_tower(items),  # (n, D)
+        embed_items=state.model.item_tower,  # (m,) -> (m, D)
+        log_q=lambda rows: frequency.log_prob(keys[rows]),  # (m,) -> (m,)
+        known_items=known,  # (N,)
         temperature=state.model.temperature,
         num_item_rows=state.item_vocab.capacity,
-        weights=staged.weights,
+        weights=weights,
     )
+
+
+def replay_steps(state: TrainState, staged: Staged, history: torch.Tensor | None, *, masked: bool) -> None:
+    """``trainer.extra_steps`` more optimiser steps, each on the batch and a draw of recent events
+    (:mod:`.replay`), then the batch joins the window. The samplers' state follows the stream only once
+    per batch (``update_state=False`` here)."""
+    ring = state.replay
+    if not ring.enabled:
+        return
+    for users, items, hist, weights in ring.draws(staged.user_rows, staged.item_rows, history, staged.weights):
+        state.zero_grads()
+        with autocast_context(state.device, state.config.trainer.mixed_precision):
+            out = state.sampler.loss(rows_input(state, users, items, hist, weights, staged.known), update_state=False)
+        if out.loss.requires_grad:
+            out.loss.backward()
+        apply = finite_flag(out.loss)
+        state.sparse_optimizer.step(apply, masked=masked)
+        if state.dense_optimizer is not None:
+            guarded_step(state.dense_optimizer, apply, masked=masked)
+    state.zero_grads()
+    ring.push(staged.user_rows, staged.item_rows, history, staged.weights)
 
 
 class StepStrategy(Protocol):
@@ -188,7 +215,7 @@ def run_step(state: TrainState, staged: Staged, strategy: StepStrategy, readback
     if state.dense_optimizer is not None:
         guarded_step(state.dense_optimizer, apply, masked=masked)
     state.zero_grads()
-    state.replay.run(state, staged.user_rows, staged.item_rows, history, staged.weights, staged.known, masked=masked)
+    replay_steps(state, staged, history, masked=masked)
     state.step += 1
     # Host work, after the device's is queued: the co-visitation baseline scores (when evaluated) and counts.
     covisit_sums = None if state.covisit is None else state.covisit.step(
