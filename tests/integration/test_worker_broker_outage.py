@@ -10,15 +10,13 @@ connection metric moved.
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker_support import local_stack_kafka, private_broker_env, config_for, produce, run_worker, stop_worker, stream, wait_until
+from worker_support import local_stack_kafka, private_broker_env, config_for, produce, run_worker, stop_worker, stream, wait_until, http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,18 +24,12 @@ OUTAGE_S = 30.0
 UNREACHABLE_S = 5.0
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def _scrape(base: str) -> dict[str, float]:
     """``name{labels}`` → value; label order as exposed."""
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(_get(base + "/metrics")[1]):
+    for family in text_string_to_metric_families(http_get(base + "/metrics")[1]):
         for s in family.samples:
             labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
             out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
@@ -63,7 +55,7 @@ def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
         worker = parts.worker
         base = f"http://127.0.0.1:{parts.http.port}"
         wait_until(lambda: worker.progress.events >= 3000, 60, what="the first 3000 events trained")
-        wait_until(lambda: _get(base + "/readyz")[0] == 200, 20, what="ready before the outage")
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200, 20, what="ready before the outage")
         before = _scrape(base)
         assert before["streamtrain_broker_connected"] == 1
 
@@ -73,7 +65,7 @@ def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
         not_ready_after = None
         reasons, scrapes = [], []
         while time.monotonic() - stopped < OUTAGE_S:
-            status, body = _get(base + "/readyz")
+            status, body = http_get(base + "/readyz")
             if status != 200 and not_ready_after is None:
                 not_ready_after = time.monotonic() - stopped
             if status != 200:
@@ -94,7 +86,7 @@ def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
 
         local_stack_kafka(env, "start")
         restarted_wall = time.time()
-        wait_until(lambda: _get(base + "/readyz")[0] == 200, 90, what="/readyz ok after the broker is back")
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200, 90, what="/readyz ok after the broker is back")
         after = _scrape(base)
         assert after["streamtrain_broker_connected"] == 1
         assert after["streamtrain_broker_last_success_timestamp_seconds"] >= restarted_wall - 1

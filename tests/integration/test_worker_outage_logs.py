@@ -10,14 +10,12 @@ from __future__ import annotations
 import re
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from worker_support import local_stack_kafka, overrides, private_broker_env, produce, spawn_worker, stream, wait_until
+from worker_support import local_stack_kafka, overrides, private_broker_env, produce, spawn_worker, stream, wait_until, http_get
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -26,14 +24,6 @@ UNREACHABLE_S = 8.0
 INTERVAL_S = 10.0
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except OSError as err:
-        return 0, str(err)
 
 
 def test_broker_outage_logs_one_line_per_cause_per_interval(redis_url: str, unique_name: str, tmp_path: Path) -> None:
@@ -55,24 +45,24 @@ def test_broker_outage_logs_one_line_per_cause_per_interval(redis_url: str, uniq
         wait_until(lambda: "metrics on http://" in (log.read_text() if log.exists() else "") or proc.poll() is not None,
                    90, what="the metrics server")
         base = re.search(r"metrics on (http://[0-9.:]+)/metrics", log.read_text()).group(1)
-        wait_until(lambda: _get(base + "/readyz")[0] == 200, 90, what="ready before the outage")
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200, 90, what="ready before the outage")
 
         mark = len(log.read_text().splitlines())
         local_stack_kafka(env, "stop")
         stopped = time.monotonic()
         not_ready_after = disconnected_after = None
         while time.monotonic() - stopped < OUTAGE_S:
-            status, _ = _get(base + "/readyz")
+            status, _ = http_get(base + "/readyz")
             if status == 503 and not_ready_after is None:
                 not_ready_after = time.monotonic() - stopped
-            if disconnected_after is None and re.search(r"^streamtrain_broker_connected 0", _get(base + "/metrics")[1], re.M):
+            if disconnected_after is None and re.search(r"^streamtrain_broker_connected 0", http_get(base + "/metrics")[1], re.M):
                 disconnected_after = time.monotonic() - stopped
             time.sleep(0.5)
         outage_lines = log.read_text().splitlines()[mark:]
         local_stack_kafka(env, "start")
-        wait_until(lambda: _get(base + "/readyz")[0] == 200, 120, what="/readyz ok after the broker is back")
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200, 120, what="/readyz ok after the broker is back")
         produce(bootstrap, topic, values[1000:])
-        metrics = _get(base + "/metrics")[1]
+        metrics = http_get(base + "/metrics")[1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -195,3 +197,14 @@ def assert_trained_once(store: Any, topic: str, expected: dict[int, tuple[int, i
     want = {p: [v] if isinstance(v, tuple) else list(v) for p, v in expected.items()}
     want = {p: v for p, v in want.items() if v and v[0][0] < v[0][1]}
     assert spans == want, f"trained spans {spans} != expected {want}"
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET; (0, the error) when nothing answered (a worker's /readyz mid-outage)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)
