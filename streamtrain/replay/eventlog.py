@@ -159,10 +159,7 @@ class EventLog:
         Raises:
             ReplayError: a negative ``start_at`` or ``limit`` (at the call, not at the first event).
         """
-        if start_at < 0 or (limit is not None and limit < 0):
-            raise ReplayError("--start-at and --limit must be >= 0")
-        stop = len(order) if limit is None else min(len(order), start_at + limit)
-        return self._slice(order, start_at, stop, time_origin, time_step)
+        return self._slice(order, start_at, _stop(order, start_at, limit), time_origin, time_step)
 
     def chunks(
         self,
@@ -180,11 +177,9 @@ class EventLog:
         Raises:
             ReplayError: a negative ``start_at`` or ``limit``, or ``size`` < 1 (at the call).
         """
-        if start_at < 0 or (limit is not None and limit < 0):
-            raise ReplayError("--start-at and --limit must be >= 0")
+        stop = _stop(order, start_at, limit)
         if size < 1:
             raise ReplayError("chunk size must be >= 1")
-        stop = len(order) if limit is None else min(len(order), start_at + limit)
         return self._chunks(order, start_at, stop, time_origin, time_step, size)
 
     def _chunks(
@@ -308,3 +303,11 @@ def _read_one(
         refused = append(*result)  # type: ignore[misc]
         if refused is not None:
             report.add_bad(BadLine(where(number), refused.reason, refused.detail), max_examples)
+
+
+def _stop(order: np.ndarray, start_at: int, limit: int | None) -> int:
+    """End position of the slice ``[start_at, start_at + limit)`` of the ordered stream; raises ReplayError
+    on a negative ``start_at`` or ``limit`` (at the call, not at the first event)."""
+    if start_at < 0 or (limit is not None and limit < 0):
+        raise ReplayError("--start-at and --limit must be >= 0")
+    return len(order) if limit is None else min(len(order), start_at + limit)
