@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker_support import local_stack_kafka, private_broker_env, config_for, produce, run_worker, stop_worker, stream, wait_until, http_get
+from worker_support import local_stack_kafka, private_broker_env, config_for, produce, run_worker, stop_worker, stream, wait_until, http_get, create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,9 +42,7 @@ def test_broker_outage_fails_readyz_and_moves_the_health_metrics(
     local_stack_kafka(env, "start")
     try:
         topic = f"worker-outage-{unique_name}"
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.create_topics([NewTopic(topic, 1, 1)], wait_for_metadata=True)
-        admin.close()
+        create_topic(bootstrap, topic)
         values = stream(4000, seed=29)
         produce(bootstrap, topic, values[:3000])
         config = config_for(unique_name, topic, tmp_path / "ckpt", bootstrap=bootstrap, redis_url=redis_url,

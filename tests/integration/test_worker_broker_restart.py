@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
 from streamtrain.state.redis_store import redis_client, state_store
-from worker_support import local_stack_kafka, private_broker_env, produce_in_background, config_for, run_worker, stop_worker, stream, wait_until, assert_trained_once
+from worker_support import local_stack_kafka, private_broker_env, produce_in_background, config_for, run_worker, stop_worker, stream, wait_until, assert_trained_once, create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,9 +28,7 @@ def test_worker_survives_a_broker_restart(redis_url: str, unique_name: str, tmp_
     local_stack_kafka(env, "start")
     try:
         topic = f"worker-restart-{unique_name}"
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.create_topics([NewTopic(topic, 1, 1)], wait_for_metadata=True)
-        admin.close()
+        create_topic(bootstrap, topic)
         values = stream(EVENTS, seed=13)
 
         producer_thread = produce_in_background(bootstrap, topic, values, PRODUCE_S)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,17 +10,11 @@ from prometheus_client import CollectorRegistry
 from streamtrain.events import encode_event
 from streamtrain.localstack import query_prometheus
 from streamtrain.metrics import Metrics
-from worker_support import config_for, produce, run_worker, stop_worker, stream, wait_until
+from worker_support import config_for, produce, run_worker, stop_worker, stream, wait_until, http_get
 
 pytestmark = pytest.mark.integration
 
 
-def _status(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def _expected_series() -> set[str]:
@@ -51,9 +43,9 @@ def test_prometheus_scrapes_every_metric_family(
     assert http is not None and http.port > 0
     base = f"http://127.0.0.1:{http.port}"
     try:
-        assert _status(base + "/healthz")[0] == 200
+        assert http_get(base + "/healthz")[0] == 200
         wait_until(lambda: worker.progress.events >= 3001, 60, what="all events trained")
-        wait_until(lambda: _status(base + "/readyz")[0] == 200, 20, what="/readyz 200")
+        wait_until(lambda: http_get(base + "/readyz")[0] == 200, 20, what="/readyz 200")
 
         scrape_target(f"worker-{unique_name}", f"127.0.0.1:{http.port}", {"run": unique_name})
         expected = _expected_series()

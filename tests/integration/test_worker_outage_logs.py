@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka.admin import KafkaAdminClient, NewTopic
 
-from worker_support import local_stack_kafka, overrides, private_broker_env, produce, spawn_worker, stream, wait_until, http_get
+from worker_support import local_stack_kafka, overrides, private_broker_env, produce, spawn_worker, stream, wait_until, http_get, create_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,9 +32,7 @@ def test_broker_outage_logs_one_line_per_cause_per_interval(redis_url: str, uniq
     proc = None
     try:
         topic = f"worker-outage-logs-{unique_name}"
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.create_topics([NewTopic(topic, 1, 1)], wait_for_metadata=True)
-        admin.close()
+        create_topic(bootstrap, topic)
         values = stream(2000, seed=31)
         produce(bootstrap, topic, values[:1000])
         sets = overrides(unique_name, topic, tmp_path / "ckpt", bootstrap=bootstrap, redis_url=redis_url, extra=[

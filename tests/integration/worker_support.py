@@ -208,3 +208,14 @@ def http_get(url: str) -> tuple[int, str]:
         return err.code, err.read().decode()
     except OSError as err:
         return 0, str(err)
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
+    """Create ``topic`` on the broker at ``bootstrap`` (a private one: ``topic_factory`` serves the shared stack)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, partitions, 1)], wait_for_metadata=True)
+    finally:
+        admin.close()
