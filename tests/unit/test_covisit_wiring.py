@@ -4,10 +4,8 @@ checkpoint, exported as streamtrain_progressive_*{model="covisit"}, off with cov
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
-import torch
 from prometheus_client import CollectorRegistry
 
 from streamtrain.config import Config
@@ -16,6 +14,7 @@ from streamtrain.events.batch import EventBatch
 from streamtrain.metrics import Metrics
 from streamtrain.training.trainer import Trainer
 from streamtrain.worker.step_metrics import record_step
+from trainer_support import restart_into
 
 
 def config(model: dict[str, object] | None = None, **trainer: object) -> Config:
@@ -90,12 +89,7 @@ def test_trainer_restart_restores_covisit_exactly_and_old_checkpoints_load() -> 
     original = Trainer(cfg)
     for step in range(5):
         original.train_step(session_batch(rng, float(step)))
-    buffer = io.BytesIO()
-    torch.save(original.file_state(), buffer)
-    resumed = Trainer(cfg)
-    buffer.seek(0)
-    resumed.load_file_state(torch.load(buffer, weights_only=True))
-    resumed.load_shared_state({k: v.copy() for k, v in original.shared_state().items()})
+    resumed = restart_into(original, Trainer(cfg))
     for step in range(5, 9):
         batch = session_batch(rng, float(step))
         a, b = original.train_step(batch), resumed.train_step(batch)

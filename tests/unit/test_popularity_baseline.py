@@ -16,6 +16,7 @@ from streamtrain.evaluation.progressive import ProgressiveEvaluator
 from streamtrain.events.batch import EventBatch
 from streamtrain.evaluation.popularity import BASELINES, PopularityBaselines
 from streamtrain.training.trainer import Trainer, TrainingError
+from trainer_support import restart_into
 
 
 def rows(*values: int) -> torch.Tensor:
@@ -137,12 +138,7 @@ def test_trainer_restart_restores_the_counts_and_rolling_windows_exactly() -> No
     original = Trainer(cfg)
     for step in range(5):
         original.train_step(zipf_batch(rng, float(step)))
-    buffer = io.BytesIO()
-    torch.save(original.file_state(), buffer)
-    resumed = Trainer(cfg)
-    buffer.seek(0)
-    resumed.load_file_state(torch.load(buffer, weights_only=True))
-    resumed.load_shared_state({k: v.copy() for k, v in original.shared_state().items()})
+    resumed = restart_into(original, Trainer(cfg))
     for step in range(5, 8):
         batch = zipf_batch(rng, float(step))
         a, b = original.train_step(batch), resumed.train_step(batch)

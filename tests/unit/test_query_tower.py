@@ -4,7 +4,6 @@ window): each keeps test-then-train, survives a checkpoint round trip exactly, a
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -17,6 +16,7 @@ from streamtrain.model.item_init import init_new_items_from_queries
 from streamtrain.model.two_tower import TwoTowerModel
 from streamtrain.training.trainer import Trainer
 from test_history_tower import _bursty_stream  # noqa: I001 (shared bursty stream)
+from trainer_support import restart_into
 
 ALL_ON = {"history_input": "both", "history_pooling": "attention", "new_item_init": "query",
           "user_features": "history+id"}
@@ -132,13 +132,7 @@ def test_a_restored_trainer_with_every_new_part_continues_exactly() -> None:
     for batch in stream[:4]:
         a.train_step(batch)
     assert a.state.replay._filled > 0
-    b = Trainer(_config(ALL_ON, REPLAY, sampler="xir"))
-    # Through bytes, as a checkpoint file: an in-process state_dict shares the dense optimizer's tensors.
-    buf = io.BytesIO()
-    torch.save(a.file_state(), buf)
-    buf.seek(0)
-    b.load_file_state(torch.load(buf, weights_only=True))
-    b.load_shared_state(a.shared_state())
+    b = restart_into(a, Trainer(_config(ALL_ON, REPLAY, sampler="xir")))
     for batch in stream[4:]:
         sa, sb = a.train_step(batch), b.train_step(batch)
         assert sa.loss == sb.loss and sa.progressive == sb.progressive
