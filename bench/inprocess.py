@@ -109,6 +109,10 @@ class MemoryStateStore:
 
     def __init__(self) -> None:
         self._state: StoredState | None = None
+        self.topic_ids: dict[str, str] = {}
+
+    def check_lease(self) -> None:
+        """One writer, no lease."""
 
     def load(self) -> StoredState | None:
         return self._state

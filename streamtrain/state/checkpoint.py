@@ -220,12 +220,10 @@ class Checkpointer:
             new = snap.offsets.get(key)
             if new is not None and new < previous:
                 raise OffsetsBackwardsError(0, f"{key[0]}[{key[1]}] next offset {new} < committed {previous}")
-        check_lease = getattr(self._store, "check_lease", None)
-        if check_lease is not None:
-            try:
-                check_lease()
-            except (LeaseLostError, LeaseExpiredError) as exc:
-                raise CheckpointError(0, str(exc)) from exc
+        try:
+            self._store.check_lease()
+        except (LeaseLostError, LeaseExpiredError) as exc:
+            raise CheckpointError(0, str(exc)) from exc
 
     def _commit_kafka(self, snap: Snapshot) -> None:
         """Step 4: Kafka offsets, for lag tools only; Redis already holds the truth."""
@@ -248,7 +246,7 @@ class Checkpointer:
         ranges = None if self.history_ranges is None else [*self.history_ranges, *snap.trained_ranges]
         encoded = {name: encode_array(array) for name, array in snap.shared_state.items()}
         point = RestorePoint(snap.checkpoint_id, self._files.writer, snap.step, snap.events, snap.offsets,
-                             snap.shared_state, snap.skipped, ranges, dict(getattr(self._store, "topic_ids", {})))
+                             snap.shared_state, snap.skipped, ranges, dict(self._store.topic_ids))
         target = self._files.path(snap.checkpoint_id)
         try:
             written = self._files.write(snap.checkpoint_id, pack(snap.file_state, point, encoded))

@@ -60,6 +60,10 @@ class FakeStore:
         self.log = log
         self.fail = fail
         self.committed: dict[str, Any] | None = None
+        self.topic_ids: dict[str, str] = {}
+
+    def check_lease(self) -> None:
+        """No lease guards this run (RedisStateStore.check_lease without one)."""
 
     def commit(self, **kwargs: Any) -> None:
         self.log.append("redis")
