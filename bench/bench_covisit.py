@@ -7,7 +7,7 @@ A session-like stream over R item rows (users walk Zipf-popular items in runs), 
 H = 20, decay 0.8, M neighbours per row. After ``--warmup`` counted steps, each measured step is timed
 twice on copies of the same state: counting only (an unevaluated step) and scoring + counting (an
 evaluated step, every known item a candidate; "ranking" says whether the last one used a dense score
-block or the scored pairs, see covisit_baseline.DENSE_CELLS). RSS is the process's resident growth
+block or the scored pairs, see streamtrain.evaluation.covisit.DENSE_CELLS). RSS is the process's resident growth
 after building and warming up the baseline: untouched rows (calloc'd) cost nothing, used ones 8·M
 bytes (committed a page, or a 2 MB huge page, at a time); "allocated" is the arrays' address space.
 """
