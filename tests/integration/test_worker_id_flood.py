@@ -1,7 +1,7 @@
 """A flood of new ids (a bot: 20k events, 16k new users and 16k new items) into tables of 2,000 rows, then
 normal traffic with ids never seen before: with the defaults the least recently seen rows are evicted and the
 new ids get rows of their own; with an admission threshold of 2 the flood's one-off ids never get a row at all.
-The counters on /metrics move, the vocabulary stays bounded by capacity (bench/vocab_flood.py measures RSS over
+The counters on /metrics move, the vocabulary stays bounded by capacity (bench/bench_vocab_flood.py measures RSS over
 a 1M-id flood), and every event is trained once.
 
 Before: with the default settings nothing was ever evicted; the flood's ids held the rows for good and every id
