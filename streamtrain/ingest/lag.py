@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from streamtrain.ingest.broker_health import BrokerHealth
 from streamtrain.metrics import Metrics
 from streamtrain.events.records import PartitionKey
 
@@ -30,6 +31,7 @@ class LagTracker:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        health: BrokerHealth | None = None,
     ) -> None:
         self._metrics = metrics
         self._interval_s = interval_s
@@ -38,7 +40,8 @@ class LagTracker:
         self._next_at = 0.0
         self.end_offsets: dict[PartitionKey, int] = {}
         self.pending_messages: int | None = None  # None until the first successful refresh
-        self.health: Any = None  # a BrokerHealth, set by the source: end_offsets doubles as its probe
+        # end_offsets doubles as the broker-health probe; the source reads the same BrokerHealth from here
+        self.health = health if health is not None else BrokerHealth(metrics, 30.0)
 
     def maybe_update(
         self,
@@ -59,14 +62,10 @@ class LagTracker:
         try:
             ends = consumer.end_offsets(partitions, timeout_ms=2000)
         except Exception as exc:  # broker restarting: keep the old values
-            if self.health is not None:
-                self.health.failure("end_offsets", exc)
-            else:
-                self._metrics.kafka_errors.labels(operation="end_offsets").inc()
+            self.health.failure("end_offsets", exc)  # counts kafka_errors_total{operation="end_offsets"}
             log.debug("end_offsets failed: %s", exc)
             return
-        if self.health is not None:
-            self.health.success()
+        self.health.success()
         self.end_offsets = {(tp[0], tp[1]): int(end) for tp, end in ends.items()}
         self.refresh(trained, last_event_times)
 

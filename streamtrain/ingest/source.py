@@ -32,7 +32,6 @@ from streamtrain.events import decode_batch
 from streamtrain.metrics import Metrics
 from streamtrain.ingest.batcher import Batcher
 from streamtrain.events.records import MicroBatch, PartitionKey
-from streamtrain.ingest.broker_health import BrokerHealth
 from streamtrain.ingest.dead_letter import DeadLetterSink
 from streamtrain.errors import WorkerError
 from streamtrain.ingest.lag import LagTracker
@@ -97,7 +96,6 @@ class KafkaSource:
         max_poll_records: int,
         assignment_timeout_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
-        health: BrokerHealth | None = None,
     ) -> None:
         self._consumer = consumer
         self.topic = topic
@@ -105,8 +103,7 @@ class KafkaSource:
         self._dead_letters = dead_letters
         self._metrics = metrics
         self.lag = lag
-        self.health = health if health is not None else BrokerHealth(metrics, 30.0)
-        lag.health = self.health
+        self.health = lag.health  # one BrokerHealth: polls and the lag tracker's end_offsets both report to it
         self._hooks = hooks
         self._max_bytes = max_message_bytes
         self._max_records = max_poll_records

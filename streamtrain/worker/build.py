@@ -369,13 +369,12 @@ def _source(config: Config, consumer: KafkaConsumer, dead_letters: DeadLetterSin
         batcher=Batcher(config.trainer.batch_size, config.trainer.max_batch_latency_s),
         dead_letters=dead_letters,
         metrics=metrics,
-        lag=LagTracker(metrics, k.lag_interval_s),
+        lag=LagTracker(metrics, k.lag_interval_s, health=BrokerHealth(metrics, k.broker_unreachable_s)),
         hooks=hooks,
         queue_batches=k.queue_batches,
         max_message_bytes=k.max_message_bytes,
         max_poll_records=k.max_poll_records,
         assignment_timeout_s=max(30.0, 5 * k.session_timeout_s),
-        health=BrokerHealth(metrics, k.broker_unreachable_s),
     )
     processes = config.ingest.resolved_processes
     if processes > 0:
