@@ -91,29 +91,20 @@ class WorkerParts:
         self.redis.close()
 
 
-def _attach_publisher(config: Config, worker: Worker, runner: CheckpointRunner, store: RedisStateStore,
-                      files: CheckpointFiles, metrics: Metrics) -> None:
-    """``export.every_checkpoints`` > 0: publish exports after committed checkpoints (serving/publish.py)."""
+def _publisher(config: Config, store: RedisStateStore, files: CheckpointFiles, metrics: Metrics) -> Any:
+    """``export.every_checkpoints`` > 0: an ExportPublisher the worker calls after each committed checkpoint
+    (serving/publish.py); otherwise None."""
     e = config.export
     if not e.every_checkpoints:
-        return
+        return None
     from streamtrain.serving.ann import IndexSpec
     from streamtrain.serving.publish import ExportPublisher
 
-    publisher = ExportPublisher(
+    return ExportPublisher(
         Path(e.dir) / config.run.name, every=e.every_checkpoints, keep=e.keep, config=config,
         committed_id=store.checkpoint_id, checkpoint_file=files.path, index=IndexSpec.from_config(e),
         metrics=metrics,
     )
-    worker.publisher = publisher
-    after_commit = runner.on_success
-
-    def on_success(snap: Any) -> None:
-        if after_commit is not None:
-            after_commit(snap)
-        publisher.on_commit(snap)
-
-    runner.on_success = on_success
 
 
 def _assign_statically(source: KafkaSource, worker: Worker, ctx: DistContext, consumer: KafkaConsumer,
@@ -306,12 +297,12 @@ def _build(
         max_steps=max_steps if max_steps is not None else config.trainer.max_steps,
         idle_exit_s=idle_exit_s if idle_exit_s is not None else config.trainer.idle_exit_s,
         exchange=StepExchange(ctx),
+        publisher=_publisher(config, store, files, metrics),
     )
     store.layout = {"world_size": str(ctx.world_size), "partition_map": '"group"'}
     if ctx.launched:
         _assign_statically(source, worker, ctx, consumer, store)
     worker_ref.append(worker)
-    _attach_publisher(config, worker, runner, store, files, metrics)
     metrics.info.info({"version": __version__, "sampler": config.sampler.name, "device": str(engine.device)})
     return WorkerParts(worker, _http(config, worker, metrics, ctx), producer, client, 0.0)
 

@@ -61,6 +61,7 @@ class Worker:
         max_steps: int | None = None,
         idle_exit_s: float | None = None,
         exchange: StepExchange | None = None,
+        publisher: Any = None,
     ) -> None:
         self.config = config
         # The lockstep with the other ranks; rank 0 alone writes checkpoints (every rank holds the same state).
@@ -92,7 +93,7 @@ class Worker:
         self.late = LateSteps(engine)  # step statistics arrive one step late
         self.snapshots = SnapshotTaker(engine, progress, checkpointer, runner, self.late, self._engine_lock,
                                        next_id=start.next_checkpoint_id)
-        self.publisher: Any = None  # an ExportPublisher when export.every_checkpoints > 0 (see build.py)
+        self.publisher = publisher  # an ExportPublisher when export.every_checkpoints > 0 (see build.py)
         self.loop_thread = threading.Thread(target=self._loop, name="streamtrain-loop", daemon=True)
         runner.on_success = self._on_checkpoint
         init_series(metrics, config, engine.vocabulary_sizes())
@@ -363,6 +364,8 @@ class Worker:
 
     def _on_checkpoint(self, snap: Snapshot) -> None:
         self.progress.drop_committed_ranges(len(snap.trained_ranges))
+        if self.publisher is not None:  # exports follow committed checkpoints only
+            self.publisher.on_commit(snap)
 
     def _final_checkpoint(self) -> None:
         if not self.writes_checkpoints:
