@@ -59,8 +59,9 @@ def make_fetcher(client: str, options: Mapping[str, Any], max_records: int) -> F
         return KafkaPythonFetcher(options, max_records)
     raise ValueError(f"kafka.client must be 'confluent' or 'kafka-python', got {client!r}")
 
-# Each wait for the dead-letter producer to confirm before a batch goes out; between waits the child
-# keeps answering stop/assign, so this bounds latency, not correctness.
+
+# How long one wait for the dead-letter producer's confirmation lasts before a batch goes out; between
+# waits the child keeps answering stop/assign, so this bounds latency, not correctness.
 DEAD_LETTER_FLUSH_S = 10.0
 
 
