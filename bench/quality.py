@@ -6,6 +6,12 @@ full-ranking Recall@K / NDCG@K over all items with the user's trained items excl
 the median step time and the sampling-bias probe (averaged over a few probe batches at the end).
 `full` (exact softmax) is the reference row.
 
+``--dataset movielens`` is a second static split (ml-latest-small, each user's last 20% of events by
+time as test). There a history tower's test queries are built from each user's last H training
+events *by time* (``--test-history time``, the default), as a served model reads them from the log;
+``last-epoch`` keeps the buffer the last shuffled epoch left (H random items; Gowalla has no times,
+so it always evaluates that way).
+
     python bench/quality.py --quick                          # smoke run: a few steps per sampler
     python bench/quality.py --epochs 20 --samplers full inbatch inbatch_logq mns bir xir
 
@@ -98,7 +104,7 @@ def _movielens_split(root: Path, test_share: float = 0.2) -> dict[str, Any]:
         if (uu, ii) not in train_pairs:
             test.setdefault(str(uu), []).append(str(ii))
     return {"train_users": _str_ids(u[~is_test]), "train_items": _str_ids(i[~is_test]), "test": test,
-            "n_users": len(set(u.tolist())), "n_items": len(set(i.tolist()))}
+            "n_users": len(set(u.tolist())), "n_items": len(set(i.tolist())), "train_in_time_order": True}
 
 
 def _config(args: argparse.Namespace, sampler: str, n_users: int, n_items: int) -> Config:
@@ -135,7 +141,42 @@ def _config(args: argparse.Namespace, sampler: str, n_users: int, n_items: int) 
     )
 
 
+def _histories_by_time(trainer: Trainer, data: dict[str, Any]) -> torch.Tensor | None:
+    """Set every user's stored history to their last H training events *by time*, as a served model
+    reads them from the event log; returns the buffer it replaced (None: nothing to do).
+
+    Shuffled epochs leave the history buffer holding the last epoch's random order, which no deployed
+    history tower ever sees (the worker trains in time order). Only for splits whose training events
+    are stored per user in time order (ml-latest-small); Gowalla has no times."""
+    model = trainer.state.model
+    if not (model.uses_history and data.get("train_in_time_order")):
+        return None
+    users, items = data["train_users"], data["train_items"]
+    user_rows = trainer.state.user_vocab.lookup(users, admit=False).rows  # (n,) per user, oldest first
+    item_rows = trainer.state.item_vocab.lookup(items, admit=False).rows
+    h = model.history.length
+    saved = model.history.items.clone()
+    last = np.r_[user_rows[1:] != user_rows[:-1], True]  # (n,) a user's newest event
+    table = np.full((len(user_rows), h), -1, dtype=np.int64)
+    for lag in range(h):  # column h-1-lag holds the item `lag` events before the newest
+        src = np.arange(len(user_rows)) - lag
+        same = (src >= 0) & (user_rows[np.maximum(src, 0)] == user_rows)
+        table[:, h - 1 - lag] = np.where(same, item_rows[np.maximum(src, 0)], -1)
+    rows = torch.as_tensor(user_rows[last], device=saved.device)
+    model.history.items[rows] = torch.as_tensor(table[last], device=saved.device).to(saved.dtype)
+    return saved
+
+
 def _evaluate(trainer: Trainer, data: dict[str, Any]) -> dict[str, float]:
+    saved = _histories_by_time(trainer, data) if data.get("test_history") == "time" else None
+    try:
+        return _offline(trainer, data)
+    finally:
+        if saved is not None:
+            trainer.state.model.history.items.copy_(saved)
+
+
+def _offline(trainer: Trainer, data: dict[str, Any]) -> dict[str, float]:
     return offline_evaluate(
         trainer.state.model,
         {"user": trainer.state.user_vocab, "item": trainer.state.item_vocab},
@@ -205,6 +246,7 @@ def _merge_result(path: Path, args: argparse.Namespace, sampler: str, row: dict[
     kept = [r for r in doc.get("rows", []) if r["sampler"] != sampler]
     new = {"sampler": sampler, **{k: round(row[k], 4) for k in ("recall@20", "ndcg@20", "recall@50", "step_ms")},
            "settings": {"lr": args.lr, "dim": args.dim, "temperature": args.temperature, "xir_lambda": args.xir_lambda,
+                        "test_history": args.test_history,
                         "set": list(args.set)}}
     doc = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "rows": [*kept, new]}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +295,9 @@ def main() -> None:
     parser.add_argument("--probe-batch-size", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=0, help="stop each sampler after this many steps (0 = off)")
     parser.add_argument("--eval-users", type=int, default=0, help="evaluate on the first N test users (0 = all)")
+    parser.add_argument("--test-history", choices=["time", "last-epoch"], default="time",
+                        help="history tower, movielens only: build test queries from each user's last H training "
+                        "events by time (as serving reads them), or from the buffer the last shuffled epoch left")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--seed", type=int, default=0)
@@ -273,6 +318,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = _movielens_split(args.movielens) if args.dataset == "movielens" else _gowalla_split(args.data)
+    data["test_history"] = args.test_history
     if args.eval_users:
         data["test"] = dict(list(data["test"].items())[: args.eval_users])
     test, train_u = data["test"], data["train_users"]

@@ -22,9 +22,10 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["RowSparseOptimizer"]
+__all__ = ["ALGORITHMS", "RowSparseOptimizer"]
 
-Algorithm = Literal["adam", "adagrad", "sgd"]
+Algorithm = Literal["adam", "adagrad", "rowwise_adagrad", "sgd"]
+ALGORITHMS: tuple[str, ...] = ("adam", "adagrad", "rowwise_adagrad", "sgd")
 
 
 def _row_totals(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +49,15 @@ def _row_totals(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RowSparseOptimizer:
-    """Adam / Adagrad / SGD over the touched rows of 2-D embedding parameters with sparse grads."""
+    """Adam / Adagrad / row-wise Adagrad / SGD over the touched rows of 2-D embedding parameters with
+    sparse grads.
+
+    ``rowwise_adagrad`` keeps *one* accumulator per row, the running sum of the row gradient's mean
+    square, and steps ``w -= lr * g / sqrt(sum)`` (the embedding optimiser of FBGEMM/TorchRec,
+    "exact row-wise Adagrad"): 4 bytes of state per row against Adam's 8·D + 4, and a row's step
+    shrinks as 1/sqrt(its updates), so a young row moves fast and a row that has seen many events
+    settles; Adam's steps stay ~lr whatever a row has seen (BENCHMARKS.md "Row-wise Adagrad").
+    """
 
     def __init__(
         self,
@@ -59,7 +68,7 @@ class RowSparseOptimizer:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
-        if algorithm not in ("adam", "adagrad", "sgd"):
+        if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown row-sparse algorithm {algorithm!r}")
         self.params = list(params)
         self.algorithm = algorithm
@@ -80,6 +89,8 @@ class RowSparseOptimizer:
             }
         if self.algorithm == "adagrad":
             return {"sum_sq": torch.zeros_like(p, memory_format=torch.contiguous_format)}  # (R, D)
+        if self.algorithm == "rowwise_adagrad":
+            return {"row_sum_sq": torch.zeros(rows, dtype=torch.float32, device=p.device)}  # (R,)
         return {}
 
     def zero_grad(self) -> None:
@@ -136,6 +147,11 @@ class RowSparseOptimizer:
                 s = s_old.addcmul(g, g)  # (n, D)
                 w_new = w.addcdiv(g, s.sqrt().add_(1e-10), value=-self.lr)
                 new, old = {"sum_sq": s}, {"sum_sq": s_old}
+            elif self.algorithm == "rowwise_adagrad":
+                r_old = state["row_sum_sq"].index_select(0, rows)  # (n,)
+                r = r_old + g.float().square().mean(1)  # (n,)
+                w_new = w.addcdiv(g, (r.sqrt() + 1e-10).unsqueeze(1).to(w.dtype), value=-self.lr)
+                new, old = {"row_sum_sq": r}, {"row_sum_sq": r_old}
             else:
                 w_new = w.add(g, alpha=-self.lr)
                 old = {}

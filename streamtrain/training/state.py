@@ -74,6 +74,8 @@ class TrainState:
         dense_optimizers = {
             "adam": lambda: torch.optim.Adam(dense, lr=dense_lr, capturable=device.type == "cuda"),
             "adagrad": lambda: torch.optim.Adagrad(dense, lr=dense_lr),
+            # Row-wise state is for tables; a dense head's few weights take plain Adagrad.
+            "rowwise_adagrad": lambda: torch.optim.Adagrad(dense, lr=dense_lr),
             "sgd": lambda: torch.optim.SGD(dense, lr=dense_lr),
         }
         item_vocab = vocab(mc.item_capacity)

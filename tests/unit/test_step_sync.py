@@ -128,7 +128,7 @@ def test_the_worker_records_every_step_once_and_counts_the_skipped_one() -> None
 
 def test_masked_row_sparse_step_is_bit_exact_either_way() -> None:
     torch.manual_seed(0)
-    for algorithm in ("adam", "adagrad", "sgd"):
+    for algorithm in ("adam", "adagrad", "rowwise_adagrad", "sgd"):
         tables = [torch.nn.Embedding(50, 4, sparse=True) for _ in range(3)]
         opts = [RowSparseOptimizer([t.weight], algorithm=algorithm, lr=0.1) for t in tables]  # type: ignore[list-item]
         with torch.no_grad():

@@ -69,7 +69,7 @@ def test_embedding_gradients_are_sparse_and_only_touched_rows_change() -> None:
     assert state["exp_avg"].abs().sum(1).nonzero().squeeze(1).tolist() == [4, 9]
 
 
-@pytest.mark.parametrize("algorithm", ["adam", "adagrad", "sgd"])
+@pytest.mark.parametrize("algorithm", ["adam", "adagrad", "sgd"])  # rowwise_adagrad has no torch twin: below
 def test_row_optimizer_matches_torch_optimizer_when_every_row_is_touched(algorithm: str) -> None:
     torch.manual_seed(0)
     init = torch.randn(6, 4)
@@ -113,6 +113,32 @@ def test_reset_rows_makes_a_reused_row_step_like_a_fresh_one() -> None:
     opt.step()
     # Adam's first step moves each coordinate by lr against the gradient's sign.
     torch.testing.assert_close(emb.weight[2].detach(), torch.tensor([-0.1, 0.1, -0.1]), rtol=1e-4, atol=1e-6)
+
+
+def test_rowwise_adagrad_keeps_one_accumulator_per_row_and_matches_its_formula() -> None:
+    """w -= lr * g / sqrt(sum over steps of mean(g^2)), with g a row's summed gradient; rows that got
+    no gradient and their accumulators stay untouched; the state is one float per row."""
+    torch.manual_seed(3)
+    emb = torch.nn.Embedding(6, 4, sparse=True)
+    start = emb.weight.detach().clone()
+    opt = RowSparseOptimizer([emb.weight], algorithm="rowwise_adagrad", lr=0.2)  # type: ignore[arg-type]
+    assert opt.state[0]["row_sum_sq"].shape == (6,)
+    rows = torch.tensor([1, 4, 4, 1, 1])  # duplicates: a row's gradient is their sum
+    coef = torch.randn(5, 4)
+    expected, acc = start.clone(), torch.zeros(6)
+    for _ in range(4):
+        opt.zero_grad()
+        (emb(rows) * coef).sum().backward()
+        opt.step()
+        g = torch.zeros(6, 4).index_add_(0, rows, coef)  # d/dw of sum(w[rows] * coef)
+        acc += g.square().mean(1)
+        touched = acc > 0
+        expected[touched] -= 0.2 * g[touched] / (acc[touched].sqrt().unsqueeze(1) + 1e-10)
+    torch.testing.assert_close(emb.weight.detach(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(opt.state[0]["row_sum_sq"], acc)
+    assert torch.equal(emb.weight.detach()[[0, 2, 3, 5]], start[[0, 2, 3, 5]])
+    opt.reset_rows(emb.weight, torch.tensor([4]))  # type: ignore[arg-type]
+    assert float(opt.state[0]["row_sum_sq"][4]) == 0.0
 
 
 def test_optimizer_state_round_trip() -> None:
