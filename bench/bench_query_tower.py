@@ -27,11 +27,13 @@ from streamtrain.config import load_config  # noqa: E402
 from streamtrain.events.batch import EventBatch  # noqa: E402
 from streamtrain.training.trainer import Trainer  # noqa: E402
 
-OLD = ["model.history_input=item", "model.history_decay=0.8", "model.new_item_init=random"]
+OLD = ["model.history_input=item", "model.history_decay=0.8", "model.new_item_init=random", "model.optimizer=adam"]
 VARIANTS = {
     "id": ["model.user_features=id", *OLD, "trainer.extra_steps=0"],
     "history (before issue 16)": ["model.user_features=history", *OLD, "trainer.extra_steps=0"],
     "default tower, 1 step": ["trainer.extra_steps=0"],
+    "default tower, 1 step, Adam (before)": ["trainer.extra_steps=0", "model.optimizer=adam"],
+    "default tower, 1 step, row-wise Adagrad": ["trainer.extra_steps=0", "model.optimizer=rowwise_adagrad"],
     "default tower + attention, 1 step": ["trainer.extra_steps=0", "model.history_pooling=attention"],
     "default (tower + 5 extra steps)": [],
 }
@@ -51,7 +53,10 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--samplers", nargs="+", default=["inbatch_logq", "xir"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="NAME",
+                   help="a subset of the variants (default: all; 'id' is always run, the ratios need it)")
     args = p.parse_args()
+    variants = {name: VARIANTS[name] for name in VARIANTS if name == "id" or name in args.variants}
     torch.set_num_threads(args.threads)
     info = machine_info()
     print(f"# {machine_line(info)}; torch {info['torch']}, {args.threads} thread(s)", flush=True)
@@ -60,9 +65,9 @@ def main() -> int:
     for sampler in args.samplers:
         base = ["run.device=cpu", "model.user_capacity=100000", "model.item_capacity=100000",
                 f"trainer.batch_size={args.batch}", "trainer.progressive_eval_fraction=0", f"sampler.name={sampler}"]
-        trainers = {name: Trainer(load_config(overrides=[*base, *v], environ={})) for name, v in VARIANTS.items()}
-        streams = {name: _stream(np.random.default_rng(0), args.batch, 50_000, 50_000) for name in VARIANTS}
-        times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        trainers = {name: Trainer(load_config(overrides=[*base, *v], environ={})) for name, v in variants.items()}
+        streams = {name: _stream(np.random.default_rng(0), args.batch, 50_000, 50_000) for name in variants}
+        times: dict[str, list[float]] = {name: [] for name in variants}
         for step in range(args.warmup + args.steps):
             for name, trainer in trainers.items():
                 batch = next(streams[name])
@@ -71,7 +76,7 @@ def main() -> int:
                 if step >= args.warmup:
                     times[name].append(time.perf_counter() - t)
         id_ms = 1e3 * statistics.median(times["id"])
-        for name in VARIANTS:
+        for name in variants:
             ms = 1e3 * statistics.median(times[name])
             table.add(sampler, name, f"{ms:.1f}", f"{args.batch / ms * 1e3:,.0f}", f"{ms / id_ms:.2f}x")
         print(render(table), flush=True)

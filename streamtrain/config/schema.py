@@ -121,8 +121,11 @@ class ModelConfig(_Section):
         "seen first; 0 = any row the batch does not use (LRU); None = never: a full table freezes and every later "
         "new id trains on the shared fallback row"
     )
-    optimizer: Literal["adam", "adagrad", "rowwise_adagrad", "sgd"] = "adam"
-    learning_rate: float = Field(0.05, gt=0, description="row-wise Adam's best on Gowalla (bench/quality.py)")
+    optimizer: Literal["adam", "adagrad", "rowwise_adagrad", "sgd"] = Field(
+        "adagrad", description="embedding tables: per-row steps that shrink as a row sees more events (adagrad, the "
+        "best single pass; BENCHMARKS.md 'Adagrad'); rowwise_adagrad keeps one value of state per row instead of D"
+    )
+    learning_rate: float = Field(0.05, gt=0, description="best of Adam's sweep on Gowalla (bench/quality.py), kept for Adagrad")
     dense_learning_rate: float | None = Field(
         None, gt=0, description="learning rate of the dense layers (MLP heads, attention); None = learning_rate",
     )

@@ -2,7 +2,7 @@
 
 Always set, so every run is separate: ``run.name``, ``kafka.topic``, ``kafka.group_id`` and
 ``kafka.dead_letter_topic``. Defaults (any of them can be overridden with ``--set``): the local stack's
-Kafka and Redis, XIR, the hyper-parameters ``bench/quality.py`` tuned on Gowalla (D=64, Adam lr 0.05,
+Kafka and Redis, XIR, the hyper-parameters ``bench/quality.py`` tuned on Gowalla (D=64, lr 0.05,
 XIR's λ=0.2; τ follows the sampler as in the config: 0.3 for bir/xir, 0.1 otherwise; see
 BENCHMARKS.md, "Retrieval quality"), table capacities sized to the dataset instead of 1M rows (small checkpoints), progressive
 evaluation on a quarter of the steps with a short rolling window (the demo is short),

@@ -20,7 +20,7 @@ causal history explicitly (:meth:`TwoTowerModel.query`), serving uses the stored
 (:meth:`TwoTowerModel.user_tower`).
 
 Sparse updates: tables are ``nn.Embedding(sparse=True)`` and are stepped by
-:class:`~streamtrain.model.sparse_optim.RowSparseOptimizer` (per-row Adam), MLP heads by a dense
+:class:`~streamtrain.model.sparse_optim.RowSparseOptimizer` (per-row Adagrad by default), MLP heads by a dense
 ``torch.optim`` optimizer; so a step costs O(rows touched), not O(capacity). Tables start at zero
 (cheap even for 10M rows, and the pages stay untouched until used) and each row gets its random
 initialisation when the vocabulary assigns it (:meth:`TwoTowerModel.reinit_rows`).

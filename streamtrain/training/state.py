@@ -168,6 +168,13 @@ class TrainState:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
             raise TrainingError(f"checkpoint does not fit the configured model: {exc}") from exc
+        saved = state["sparse_optimizer"].get("algorithm")
+        if saved != self.sparse_optimizer.algorithm:
+            # The default changed from adam to adagrad (issue 16): name the key that resumes an older run.
+            raise TrainingError(
+                f"checkpoint was trained with model.optimizer={saved}, configured {self.sparse_optimizer.algorithm}: "
+                f"set model.optimizer={saved} to resume it, or start a new run.name"
+            )
         self.sparse_optimizer.load_state_dict(state["sparse_optimizer"])
         if self.dense_optimizer is not None:
             self.dense_optimizer.load_state_dict(state["dense_optimizer"])

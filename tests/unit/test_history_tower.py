@@ -11,6 +11,7 @@ from streamtrain.config import Config
 from streamtrain.events.batch import EventBatch, object_array
 from streamtrain.model.history import EMPTY, BatchOrder, UserHistory
 from streamtrain.model.two_tower import TwoTowerModel
+from streamtrain.training.state import TrainingError
 from streamtrain.training.trainer import Trainer
 
 
@@ -146,6 +147,13 @@ def test_a_restored_trainer_continues_exactly_like_the_uninterrupted_one() -> No
         assert sa.loss == sb.loss
     assert torch.equal(a.state.model.history.items, b.state.model.history.items)
     assert bool((a.state.model.history.items != EMPTY).any())
+
+
+def test_a_checkpoint_of_another_optimizer_names_the_key_that_resumes_it() -> None:
+    old = Trainer(_config("history", optimizer="adam"))
+    old.train_step(next(_bursty_stream(seed=1, steps=1)))
+    with pytest.raises(TrainingError, match="set model.optimizer=adam to resume"):
+        Trainer(_config("history")).load_file_state(old.file_state())
 
 
 def test_an_evicted_user_row_starts_with_an_empty_history() -> None:

@@ -96,12 +96,22 @@ def test_row_optimizer_matches_torch_optimizer_when_every_row_is_touched(algorit
     )  # float rounding only; steps are 3e-2
 
 
-def test_reset_rows_makes_a_reused_row_step_like_a_fresh_one() -> None:
+# The first step of a fresh row with gradient g = (5, -0.5, 1) at lr 0.1: Adam and Adagrad move each
+# coordinate by lr against g's sign, row-wise Adagrad by lr * g / sqrt(mean(g^2)).
+_FIRST_STEP = {
+    "adam": [-0.1, 0.1, -0.1],
+    "adagrad": [-0.1, 0.1, -0.1],
+    "rowwise_adagrad": [-0.5 / 26.25**0.5 * 3**0.5, 0.05 / 26.25**0.5 * 3**0.5, -0.1 / 26.25**0.5 * 3**0.5],
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(_FIRST_STEP))
+def test_reset_rows_makes_a_reused_row_step_like_a_fresh_one(algorithm: str) -> None:
     emb = torch.nn.Embedding(4, 3, sparse=True)
     with torch.no_grad():
         emb.weight.zero_()
-    opt = RowSparseOptimizer([emb.weight], algorithm="adam", lr=0.1)  # type: ignore[arg-type]
-    for _ in range(20):  # row 2 accumulates Adam state
+    opt = RowSparseOptimizer([emb.weight], algorithm=algorithm, lr=0.1)  # type: ignore[arg-type]
+    for _ in range(20):  # row 2 accumulates optimizer state
         opt.zero_grad()
         (emb(torch.tensor([2])) * torch.tensor([[1.0, -1.0, 2.0]])).sum().backward()
         opt.step()
@@ -111,8 +121,7 @@ def test_reset_rows_makes_a_reused_row_step_like_a_fresh_one() -> None:
     opt.zero_grad()
     (emb(torch.tensor([2])) * torch.tensor([[5.0, -0.5, 1.0]])).sum().backward()
     opt.step()
-    # Adam's first step moves each coordinate by lr against the gradient's sign.
-    torch.testing.assert_close(emb.weight[2].detach(), torch.tensor([-0.1, 0.1, -0.1]), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(emb.weight[2].detach(), torch.tensor(_FIRST_STEP[algorithm]), rtol=1e-4, atol=1e-6)
 
 
 def test_rowwise_adagrad_keeps_one_accumulator_per_row_and_matches_its_formula() -> None:
