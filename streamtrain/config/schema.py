@@ -123,7 +123,7 @@ class ModelConfig(_Section):
     )
     optimizer: Literal["adam", "adagrad", "rowwise_adagrad", "sgd"] = Field(
         "adagrad", description="embedding tables: per-row steps that shrink as a row sees more events (adagrad, the "
-        "best single pass; BENCHMARKS.md 'Adagrad'); rowwise_adagrad keeps one value of state per row instead of D"
+        "best single pass; BENCHMARKS.md 'Issue 16, third round'); rowwise_adagrad keeps one value of state per row, not D"
     )
     learning_rate: float = Field(0.05, gt=0, description="best of Adam's sweep on Gowalla (bench/quality.py), kept for Adagrad")
     dense_learning_rate: float | None = Field(
