@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checkpoint pause and resume time at production size (default 1M users × 1M items × 64 dims, Adam).
+"""Checkpoint pause and resume time at production size (default 1M users × 1M items × 64 dims,
+the default optimizer: its per-row state is part of the file).
 
 Measures, on the real Trainer and the local stack's Redis:
 
@@ -81,7 +82,8 @@ def measure(capacity: int, dim: int, steps: int, repeats: int) -> dict:
         assert point.checkpoint_id == repeats
         store.clear()
         client.close()
-    return {"rows": rows, "size_mb": size_mb, "build_s": build_s, "rebuild_s": rebuild_s, "resume_s": resume_s}
+    return {"rows": rows, "size_mb": size_mb, "build_s": build_s, "rebuild_s": rebuild_s, "resume_s": resume_s,
+            "optimizer": config.model.optimizer}
 
 
 def main() -> int:
@@ -93,7 +95,8 @@ def main() -> int:
     args = parser.parse_args()
     result = measure(args.capacity, args.dim, args.steps, args.repeats)
 
-    print(f"\n{args.capacity:,} users × {args.capacity:,} items × {args.dim} dims, file {result['size_mb']:,.0f} MB")
+    print(f"\n{args.capacity:,} users × {args.capacity:,} items × {args.dim} dims, {result['optimizer']}, "
+          f"file {result['size_mb']:,.0f} MB")
     print(f"{'repeat':<8} {'pause s':>9} {'commit s':>9}")
     for i, (pause, commit) in enumerate(result["rows"], 1):
         print(f"{i:<8} {pause:>9.3f} {commit:>9.3f}")

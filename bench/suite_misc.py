@@ -58,7 +58,7 @@ def checkpoint_tables(opts: Any) -> list[Table]:
     cap = opts.checkpoint_capacity
     result = measure(cap, opts.dim, steps=5, repeats=opts.checkpoint_repeats)
     table = Table(
-        f"checkpoint: {cap:,} users x {cap:,} items x {opts.dim} dims, Adam, file {result['size_mb']:,.0f} MB",
+        f"checkpoint: {cap:,} users x {cap:,} items x {opts.dim} dims, {result['optimizer']}, file {result['size_mb']:,.0f} MB",
         ["repeat", "pause s", "commit s"],
     )
     for i, (pause, commit) in enumerate(result["rows"], 1):
