@@ -246,7 +246,7 @@ def _merge_result(path: Path, args: argparse.Namespace, sampler: str, row: dict[
     kept = [r for r in doc.get("rows", []) if r["sampler"] != sampler]
     new = {"sampler": sampler, **{k: round(row[k], 4) for k in ("recall@20", "ndcg@20", "recall@50", "step_ms")},
            "settings": {"lr": args.lr, "dim": args.dim, "temperature": args.temperature, "xir_lambda": args.xir_lambda,
-                        "test_history": args.test_history,
+                        "test_history": args.test_history, "optimizer": _config(args, sampler, 1, 1).model.optimizer,
                         "set": list(args.set)}}
     doc = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size, "rows": [*kept, new]}
     path.parent.mkdir(parents=True, exist_ok=True)
