@@ -56,7 +56,7 @@ class RowSparseOptimizer:
     square, and steps ``w -= lr * g / sqrt(sum)`` (the embedding optimiser of FBGEMM/TorchRec,
     "exact row-wise Adagrad"): 4 bytes of state per row against Adam's 8·D + 4, and a row's step
     shrinks as 1/sqrt(its updates), so a young row moves fast and a row that has seen many events
-    settles; Adam's steps stay ~lr whatever a row has seen (BENCHMARKS.md "Row-wise Adagrad").
+    settles; Adam's steps stay ~lr whatever a row has seen (BENCHMARKS.md "Issue 16, third round").
     """
 
     def __init__(
