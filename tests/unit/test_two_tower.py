@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamtrain.model.sparse_optim import RowSparseOptimizer
+from streamtrain.model.sparse_optim import ALGORITHMS, RowSparseOptimizer
 from streamtrain.model.two_tower import TwoTowerModel
 
 
@@ -150,16 +150,18 @@ def test_rowwise_adagrad_keeps_one_accumulator_per_row_and_matches_its_formula()
     assert float(opt.state[0]["row_sum_sq"][4]) == 0.0
 
 
-def test_optimizer_state_round_trip() -> None:
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_optimizer_state_round_trip(algorithm: str) -> None:
     model = make_model()
-    opt = RowSparseOptimizer(model.embedding_parameters(), lr=0.05)
+    opt = RowSparseOptimizer(model.embedding_parameters(), algorithm=algorithm, lr=0.05)
     _sparse_step(model, opt, torch.tensor([1, 2]), torch.tensor([3, 4]))
     twin = make_model()
     twin.load_state_dict(model.state_dict())
-    twin_opt = RowSparseOptimizer(twin.embedding_parameters(), lr=0.05)
+    twin_opt = RowSparseOptimizer(twin.embedding_parameters(), algorithm=algorithm, lr=0.05)
     twin_opt.load_state_dict(opt.state_dict())
     _sparse_step(model, opt, torch.tensor([2, 5]), torch.tensor([4, 6]))
     _sparse_step(twin, twin_opt, torch.tensor([2, 5]), torch.tensor([4, 6]))
     torch.testing.assert_close(model.state_dict(), twin.state_dict(), rtol=0, atol=0)
     with pytest.raises(ValueError):
-        RowSparseOptimizer(twin.embedding_parameters(), algorithm="sgd").load_state_dict(opt.state_dict())
+        other = "sgd" if algorithm != "sgd" else "adam"
+        RowSparseOptimizer(twin.embedding_parameters(), algorithm=other).load_state_dict(opt.state_dict())
