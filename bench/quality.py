@@ -48,6 +48,7 @@ from streamtrain.config import Config, validate_tree
 from streamtrain.data.gowalla import load_gowalla
 from streamtrain.evaluation.progressive import offline_evaluate
 from streamtrain.events.batch import EventBatch
+from streamtrain.model.history import BatchOrder
 from streamtrain.training.trainer import Trainer
 
 ALL_SAMPLERS = ["full", "uniform", "inbatch", "inbatch_logq", "mns", "cbns", "bir", "xir"]
@@ -151,19 +152,15 @@ def _histories_by_time(trainer: Trainer, data: dict[str, Any]) -> torch.Tensor |
     model = trainer.state.model
     if not (model.uses_history and data.get("train_in_time_order")):
         return None
-    users, items = data["train_users"], data["train_items"]
-    user_rows = trainer.state.user_vocab.lookup(users, admit=False).rows  # (n,) per user, oldest first
-    item_rows = trainer.state.item_vocab.lookup(items, admit=False).rows
-    h = model.history.length
+    user_rows = trainer.state.user_vocab.lookup(data["train_users"], admit=False).rows  # (n,) per user, oldest first
+    item_rows = trainer.state.item_vocab.lookup(data["train_items"], admit=False).rows
     saved = model.history.items.clone()
-    last = np.r_[user_rows[1:] != user_rows[:-1], True]  # (n,) a user's newest event
-    table = np.full((len(user_rows), h), -1, dtype=np.int64)
-    for lag in range(h):  # column h-1-lag holds the item `lag` events before the newest
-        src = np.arange(len(user_rows)) - lag
-        same = (src >= 0) & (user_rows[np.maximum(src, 0)] == user_rows)
-        table[:, h - 1 - lag] = np.where(same, item_rows[np.maximum(src, 0)], -1)
-    rows = torch.as_tensor(user_rows[last], device=saved.device)
-    model.history.items[rows] = torch.as_tensor(table[last], device=saved.device).to(saved.dtype)
+    device = saved.device
+    # The whole log as one batch in its stored order, folded into emptied histories: each user keeps
+    # their last H events, newest last (UserHistory's own window rule).
+    model.history.forget_users(torch.as_tensor(np.unique(user_rows), device=device))
+    order = BatchOrder(user_rows, np.arange(len(user_rows), dtype=np.float64))
+    model.history.append(torch.as_tensor(item_rows, device=device), order)
     return saved
 
 
