@@ -47,8 +47,10 @@ def main() -> int:
     p.add_argument("--gowalla", type=Path, default=REPO / "data/gowalla")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="run.device of every variant (cpu, cuda, auto)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     rows = []
     for name in args.streams:
         stream = load(name, args)
@@ -63,7 +65,7 @@ def main() -> int:
         print(f"# {name}: covisit R@{K} {cov[f'recall@{K}']:.4f} ({cov.get('seconds', 0):.0f} s)"
               + (f", Bayes ceiling {stream.ceiling['oracle']:.4f}" if stream.ceiling else ""), flush=True)
         for v in args.variant or [""]:
-            r = run_variant(stream, args.batch_size, [*args.set, *v.split()], args.seed, "cpu")
+            r = run_variant(stream, args.batch_size, [*args.set, *v.split()], args.seed, args.device)
             pop = max(r["popular_all"][f"recall@{K}"], r["popular_recent"][f"recall@{K}"])
             m = r["model"][f"recall@{K}"]
             row = {"stream": name, "variant": v or "(defaults)", "model": m, "pop": pop, "covisit": cov[f"recall@{K}"],

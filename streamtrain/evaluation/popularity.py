@@ -72,8 +72,9 @@ class PopularityBaselines:
         """Zero the counts of ``rows`` (n,): they now belong to new item ids."""
         if rows.numel():
             rows = rows.to(self.device)
-            self.counts_all[rows] = 0
-            self.counts_recent[rows] = 0
+            # index_fill_: a scalar assignment through an index copies the scalar from the host (a sync on CUDA)
+            self.counts_all.index_fill_(0, rows, 0)
+            self.counts_recent.index_fill_(0, rows, 0.0)
 
     def observe(self, item_rows: torch.Tensor) -> None:
         """Count one step's events, ``item_rows`` (B,); the decayed counts first age by B events."""

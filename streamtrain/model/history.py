@@ -137,9 +137,10 @@ class UserHistory(nn.Module):
 
     @torch.no_grad()
     def forget_users(self, user_rows: torch.Tensor) -> None:
-        """Clear the histories of user rows handed to new ids."""
+        """Clear the histories of user rows handed to new ids. ``index_fill_``, not ``items[rows] = EMPTY``:
+        on CUDA the latter copies the scalar from the host, a sync the first lent GPU caught."""
         if user_rows.numel():
-            self.items[user_rows.to(self.items.device)] = EMPTY
+            self.items.index_fill_(0, user_rows.to(self.items.device), EMPTY)
 
     @torch.no_grad()
     def forget_items(self, item_rows: torch.Tensor) -> None:

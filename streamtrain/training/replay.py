@@ -82,7 +82,10 @@ class ReplaySteps:
         self.items[pos] = items[b - keep:]
         if history is not None:
             self.history[pos] = history[b - keep:].to(torch.int32)
-        self.weights[pos] = 1.0 if weights is None else weights[b - keep:].float()
+        if weights is None:  # index_fill_: an indexed scalar assignment copies the scalar from the host (CUDA sync)
+            self.weights.index_fill_(0, pos, 1.0)
+        else:
+            self.weights[pos] = weights[b - keep:].float()
         self._at = (self._at + keep) % self.window
         self._filled = min(self._filled + keep, self.window)
 

@@ -185,3 +185,40 @@ def test_member_agrees_with_isin() -> None:
         values = torch.from_numpy(rng.integers(-1, 40, size=(int(rng.integers(1, 30)), 3)))
         pool = torch.from_numpy(rng.integers(0, 40, size=int(rng.integers(0, 12))))
         assert torch.equal(member(values, pool), torch.isin(values, pool))
+
+
+@pytest.mark.parametrize("sampler", ["inbatch_logq", "xir", "cbns"])
+def test_the_new_id_path_never_assigns_a_python_scalar_through_an_index(
+    sampler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``t[rows] = 0`` on a CUDA tensor copies the scalar from the host and blocks: the first lent GPU
+    found three such lines in the step (user histories, popularity counts, replay weights) that the CUDA
+    test reports one at a time. This CPU stand-in spies on every indexed scalar assignment during the
+    CUDA test's steady-state sequence (new ids mid-run, extra steps over the replay window)."""
+    config = make_config(sampler, **{
+        "model.user_features": "history+id", "model.hidden_dims": [16], "trainer.progressive_eval_fraction": 0.5,
+        "model.history_input": "both", "model.new_item_init": "query", "trainer.extra_steps": 2,
+        "trainer.replay_window_events": 256,
+    })
+    trainer = Trainer(config)
+    stream = Stream(seed=11)
+    for _ in range(4):
+        trainer.submit_step(stream.batch())
+    batches = [stream.batch() for _ in range(4)]
+    fresh = batches[1]
+    batches[1] = dataclasses.replace(fresh, user_ids=np.array([f"new-u{i}" for i in range(len(fresh))], dtype=object),
+                                     item_ids=np.array([f"new-i{i}" for i in range(len(fresh))], dtype=object))
+    scalar_writes: list[str] = []
+    setitem = torch.Tensor.__setitem__
+
+    def spy(self: torch.Tensor, index: object, value: object) -> None:
+        if isinstance(value, (bool, int, float)) and not isinstance(index, slice):
+            scalar_writes.append(repr(index)[:60])
+        setitem(self, index, value)
+
+    monkeypatch.setattr(torch.Tensor, "__setitem__", spy)
+    for batch in batches:
+        trainer.submit_step(batch)
+    monkeypatch.undo()
+    assert trainer.state.model.history.items.shape[0] > 0  # the sequence ran through the history tower
+    assert scalar_writes == []
