@@ -61,23 +61,20 @@ def _timed_step(trainer: Trainer, batch: EventBatch) -> float:
 
 
 def make_trainer(
-    capacity: int, *, user_capacity: int, dim: int, device: str, sampler: str, batch_size: int
+    capacity: int, *, user_capacity: int, dim: int, device: str, sampler: str, batch_size: int,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Trainer, float]:
-    """A Trainer whose item (and user) vocabulary is filled to capacity; returns it and the fill seconds."""
-    config = Config.model_validate(
-        {
-            "run": {"device": device, "seed": 0},
-            "model": {
-                "embedding_dim": dim,
-                "user_capacity": user_capacity,
-                "item_capacity": capacity,
-                "learning_rate": 0.01,
-            },
-            "sampler": {"name": sampler},
-            "trainer": {"batch_size": batch_size, "progressive_eval_fraction": 0.0},
-        }
-    )
-    trainer = Trainer(config)
+    """A Trainer whose item (and user) vocabulary is filled to capacity; returns it and the fill seconds.
+    ``overrides``: config sections merged over these settings, e.g. ``{"trainer": {"extra_steps": 0}}``."""
+    settings: dict[str, dict[str, Any]] = {
+        "run": {"device": device, "seed": 0},
+        "model": {"embedding_dim": dim, "user_capacity": user_capacity, "item_capacity": capacity, "learning_rate": 0.01},
+        "sampler": {"name": sampler},
+        "trainer": {"batch_size": batch_size, "progressive_eval_fraction": 0.0},
+    }
+    for section, values in (overrides or {}).items():
+        settings[section] = {**settings.get(section, {}), **values}
+    trainer = Trainer(Config.model_validate(settings))
     fill_s = _prefill(trainer, "item", capacity - 1) + _prefill(trainer, "user", user_capacity - 1)
     return trainer, fill_s
 

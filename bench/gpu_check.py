@@ -8,7 +8,9 @@ Sections (each row says what it measured, or the error that stopped it; nothing 
 * ``train``: Trainer steps for inbatch, inbatch_logq, bir, xir and full at 1M and 10M items,
   B = 4096 and 16384, D = 64 (vocabularies filled to capacity; items uniform over the catalogue):
   examples/s and peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS). Full softmax only
-  where its (B × N) matrices fit in 70% of the free memory; other cells say "does not fit".
+  where its (B × N) matrices fit in 70% of the free memory; other cells say "does not fit". The
+  rows run the default config (history tower, 5 extra steps per batch), then ``id 1-step`` rows for
+  inbatch_logq and xir: the id tower with one step per batch, the step the H100 target was set for.
 * ``sync``: per sampler and ``user_features`` (id, history), steady-state steps through the
   one-step-late path under CUDA's sync debug mode "error" (any host sync in a step fails the cell;
   a NaN batch among them), examples/s beside the synchronous ``train_step`` (a host wait per step).
@@ -48,6 +50,12 @@ from report import machine_info, machine_line, peak_rss, reset_peak_rss
 __all__ = ["main", "run_checks"]
 
 SAMPLERS = ["inbatch", "inbatch_logq", "bir", "xir", "full"]
+# Train rows per query tower: the defaults (history tower, 5 extra steps per batch: each batch trains ~11x
+# its events), and the step the H100 throughput target was set for (issue 12: id tower, one step per batch).
+TOWERS: list[tuple[str, dict[str, Any] | None, list[str]]] = [
+    ("", None, SAMPLERS),
+    ("id 1-step ", {"model": {"user_features": "id"}, "trainer": {"extra_steps": 0}}, ["inbatch_logq", "xir"]),
+]
 FULL: dict[str, Any] = {
     "catalogues": [1_000_000, 10_000_000], "batch_sizes": [4096, 16384], "users": 1_000_000, "dim": 64,
     "warmup": 2, "steps": 20, "cell_seconds": 2.5, "worker_batches": 24, "worker_batch": 16384,
@@ -111,48 +119,49 @@ def train_section(p: dict[str, Any], device: str, budget: Budget, rows: list[dic
     from suite_train import _available_bytes, estimate_bytes
 
     for catalogue in p["catalogues"]:
-        if budget.left() < 30 and catalogue != p["catalogues"][0]:
-            rows.append({"section": "train", "case": f"N={catalogue:,}", "error": "skipped: time budget"})
-            continue
-        holder: dict[str, Any] = {}
+        for label, overrides, samplers in TOWERS:
+            if budget.left() < 30 and (catalogue, label) != (p["catalogues"][0], ""):
+                rows.append({"section": "train", "case": f"{label}N={catalogue:,}", "error": "skipped: time budget"})
+                continue
+            holder: dict[str, Any] = {}
 
-        def build(catalogue: int = catalogue) -> dict[str, Any]:
-            trainer, fill_s = make_trainer(catalogue, user_capacity=p["users"], dim=p["dim"], device=device,
-                                           sampler="inbatch", batch_size=max(p["batch_sizes"]))
-            holder["trainer"] = trainer
-            return {"note": f"vocabularies filled in {fill_s:.1f} s"}
+            def build(catalogue: int = catalogue, overrides: dict[str, Any] | None = overrides) -> dict[str, Any]:
+                trainer, fill_s = make_trainer(catalogue, user_capacity=p["users"], dim=p["dim"], device=device,
+                                               sampler="inbatch", batch_size=max(p["batch_sizes"]), overrides=overrides)
+                holder["trainer"] = trainer
+                return {"note": f"vocabularies filled in {fill_s:.1f} s"}
 
-        _guarded(rows, "train", f"build N={catalogue:,}", build)
-        trainer = holder.get("trainer")
-        if trainer is None:
-            continue
-        rng = np.random.default_rng(0)
-        for batch_size in p["batch_sizes"]:
-            for name in SAMPLERS:
-                case = f"{name} N={catalogue:,} B={batch_size}"
-                need = estimate_bytes(name, batch_size, catalogue)
-                if need > 0.7 * _available_bytes(trainer.device):
-                    rows.append({"section": "train", "case": case, "note": f"does not fit (~{need / 1e9:.0f} GB)"})
-                    continue
-                if budget.left() < 5:
-                    rows.append({"section": "train", "case": case, "error": "skipped: time budget"})
-                    continue
+            _guarded(rows, "train", f"build {label}N={catalogue:,}", build)
+            trainer = holder.get("trainer")
+            if trainer is None:
+                continue
+            rng = np.random.default_rng(0)
+            for batch_size in p["batch_sizes"]:
+                for name in samplers:
+                    case = f"{label}{name} N={catalogue:,} B={batch_size}"
+                    need = estimate_bytes(name, batch_size, catalogue)
+                    if need > 0.7 * _available_bytes(trainer.device):
+                        rows.append({"section": "train", "case": case, "note": f"does not fit (~{need / 1e9:.0f} GB)"})
+                        continue
+                    if budget.left() < 5:
+                        rows.append({"section": "train", "case": case, "error": "skipped: time budget"})
+                        continue
 
-                def cell(name: str = name, batch_size: int = batch_size, catalogue: int = catalogue) -> dict[str, Any]:
-                    trainer.state.sampler = sampler_for(trainer, name, batch_size)
-                    _peak_start(trainer.device)
-                    step = lambda: _timed_step(  # noqa: E731
-                        trainer, _batch(rng, batch_size, p["users"] - 1, catalogue - 1, float(trainer.step))
-                    )
-                    times = round_robin({name: step}, p["warmup"], p["steps"], min(p["cell_seconds"], budget.left()))
-                    median = float(np.median(times[name]))
-                    return {"rate": batch_size / median, "unit": "examples/s", "peak_bytes": _peak(trainer.device),
-                            "note": f"{len(times[name])} steps, median {1e3 * median:.1f} ms"}
+                    def cell(name: str = name, batch_size: int = batch_size, catalogue: int = catalogue) -> dict[str, Any]:
+                        trainer.state.sampler = sampler_for(trainer, name, batch_size)
+                        _peak_start(trainer.device)
+                        step = lambda: _timed_step(  # noqa: E731
+                            trainer, _batch(rng, batch_size, p["users"] - 1, catalogue - 1, float(trainer.step))
+                        )
+                        times = round_robin({name: step}, p["warmup"], p["steps"], min(p["cell_seconds"], budget.left()))
+                        median = float(np.median(times[name]))
+                        return {"rate": batch_size / median, "unit": "examples/s", "peak_bytes": _peak(trainer.device),
+                                "note": f"{len(times[name])} steps, median {1e3 * median:.1f} ms"}
 
-                _guarded(rows, "train", case, cell)
-        del trainer, holder
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+                    _guarded(rows, "train", case, cell)
+            del trainer, holder
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------------------------- worker
