@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,3 +69,24 @@ def test_only_the_second_half_is_reported(bench) -> None:  # type: ignore[no-unt
     row = bench.run_variant(stream, 128, ["sampler.name=inbatch"], seed=0, device="cpu")
     assert row["steps"] == 16
     assert row["popular_all"]["recall@20"] < 0.05 and row["popular_recent"]["recall@20"] < 0.05
+
+
+def test_seq_breakdown_splits_the_stream_into_the_generators_kinds_of_event(bench) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("seq_breakdown", REPO / "bench/seq_breakdown.py")
+    assert spec is not None and spec.loader is not None
+    breakdown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(breakdown)
+    from streamtrain.data.synthetic import SyntheticSpec, generate_stream
+
+    stream = generate_stream(SyntheticSpec(num_events=4000, zipf_skew=0.8, transition_strength=5.0, seed=3))
+    kinds = breakdown.event_kinds(stream)
+    parts = [m for name, m in kinds.items() if name != "all"]
+    assert (sum(m.astype(int) for m in parts) == 1).all()  # every event is exactly one kind
+    starts = kinds["session start, returning user"] | kinds["session start, new user"]
+    assert starts.sum() == len(np.unique(stream.session_of))
+    assert kinds["session start, new user"].sum() == len(np.unique(stream.users))  # a user is new once
+    # +5 logits on four successors: the generator's own ranking finds those items far more often
+    oracle = stream.oracle_rank < 20
+    successor = kinds["later, a successor of the previous item"]
+    assert successor.mean() > 0.05 and oracle[successor].mean() > oracle[kinds["later, any other item"]].mean() + 0.3

@@ -1,0 +1,127 @@
+"""Where the model's Recall@20 is lost on the sequential synthetic stream (issue 16), by kind of event.
+
+One single pass as in ``bench/stream_quality.py`` (test-then-train, B 256, every event a query, second
+half), with each query's rank recorded. The second half is then split by what the generator did, and
+each kind of event gets the model's Recall@20 beside the generator's own Bayes-optimal one (its true
+logits, ``SyntheticStream.oracle_rank``):
+
+* session start, of a user seen before / of a new user;
+* later in a session, the item one of the previous item's ground-truth successors;
+* later in a session, any other item.
+
+    python bench/seq_breakdown.py                                # the defaults
+    python bench/seq_breakdown.py --set model.embedding_dim=256  # one variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stream_quality import K, SEQ_SKEW, SEQ_TRANSITION  # noqa: E402
+
+from streamtrain.config import load_config  # noqa: E402
+from streamtrain.data.synthetic import SyntheticSpec, SyntheticStream, generate_stream  # noqa: E402
+from streamtrain.evaluation.progressive import FALLBACK_ROW, ProgressiveEvaluator  # noqa: E402
+from streamtrain.training.trainer import Trainer  # noqa: E402
+
+
+class RankRecorder(ProgressiveEvaluator):
+    """The progressive evaluator, also keeping each query's rank (items scored above its positive;
+    −1 for a positive without a row) in batch order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ranks: list[np.ndarray] = []
+
+    @torch.no_grad()
+    def score(self, model: Any, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor,
+              exclude: torch.Tensor | None = None) -> torch.Tensor:
+        sums = super().score(model, queries, item_rows, known_items, exclude)
+        rows = item_rows[: self.max_queries]
+        q = queries[: self.max_queries].float()  # (b, D)
+        positive = (q * model.item_tower(rows).float()).sum(1)  # (b,)
+        scores = q @ model.item_tower(known_items).float().T  # (b, N): small catalogues only
+        rank = ((scores > positive.unsqueeze(1)) & (known_items.unsqueeze(0) != rows.unsqueeze(1))).sum(1)
+        self.ranks.append(torch.where(rows == FALLBACK_ROW, -1, rank).cpu().numpy())
+        return sums
+
+
+def event_kinds(stream: SyntheticStream) -> dict[str, np.ndarray]:
+    """(n,) bool masks of the kinds of event listed in the module docstring."""
+    assert stream.session_of is not None and stream.successors is not None
+    n = len(stream)
+    position, previous = np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+    seen_in_session: dict[int, int] = {}
+    last_item: dict[int, int] = {}
+    first_session: dict[int, int] = {}
+    returning = np.zeros(n, dtype=bool)
+    for i, (session, user, item) in enumerate(zip(stream.session_of.tolist(), stream.users.tolist(), stream.items.tolist())):
+        position[i] = seen_in_session.get(session, 0)
+        seen_in_session[session] = position[i] + 1
+        previous[i] = last_item.get(session, -1)
+        last_item[session] = item
+        returning[i] = first_session.setdefault(user, session) != session
+    successor = np.zeros(n, dtype=bool)
+    later = previous >= 0
+    successor[later] = (stream.successors[previous[later]] == stream.items[later, None]).any(1)
+    start = position == 0
+    return {
+        "all": np.ones(n, dtype=bool),
+        "session start, returning user": start & returning,
+        "session start, new user": start & ~returning,
+        "later, a successor of the previous item": later & successor,
+        "later, any other item": later & ~successor,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeat)")
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    spec = SyntheticSpec(num_events=args.events, zipf_skew=SEQ_SKEW, seed=args.seed, transition_strength=SEQ_TRANSITION)
+    stream = generate_stream(spec)
+    b = args.batch_size
+    config = load_config(overrides=[
+        f"run.seed={args.seed}", f"run.device={args.device}",
+        f"model.user_capacity={len(np.unique(stream.users)) + 1}", f"model.item_capacity={spec.num_items + 1}",
+        f"trainer.batch_size={b}", "trainer.progressive_eval_fraction=1.0", f"trainer.progressive_eval_max_queries={b}",
+        "trainer.covisit_neighbours=0", *args.set,
+    ], environ={})
+    trainer = Trainer(config)
+    old = trainer.state.progressive
+    recorder = RankRecorder(old.k_list, window=old.window, max_queries=old.max_queries, item_chunk=old.item_chunk)
+    trainer.state.progressive = recorder
+    for batch in stream.batches(b):
+        trainer.train_step(batch)
+    rank = np.concatenate(recorder.ranks)
+    assert rank.shape == (len(stream),), "every event must be a query (eval fraction 1, max queries = B)"
+    half = (len(stream) // b) // 2 * b  # bench/stream_quality.py's second half: whole batches
+    assert stream.oracle_rank is not None
+    hit = (rank >= 0) & (rank < K)
+    oracle = stream.oracle_rank < K
+    print(f"# synthetic-seq, {len(stream)} events, B {b}, overrides {args.set or '(defaults)'}; second half, Recall@{K}")
+    print(f"{'events':42s} {'share':>6s} {'model':>7s} {'oracle':>7s} {'lost (share x gap)':>19s}")
+    for name, mask in event_kinds(stream).items():
+        m = mask[half:]
+        model_r, oracle_r = hit[half:][m].mean(), oracle[half:][m].mean()
+        print(f"{name:42s} {m.mean():6.3f} {model_r:7.4f} {oracle_r:7.4f} {m.mean() * (oracle_r - model_r):19.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
