@@ -3,7 +3,9 @@
 One single pass as in ``bench/stream_quality.py`` (test-then-train, B 256, every event a query, second
 half), with each query's rank recorded. The second half is then split by what the generator did, and
 each kind of event gets the model's Recall@20 beside the generator's own Bayes-optimal one (its true
-logits, ``SyntheticStream.oracle_rank``):
+logits, ``SyntheticStream.oracle_rank``), and what the model would read if the items taken earlier in
+the session were not candidates (the generator never draws them again in that session; a diagnosis,
+not a serving rule):
 
 * session start, of a user seen before / of a new user;
 * later in a session, the item one of the previous item's ground-truth successors;
@@ -35,11 +37,18 @@ from streamtrain.training.trainer import Trainer  # noqa: E402
 
 class RankRecorder(ProgressiveEvaluator):
     """The progressive evaluator, also keeping each query's rank (items scored above its positive;
-    −1 for a positive without a row) in batch order."""
+    −1 for a positive without a row) in event order, and the rank it would have if the items taken
+    earlier in its session were not candidates (the generator never repeats an item in a session).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    ``earlier`` (n, L): for each event, the stream positions of the earlier events of its session (−1 pad).
+    Assumes every event is a query (evaluation fraction 1, max queries = B) and no evaluation exclusions."""
+
+    def __init__(self, *args: Any, earlier: np.ndarray, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.earlier = earlier
+        self.event_rows = np.full(len(earlier), -1, dtype=np.int64)  # each event's item row, as seen
         self.ranks: list[np.ndarray] = []
+        self.session_ranks: list[np.ndarray] = []
 
     @torch.no_grad()
     def score(self, model: Any, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor,
@@ -50,8 +59,28 @@ class RankRecorder(ProgressiveEvaluator):
         positive = (q * model.item_tower(rows).float()).sum(1)  # (b,)
         scores = q @ model.item_tower(known_items).float().T  # (b, N): small catalogues only
         rank = ((scores > positive.unsqueeze(1)) & (known_items.unsqueeze(0) != rows.unsqueeze(1))).sum(1)
-        self.ranks.append(torch.where(rows == FALLBACK_ROW, -1, rank).cpu().numpy())
+        rank = torch.where(rows == FALLBACK_ROW, -1, rank)  # (b,)
+        start = sum(len(r) for r in self.ranks)
+        self.event_rows[start : start + rows.numel()] = rows.cpu().numpy()
+        before = self.earlier[start : start + rows.numel()]  # (b, L) stream positions
+        before_rows = torch.as_tensor(np.where(before >= 0, self.event_rows[before.clip(0)], -1), device=rows.device)
+        before_scores = (q.unsqueeze(1) * model.item_tower(before_rows.clamp(min=0)).float()).sum(2)  # (b, L)
+        above = (before_scores > positive.unsqueeze(1)) & (before_rows >= 0) & (before_rows != rows.unsqueeze(1))
+        self.ranks.append(rank.cpu().numpy())
+        self.session_ranks.append(torch.where(rank < 0, rank, rank - above.sum(1)).cpu().numpy())
         return sums
+
+
+def earlier_in_session(stream: SyntheticStream) -> np.ndarray:
+    """(n, L) int64: for each event, the stream positions of the earlier events of its session, −1 padded."""
+    assert stream.session_of is not None
+    out = np.full((len(stream), stream.spec.max_session_events), -1, dtype=np.int64)
+    seen: dict[int, list[int]] = {}
+    for i, session in enumerate(stream.session_of.tolist()):
+        before = seen.setdefault(session, [])
+        out[i, : len(before)] = before
+        before.append(i)
+    return out
 
 
 def event_kinds(stream: SyntheticStream) -> dict[str, np.ndarray]:
@@ -104,7 +133,10 @@ def main() -> int:
     ], environ={})
     trainer = Trainer(config)
     old = trainer.state.progressive
-    recorder = RankRecorder(old.k_list, window=old.window, max_queries=old.max_queries, item_chunk=old.item_chunk)
+    if config.trainer.exclude_history_items:
+        parser.error("trainer.exclude_history_items is not supported here (the recorded ranks ignore exclusions)")
+    recorder = RankRecorder(old.k_list, window=old.window, max_queries=old.max_queries, item_chunk=old.item_chunk,
+                            earlier=earlier_in_session(stream))
     trainer.state.progressive = recorder
     for batch in stream.batches(b):
         trainer.train_step(batch)
@@ -113,13 +145,17 @@ def main() -> int:
     half = (len(stream) // b) // 2 * b  # bench/stream_quality.py's second half: whole batches
     assert stream.oracle_rank is not None
     hit = (rank >= 0) & (rank < K)
+    session_rank = np.concatenate(recorder.session_ranks)
+    hit_new = (session_rank >= 0) & (session_rank < K)
     oracle = stream.oracle_rank < K
     print(f"# synthetic-seq, {len(stream)} events, B {b}, overrides {args.set or '(defaults)'}; second half, Recall@{K}")
-    print(f"{'events':42s} {'share':>6s} {'model':>7s} {'oracle':>7s} {'lost (share x gap)':>19s}")
+    print(f"{'events':42s} {'share':>6s} {'model':>7s} {'oracle':>7s} {'lost (share x gap)':>19s} "
+          f"{'model, session items not ranked':>32s}")
     for name, mask in event_kinds(stream).items():
         m = mask[half:]
-        model_r, oracle_r = hit[half:][m].mean(), oracle[half:][m].mean()
-        print(f"{name:42s} {m.mean():6.3f} {model_r:7.4f} {oracle_r:7.4f} {m.mean() * (oracle_r - model_r):19.4f}")
+        model_r, oracle_r, new_r = hit[half:][m].mean(), oracle[half:][m].mean(), hit_new[half:][m].mean()
+        print(f"{name:42s} {m.mean():6.3f} {model_r:7.4f} {oracle_r:7.4f} {m.mean() * (oracle_r - model_r):19.4f} "
+              f"{new_r:32.4f}")
     return 0
 
 
