@@ -31,7 +31,7 @@ from stream_quality import K, SEQ_SKEW, SEQ_TRANSITION  # noqa: E402
 
 from streamtrain.config import load_config  # noqa: E402
 from streamtrain.data.synthetic import SyntheticSpec, SyntheticStream, generate_stream  # noqa: E402
-from streamtrain.evaluation.progressive import FALLBACK_ROW, ProgressiveEvaluator  # noqa: E402
+from streamtrain.evaluation.progressive import ProgressiveEvaluator  # noqa: E402
 from streamtrain.training.trainer import Trainer  # noqa: E402
 
 
@@ -47,28 +47,26 @@ class RankRecorder(ProgressiveEvaluator):
         super().__init__(*args, **kwargs)
         self.earlier = earlier
         self.event_rows = np.full(len(earlier), -1, dtype=np.int64)  # each event's item row, as seen
-        self.ranks: list[np.ndarray] = []
+        self.ranks_seen: list[np.ndarray] = []
         self.session_ranks: list[np.ndarray] = []
 
     @torch.no_grad()
-    def score(self, model: Any, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor,
-              exclude: torch.Tensor | None = None) -> torch.Tensor:
-        sums = super().score(model, queries, item_rows, known_items, exclude)
+    def ranks(self, model: Any, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor,
+              exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        rank, counted = super().ranks(model, queries, item_rows, known_items, exclude)  # (b,), (b,)
         rows = item_rows[: self.max_queries]
         q = queries[: self.max_queries].float()  # (b, D)
         positive = (q * model.item_tower(rows).float()).sum(1)  # (b,)
-        scores = q @ model.item_tower(known_items).float().T  # (b, N): small catalogues only
-        rank = ((scores > positive.unsqueeze(1)) & (known_items.unsqueeze(0) != rows.unsqueeze(1))).sum(1)
-        rank = torch.where(rows == FALLBACK_ROW, -1, rank)  # (b,)
-        start = sum(len(r) for r in self.ranks)
+        start = sum(len(r) for r in self.ranks_seen)
         self.event_rows[start : start + rows.numel()] = rows.cpu().numpy()
         before = self.earlier[start : start + rows.numel()]  # (b, L) stream positions
         before_rows = torch.as_tensor(np.where(before >= 0, self.event_rows[before.clip(0)], -1), device=rows.device)
         before_scores = (q.unsqueeze(1) * model.item_tower(before_rows.clamp(min=0)).float()).sum(2)  # (b, L)
         above = (before_scores > positive.unsqueeze(1)) & (before_rows >= 0) & (before_rows != rows.unsqueeze(1))
-        self.ranks.append(rank.cpu().numpy())
-        self.session_ranks.append(torch.where(rank < 0, rank, rank - above.sum(1)).cpu().numpy())
-        return sums
+        recorded = torch.where(counted, rank, -1)  # (b,) −1: not rankable
+        self.ranks_seen.append(recorded.cpu().numpy())
+        self.session_ranks.append(torch.where(counted, rank - above.sum(1), -1).cpu().numpy())
+        return rank, counted
 
 
 def earlier_in_session(stream: SyntheticStream) -> np.ndarray:
@@ -134,13 +132,13 @@ def main() -> int:
     trainer = Trainer(config)
     old = trainer.state.progressive
     if config.trainer.exclude_history_items:
-        parser.error("trainer.exclude_history_items is not supported here (the recorded ranks ignore exclusions)")
+        parser.error("trainer.exclude_history_items is not supported here (the session column would count an excluded item twice)")
     recorder = RankRecorder(old.k_list, window=old.window, max_queries=old.max_queries, item_chunk=old.item_chunk,
                             earlier=earlier_in_session(stream))
     trainer.state.progressive = recorder
     for batch in stream.batches(b):
         trainer.train_step(batch)
-    rank = np.concatenate(recorder.ranks)
+    rank = np.concatenate(recorder.ranks_seen)
     assert rank.shape == (len(stream),), "every event must be a query (eval fraction 1, max queries = B)"
     half = (len(stream) // b) // 2 * b  # bench/stream_quality.py's second half: whole batches
     assert stream.oracle_rank is not None

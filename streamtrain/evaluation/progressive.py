@@ -125,6 +125,22 @@ class ProgressiveEvaluator:
         row (fallback) are skipped: they are not in the candidate set. ``exclude`` (B, H) item rows
         (``EMPTY`` = none), e.g. each user's recent items, are left out of that query's ranking; a
         positive among them is a miss."""
+        rank, counted = self.ranks(model, queries, item_rows, known_items, exclude)
+        # Compared with Python ints: a torch.tensor(k_list) on CUDA would be a blocking host→device copy.
+        hit = torch.stack([rank < k for k in self.k_list], dim=1) & counted.unsqueeze(1)  # (b, K)
+        # float64 sums: the split step adds per-rank sums, and float32 sums in another order would
+        # differ in the last bit from one process's; rounded to float32 later, both agree.
+        gain = hit.double() / torch.log2(rank.double() + 2).unsqueeze(1)  # (b, K)
+        count = (item_rows[: self.max_queries] != FALLBACK_ROW).sum().double().unsqueeze(0)  # (1,)
+        return torch.cat([hit.double().sum(0), gain.sum(0), count])  # (2K + 1,) float64
+
+    @torch.no_grad()
+    def ranks(
+        self, model: TwoTowerModel, queries: torch.Tensor, item_rows: torch.Tensor, known_items: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b,) rank of each of the first ``max_queries`` positives (candidates scored above it, after
+        ``exclude``), and (b,) whether it can count as a hit: it has a row and is not itself excluded."""
         item_rows = item_rows[: self.max_queries]
         keep = item_rows != FALLBACK_ROW  # (b,)
         q = queries[: self.max_queries].float()  # (b, D)
@@ -142,13 +158,7 @@ class ProgressiveEvaluator:
             ex_above = (ex_emb * q.unsqueeze(1)).sum(2) > pos_score.unsqueeze(1)  # (b, H)
             drop, excluded = excluded_candidates(ex, item_rows, known_items)
             rank -= (drop & ex_above).sum(1)  # they were counted above; now they are not candidates
-        # Compared with Python ints: a torch.tensor(k_list) on CUDA would be a blocking host→device copy.
-        hit = torch.stack([rank < k for k in self.k_list], dim=1) & (keep & ~excluded).unsqueeze(1)  # (b, K)
-        # float64 sums: the split step adds per-rank sums, and float32 sums in another order would
-        # differ in the last bit from one process's; rounded to float32 later, both agree.
-        gain = hit.double() / torch.log2(rank.double() + 2).unsqueeze(1)  # (b, K)
-        count = keep.sum().double().unsqueeze(0)  # (1,)
-        return torch.cat([hit.double().sum(0), gain.sum(0), count])  # (2K + 1,) float64
+        return rank, keep & ~excluded
 
     def update(self, sums: Sequence[float]) -> dict[str, float]:
         """Add one evaluated step (the floats of :meth:`score`) and return the rolling averages."""
