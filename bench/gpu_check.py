@@ -115,53 +115,58 @@ def _guarded(rows: list[dict[str, Any]], section: str, case: str, fn: Callable[[
 
 # ---------------------------------------------------------------------------------------------- train
 def train_section(p: dict[str, Any], device: str, budget: Budget, rows: list[dict[str, Any]]) -> None:
-    from bench_train_scaling import _batch, _timed_step, make_trainer, round_robin, sampler_for
-    from suite_train import _available_bytes, estimate_bytes
-
     for catalogue in p["catalogues"]:
         for label, overrides, samplers in TOWERS:
             if budget.left() < 30 and (catalogue, label) != (p["catalogues"][0], ""):
                 rows.append({"section": "train", "case": f"{label}N={catalogue:,}", "error": "skipped: time budget"})
                 continue
-            holder: dict[str, Any] = {}
-
-            def build(catalogue: int = catalogue, overrides: dict[str, Any] | None = overrides) -> dict[str, Any]:
-                trainer, fill_s = make_trainer(catalogue, user_capacity=p["users"], dim=p["dim"], device=device,
-                                               sampler="inbatch", batch_size=max(p["batch_sizes"]), overrides=overrides)
-                holder["trainer"] = trainer
-                return {"note": f"vocabularies filled in {fill_s:.1f} s"}
-
-            _guarded(rows, "train", f"build {label}N={catalogue:,}", build)
-            trainer = holder.get("trainer")
-            if trainer is None:
-                continue
-            rng = np.random.default_rng(0)
-            for batch_size in p["batch_sizes"]:
-                for name in samplers:
-                    case = f"{label}{name} N={catalogue:,} B={batch_size}"
-                    need = estimate_bytes(name, batch_size, catalogue)
-                    if need > 0.7 * _available_bytes(trainer.device):
-                        rows.append({"section": "train", "case": case, "note": f"does not fit (~{need / 1e9:.0f} GB)"})
-                        continue
-                    if budget.left() < 5:
-                        rows.append({"section": "train", "case": case, "error": "skipped: time budget"})
-                        continue
-
-                    def cell(name: str = name, batch_size: int = batch_size, catalogue: int = catalogue) -> dict[str, Any]:
-                        trainer.state.sampler = sampler_for(trainer, name, batch_size)
-                        _peak_start(trainer.device)
-                        step = lambda: _timed_step(  # noqa: E731
-                            trainer, _batch(rng, batch_size, p["users"] - 1, catalogue - 1, float(trainer.step))
-                        )
-                        times = round_robin({name: step}, p["warmup"], p["steps"], min(p["cell_seconds"], budget.left()))
-                        median = float(np.median(times[name]))
-                        return {"rate": batch_size / median, "unit": "examples/s", "peak_bytes": _peak(trainer.device),
-                                "note": f"{len(times[name])} steps, median {1e3 * median:.1f} ms"}
-
-                    _guarded(rows, "train", case, cell)
-            del trainer, holder
+            _train_cells(p, device, budget, rows, catalogue, label, overrides, samplers)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+
+def _train_cells(p: dict[str, Any], device: str, budget: Budget, rows: list[dict[str, Any]], catalogue: int,
+                 label: str, overrides: dict[str, Any] | None, samplers: list[str]) -> None:
+    """One trainer per catalogue and tower (``TOWERS``), filled once; a row per sampler and batch size."""
+    from bench_train_scaling import _batch, _timed_step, make_trainer, round_robin, sampler_for
+    from suite_train import _available_bytes, estimate_bytes
+
+    holder: dict[str, Any] = {}
+
+    def build() -> dict[str, Any]:
+        trainer, fill_s = make_trainer(catalogue, user_capacity=p["users"], dim=p["dim"], device=device,
+                                       sampler="inbatch", batch_size=max(p["batch_sizes"]), overrides=overrides)
+        holder["trainer"] = trainer
+        return {"note": f"vocabularies filled in {fill_s:.1f} s"}
+
+    _guarded(rows, "train", f"build {label}N={catalogue:,}", build)
+    trainer = holder.pop("trainer", None)
+    if trainer is None:
+        return
+    rng = np.random.default_rng(0)
+    for batch_size in p["batch_sizes"]:
+        for name in samplers:
+            case = f"{label}{name} N={catalogue:,} B={batch_size}"
+            need = estimate_bytes(name, batch_size, catalogue)
+            if need > 0.7 * _available_bytes(trainer.device):
+                rows.append({"section": "train", "case": case, "note": f"does not fit (~{need / 1e9:.0f} GB)"})
+                continue
+            if budget.left() < 5:
+                rows.append({"section": "train", "case": case, "error": "skipped: time budget"})
+                continue
+
+            def cell(name: str = name, batch_size: int = batch_size) -> dict[str, Any]:
+                trainer.state.sampler = sampler_for(trainer, name, batch_size)
+                _peak_start(trainer.device)
+                step = lambda: _timed_step(  # noqa: E731
+                    trainer, _batch(rng, batch_size, p["users"] - 1, catalogue - 1, float(trainer.step))
+                )
+                times = round_robin({name: step}, p["warmup"], p["steps"], min(p["cell_seconds"], budget.left()))
+                median = float(np.median(times[name]))
+                return {"rate": batch_size / median, "unit": "examples/s", "peak_bytes": _peak(trainer.device),
+                        "note": f"{len(times[name])} steps, median {1e3 * median:.1f} ms"}
+
+            _guarded(rows, "train", case, cell)
 
 
 # --------------------------------------------------------------------------------------------- worker
