@@ -20,7 +20,7 @@ from streamtrain.model.sparse_optim import RowSparseOptimizer
 from streamtrain.training.guard import guarded_step
 from streamtrain.training.prefetch import BatchPrefetcher
 from streamtrain.training.trainer import Trainer
-from test_trainer import Stream, make_config  # noqa: I001 (shared stream and config)
+from test_trainer import Stream, make_config, with_new_ids  # noqa: I001 (shared stream and config)
 
 
 def _poisoned(batch: EventBatch) -> EventBatch:
@@ -205,9 +205,7 @@ def test_the_new_id_path_never_assigns_a_python_scalar_through_an_index(
     for _ in range(4):
         trainer.submit_step(stream.batch())
     batches = [stream.batch() for _ in range(4)]
-    fresh = batches[1]
-    batches[1] = dataclasses.replace(fresh, user_ids=np.array([f"new-u{i}" for i in range(len(fresh))], dtype=object),
-                                     item_ids=np.array([f"new-i{i}" for i in range(len(fresh))], dtype=object))
+    batches[1] = with_new_ids(batches[1])
     scalar_writes: list[str] = []
     setitem = torch.Tensor.__setitem__
 

@@ -15,7 +15,7 @@ from streamtrain.model.two_tower import USER_FEATURES
 from streamtrain.sampling.base import SAMPLERS
 from streamtrain.training.sync_check import no_host_sync
 from streamtrain.training.trainer import Trainer
-from test_trainer import Stream, make_config  # noqa: I001 (shared stream and config)
+from test_trainer import Stream, make_config, with_new_ids  # noqa: I001 (shared stream and config)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -41,9 +41,7 @@ def test_the_steady_state_step_never_syncs(sampler: str, features: str, parts: b
         trainer.submit_step(stream.batch())
     torch.cuda.synchronize()
     batches = [stream.batch() for _ in range(6)]
-    fresh = batches[2]  # ids never seen: rows assigned, initial values and keys uploaded mid-run
-    batches[2] = dataclasses.replace(fresh, user_ids=np.array([f"new-u{i}" for i in range(len(fresh))], dtype=object),
-                                     item_ids=np.array([f"new-i{i}" for i in range(len(fresh))], dtype=object))
+    batches[2] = with_new_ids(batches[2])  # rows assigned, initial values and keys uploaded mid-run
     weight = np.ones(len(batches[4]), dtype=np.float32)
     weight[0] = np.nan
     batches[4] = dataclasses.replace(batches[4], weight=weight)  # a skipped update, decided on the device

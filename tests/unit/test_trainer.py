@@ -48,6 +48,13 @@ def make_config(sampler: str = "inbatch_logq", **overrides: Any) -> Config:
     return Config.model_validate(tree)
 
 
+def with_new_ids(batch: EventBatch) -> EventBatch:
+    """The same events from users and items never seen before: the step assigns rows mid-run."""
+    n = len(batch)
+    return dataclasses.replace(batch, user_ids=np.array([f"new-u{i}" for i in range(n)], dtype=object),
+                               item_ids=np.array([f"new-i{i}" for i in range(n)], dtype=object))
+
+
 class Stream:
     """User u likes the items of cluster u % N_CLUSTERS, with popularity skew inside a cluster."""
 
