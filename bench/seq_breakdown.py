@@ -5,7 +5,10 @@ half), with each query's rank recorded. The second half is then split by what th
 each kind of event gets the model's Recall@20 beside the generator's own Bayes-optimal one (its true
 logits, ``SyntheticStream.oracle_rank``), and what the model would read if the items taken earlier in
 the session were not candidates (the generator never draws them again in that session; a diagnosis,
-not a serving rule):
+not a serving rule). Two more columns bound what a learner can reach, between the model and the
+oracle (:func:`informed_hits`): rankers that know the generator's *item* side exactly (each item's
+latent vector, popularity and age) but not the user, whose taste they estimate from the user's last
+H items as the model does; the second also counts the item-to-item transitions seen so far:
 
 * session start, of a user seen before / of a new user;
 * later in a session, the item one of the previous item's ground-truth successors;
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_quality import K, SEQ_SKEW, SEQ_TRANSITION  # noqa: E402
 
 from streamtrain.config import load_config  # noqa: E402
-from streamtrain.data.synthetic import SyntheticSpec, SyntheticStream, generate_stream  # noqa: E402
+from streamtrain.data.synthetic import SyntheticSpec, SyntheticStream, true_logits, generate_stream  # noqa: E402
 from streamtrain.evaluation.progressive import ProgressiveEvaluator  # noqa: E402
 from streamtrain.training.trainer import Trainer  # noqa: E402
 
@@ -109,6 +112,53 @@ def event_kinds(stream: SyntheticStream) -> dict[str, np.ndarray]:
     }
 
 
+def informed_hits(
+    stream: SyntheticStream, start: int, length: int, decay: float, k: int, transition_weight: float = 2.0,
+) -> dict[str, np.ndarray]:
+    """(n - start,) bool Recall@k hits of two rankers that know the item side of the generator, for
+    events ``start:``. Both score item j by ``log popularity_j − age_j / lifetime + taste_strength ·
+    <t, v_j>`` (the generator's logits with the session's taste replaced by ``t``, the unit decay^age
+    weighted mean of the true vectors of the user's last ``length`` earlier items); "+ transitions seen"
+    adds ``transition_weight · log(1 + c)``, c = how often j came straight after the session's previous
+    item in any earlier session. Every earlier event counts, those of the same micro-batch included."""
+    assert stream.session_of is not None and stream.session_start is not None and stream.item_log_popularity is not None
+    spec, vectors = stream.spec, stream.item_vectors
+    n, dim = len(stream), vectors.shape[1]
+    taste = np.zeros((n - start, dim))  # (m, d); 0 = no history: popularity and age only
+    transitions: dict[int, dict[int, int]] = {}  # previous item -> {next item: count}
+    bonus: list[tuple[np.ndarray, np.ndarray]] = []  # per event: (items, log1p counts) after its previous item
+    history: dict[int, list[int]] = {}
+    last_in_session: dict[int, int] = {}
+    for i, (user, item, session) in enumerate(zip(stream.users.tolist(), stream.items.tolist(), stream.session_of.tolist())):
+        previous = last_in_session.get(session, -1)
+        mine = history.setdefault(user, [])
+        if i >= start:
+            if mine:
+                weight = decay ** np.arange(len(mine) - 1, -1, -1)  # (h,) newest last
+                mean = weight @ vectors[mine]
+                taste[i - start] = mean / np.linalg.norm(mean)
+            seen = transitions.get(previous, {})
+            bonus.append((np.fromiter(seen, np.int64, len(seen)), np.log1p(np.fromiter(seen.values(), float, len(seen)))))
+        if previous >= 0:
+            row = transitions.setdefault(previous, {})
+            row[item] = row.get(item, 0) + 1
+        last_in_session[session] = item
+        mine.append(item)
+        del mine[:-length]
+    arrival = stream.item_arrival - spec.start_time
+    hits = {"true vectors + history": np.zeros(n - start, bool), "+ transitions seen": np.zeros(n - start, bool)}
+    for lo in range(0, n - start, 2048):
+        hi = min(lo + 2048, n - start)
+        t0 = stream.session_start[stream.session_of[start + lo : start + hi]]
+        logits = true_logits(spec, stream.item_log_popularity, vectors, arrival, taste[lo:hi], t0)  # (c, I)
+        rows, positive = np.arange(hi - lo), stream.items[start + lo : start + hi]
+        hits["true vectors + history"][lo:hi] = logits[rows, positive] >= np.partition(logits, -k, axis=1)[:, -k]
+        for r, (items, counts) in enumerate(bonus[lo:hi]):
+            logits[r, items] += transition_weight * counts
+        hits["+ transitions seen"][lo:hi] = logits[rows, positive] >= np.partition(logits, -k, axis=1)[:, -k]
+    return hits
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeat)")
@@ -146,14 +196,15 @@ def main() -> int:
     session_rank = np.concatenate(recorder.session_ranks)
     hit_new = (session_rank >= 0) & (session_rank < K)
     oracle = stream.oracle_rank < K
+    informed = informed_hits(stream, half, config.model.history_length, config.model.history_decay, K)
     print(f"# synthetic-seq, {len(stream)} events, B {b}, overrides {args.set or '(defaults)'}; second half, Recall@{K}")
     print(f"{'events':42s} {'share':>6s} {'model':>7s} {'oracle':>7s} {'lost (share x gap)':>19s} "
-          f"{'model, session items not ranked':>32s}")
+          f"{'model, session items not ranked':>32s} " + " ".join(f"{name:>22s}" for name in informed))
     for name, mask in event_kinds(stream).items():
         m = mask[half:]
         model_r, oracle_r, new_r = hit[half:][m].mean(), oracle[half:][m].mean(), hit_new[half:][m].mean()
         print(f"{name:42s} {m.mean():6.3f} {model_r:7.4f} {oracle_r:7.4f} {m.mean() * (oracle_r - model_r):19.4f} "
-              f"{new_r:32.4f}")
+              f"{new_r:32.4f} " + " ".join(f"{h[m].mean():22.4f}" for h in informed.values()))
     return 0
 
 

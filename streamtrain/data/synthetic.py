@@ -38,7 +38,7 @@ from streamtrain.events.batch import EventBatch
 from streamtrain.data.synthetic_sequence import draw_sequential_sessions, successor_table
 from streamtrain.events.decoder import encode_event
 
-__all__ = ["SyntheticSpec", "SyntheticStream", "generate_stream", "oracle_recall", "stream_stats"]
+__all__ = ["SyntheticSpec", "SyntheticStream", "generate_stream", "oracle_recall", "stream_stats", "true_logits"]
 
 _SESSION_CHUNK = 256  # sessions whose item distributions are built at once: (chunk, num_items) floats
 
@@ -167,7 +167,7 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
         taste = (1 - blend) * taste_from[u] + blend * taste_to[u]  # (s, d)
         taste /= np.linalg.norm(taste, axis=1, keepdims=True)
         session_taste.append(taste)
-        logits = _true_logits(spec, item_logpop, item_vec, arrival, taste, t0)  # (s, I)
+        logits = true_logits(spec, item_logpop, item_vec, arrival, taste, t0)  # (s, I)
         # Gumbel top-k: the first n_ev of each row are a draw without replacement (a user does not
         # rate the same movie twice in a session); at least (1 - new_item_fraction) I items are alive.
         if seq_rng is not None and successors is not None:
@@ -201,7 +201,7 @@ def generate_stream(spec: SyntheticSpec) -> SyntheticStream:
     )
 
 
-def _true_logits(
+def true_logits(
     spec: SyntheticSpec, item_logpop: np.ndarray, item_vec: np.ndarray, arrival: np.ndarray,
     taste: np.ndarray, t0: np.ndarray,
 ) -> np.ndarray:
@@ -235,7 +235,7 @@ def oracle_recall(stream: SyntheticStream, k: int, start: int = 0) -> dict[str, 
         t0 = stream.session_start[sess]
         for name, tastes in rankers:
             taste = no_taste if tastes is None else tastes[sess]
-            logits = _true_logits(spec, stream.item_log_popularity, stream.item_vectors, arrival, taste, t0)
+            logits = true_logits(spec, stream.item_log_popularity, stream.item_vectors, arrival, taste, t0)
             kth = np.partition(logits, -k, axis=1)[:, -k]  # (s,) k-th largest logit
             hits[name] += int((logits[np.arange(len(item)), item] >= kth).sum())
     n = max(len(items), 1)

@@ -71,12 +71,17 @@ def test_only_the_second_half_is_reported(bench) -> None:  # type: ignore[no-unt
     assert row["popular_all"]["recall@20"] < 0.05 and row["popular_recent"]["recall@20"] < 0.05
 
 
-def test_seq_breakdown_splits_the_stream_into_the_generators_kinds_of_event(bench) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def breakdown(bench):  # type: ignore[no-untyped-def]
     sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location("seq_breakdown", REPO / "bench/seq_breakdown.py")
     assert spec is not None and spec.loader is not None
-    breakdown = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(breakdown)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seq_breakdown_splits_the_stream_into_the_generators_kinds_of_event(breakdown) -> None:  # type: ignore[no-untyped-def]
     from streamtrain.data.synthetic import SyntheticSpec, generate_stream
 
     stream = generate_stream(SyntheticSpec(num_events=4000, zipf_skew=0.8, transition_strength=5.0, seed=3))
@@ -90,3 +95,30 @@ def test_seq_breakdown_splits_the_stream_into_the_generators_kinds_of_event(benc
     oracle = stream.oracle_rank < 20
     successor = kinds["later, a successor of the previous item"]
     assert successor.mean() > 0.05 and oracle[successor].mean() > oracle[kinds["later, any other item"]].mean() + 0.3
+
+
+def test_informed_rankers_match_a_per_event_reference(breakdown) -> None:  # type: ignore[no-untyped-def]
+    from streamtrain.data.synthetic import SyntheticSpec, generate_stream, true_logits
+
+    stream = generate_stream(SyntheticSpec(num_events=3000, num_items=400, zipf_skew=0.8, transition_strength=5.0, seed=4))
+    start, length, decay, k, weight = 1500, 5, 0.7, 20, 2.0
+    hits = breakdown.informed_hits(stream, start, length, decay, k, transition_weight=weight)
+    users, items, sessions = stream.users, stream.items, stream.session_of
+    previous = np.array([items[:i][sessions[:i] == sessions[i]][-1] if (sessions[:i] == sessions[i]).any() else -1
+                         for i in range(len(stream))])
+    arrival = stream.item_arrival - stream.spec.start_time
+    for i in range(start, len(stream)):
+        mine = items[:i][users[:i] == users[i]][-length:]
+        taste = np.zeros(stream.item_vectors.shape[1])
+        if len(mine):
+            taste = sum(decay ** (len(mine) - 1 - a) * stream.item_vectors[h] for a, h in enumerate(mine))
+            taste /= np.linalg.norm(taste)
+        logits = true_logits(stream.spec, stream.item_log_popularity, stream.item_vectors, arrival, taste[None],
+                             stream.session_start[sessions[i : i + 1]])[0]
+        assert hits["true vectors + history"][i - start] == (logits[items[i]] >= np.sort(logits)[-k])
+        followed = items[:i][(previous[:i] == previous[i]) & (previous[i] >= 0)]  # earlier items after the same item
+        logits[np.unique(followed)] += weight * np.log1p(np.unique(followed, return_counts=True)[1])
+        assert hits["+ transitions seen"][i - start] == (logits[items[i]] >= np.sort(logits)[-k])
+    # the transitions are what find successors: counting them must beat the vectors alone on those events
+    successor = breakdown.event_kinds(stream)["later, a successor of the previous item"][start:]
+    assert hits["+ transitions seen"][successor].mean() > hits["true vectors + history"][successor].mean() + 0.1

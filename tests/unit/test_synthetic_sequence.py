@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from streamtrain.data.synthetic import SyntheticSpec, _true_logits, generate_stream, oracle_recall
+from streamtrain.data.synthetic import SyntheticSpec, true_logits, generate_stream, oracle_recall
 
 SEQ = SyntheticSpec(num_users=800, num_items=600, num_events=12_000, seed=3, transition_strength=5.0)
 
@@ -30,7 +30,7 @@ def _true_probabilities(stream, e, prev, before):
     """The next-item distribution of event ``e``, recomputed independently of the generator's draw loop."""
     spec = stream.spec
     s = stream.session_of[e]
-    logits = _true_logits(spec, stream.item_log_popularity, stream.item_vectors, stream.item_arrival - spec.start_time,
+    logits = true_logits(spec, stream.item_log_popularity, stream.item_vectors, stream.item_arrival - spec.start_time,
                           stream.session_taste[s : s + 1], stream.session_start[s : s + 1])[0]
     if prev[e] >= 0:
         logits[stream.successors[prev[e]]] += spec.transition_strength
