@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_quality import K, SEQ_SKEW, SEQ_TRANSITION  # noqa: E402
 
 from streamtrain.config import load_config  # noqa: E402
-from streamtrain.data.synthetic import SyntheticSpec, SyntheticStream, true_logits, generate_stream  # noqa: E402
+from streamtrain.data.synthetic import SyntheticSpec, SyntheticStream, generate_stream, true_logits  # noqa: E402
 from streamtrain.evaluation.progressive import ProgressiveEvaluator  # noqa: E402
 from streamtrain.training.trainer import Trainer  # noqa: E402
 
@@ -120,7 +120,7 @@ def informed_hits(
     <t, v_j>`` (the generator's logits with the session's taste replaced by ``t``, the unit decay^age
     weighted mean of the true vectors of the user's last ``length`` earlier items); "+ transitions seen"
     adds ``transition_weight · log(1 + c)``, c = how often j came straight after the session's previous
-    item in any earlier session. Every earlier event counts, those of the same micro-batch included."""
+    item anywhere earlier in the stream. Every earlier event counts, those of the same micro-batch included."""
     assert stream.session_of is not None and stream.session_start is not None and stream.item_log_popularity is not None
     spec, vectors = stream.spec, stream.item_vectors
     n, dim = len(stream), vectors.shape[1]
