@@ -84,25 +84,30 @@ def earlier_in_session(stream: SyntheticStream) -> np.ndarray:
     return out
 
 
+def previous_in_session(stream: SyntheticStream) -> np.ndarray:
+    """(n,) int64: for each event, the item of the event before it in its session, −1 at a session start."""
+    assert stream.session_of is not None
+    previous = np.full(len(stream), -1, dtype=np.int64)
+    last_item: dict[int, int] = {}
+    for i, (session, item) in enumerate(zip(stream.session_of.tolist(), stream.items.tolist())):
+        previous[i] = last_item.get(session, -1)
+        last_item[session] = item
+    return previous
+
+
 def event_kinds(stream: SyntheticStream) -> dict[str, np.ndarray]:
     """(n,) bool masks of the kinds of event listed in the module docstring."""
     assert stream.session_of is not None and stream.successors is not None
     n = len(stream)
-    position, previous = np.zeros(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
-    seen_in_session: dict[int, int] = {}
-    last_item: dict[int, int] = {}
     first_session: dict[int, int] = {}
     returning = np.zeros(n, dtype=bool)
-    for i, (session, user, item) in enumerate(zip(stream.session_of.tolist(), stream.users.tolist(), stream.items.tolist())):
-        position[i] = seen_in_session.get(session, 0)
-        seen_in_session[session] = position[i] + 1
-        previous[i] = last_item.get(session, -1)
-        last_item[session] = item
+    for i, (session, user) in enumerate(zip(stream.session_of.tolist(), stream.users.tolist())):
         returning[i] = first_session.setdefault(user, session) != session
+    previous = previous_in_session(stream)
+    later = previous >= 0  # item ids are >= 0: only a session's first event has none before it
     successor = np.zeros(n, dtype=bool)
-    later = previous >= 0
     successor[later] = (stream.successors[previous[later]] == stream.items[later, None]).any(1)
-    start = position == 0
+    start = ~later
     return {
         "all": np.ones(n, dtype=bool),
         "session start, returning user": start & returning,
@@ -128,9 +133,8 @@ def informed_hits(
     transitions: dict[int, dict[int, int]] = {}  # previous item -> {next item: count}
     bonus: list[tuple[np.ndarray, np.ndarray]] = []  # per event: (items, log1p counts) after its previous item
     history: dict[int, list[int]] = {}
-    last_in_session: dict[int, int] = {}
-    for i, (user, item, session) in enumerate(zip(stream.users.tolist(), stream.items.tolist(), stream.session_of.tolist())):
-        previous = last_in_session.get(session, -1)
+    previous_items = previous_in_session(stream).tolist()
+    for i, (user, item, previous) in enumerate(zip(stream.users.tolist(), stream.items.tolist(), previous_items)):
         mine = history.setdefault(user, [])
         if i >= start:
             if mine:
@@ -142,7 +146,6 @@ def informed_hits(
         if previous >= 0:
             row = transitions.setdefault(previous, {})
             row[item] = row.get(item, 0) + 1
-        last_in_session[session] = item
         mine.append(item)
         del mine[:-length]
     arrival = stream.item_arrival - spec.start_time
